@@ -1,0 +1,146 @@
+//! The event model: what a publisher sends and what a subscriber receives.
+
+use std::{fmt, sync::Arc};
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde_json::value::RawValue;
+
+use crate::{Topic, ValidationError};
+
+/// The longest event type accepted, in bytes.
+pub const MAX_TYPE_LEN: usize = 64;
+
+/// An event type: the SSE `event:` field. Never contains a control character, so it can never
+/// inject another SSE field. `message` (the default) is what `EventSource.onmessage` receives.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct EventType(Arc<str>);
+
+impl EventType {
+    /// The type a browser's `onmessage` handler receives.
+    pub const DEFAULT: &'static str = "message";
+
+    /// Validates `name` as an event type.
+    pub fn new(name: &str) -> Result<Self, ValidationError> {
+        if !name.is_empty() && name.len() <= MAX_TYPE_LEN && !name.chars().any(char::is_control) {
+            Ok(Self(Arc::from(name)))
+        } else {
+            Err(ValidationError::EventType(
+                name.chars().take(MAX_TYPE_LEN + 8).collect(),
+            ))
+        }
+    }
+
+    /// The type name.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Whether this is the default `message` type (sent without an `event:` line).
+    pub fn is_default(&self) -> bool {
+        &*self.0 == Self::DEFAULT
+    }
+}
+
+impl Default for EventType {
+    fn default() -> Self {
+        Self(Arc::from(Self::DEFAULT))
+    }
+}
+
+impl fmt::Debug for EventType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "EventType({:?})", &*self.0)
+    }
+}
+
+impl fmt::Display for EventType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl Serialize for EventType {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for EventType {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        EventType::new(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Parses `text` as the JSON data of an event, keeping it byte for byte.
+pub fn parse_data(text: String) -> Result<Box<RawValue>, ValidationError> {
+    RawValue::from_string(text).map_err(|e| ValidationError::Data(e.to_string()))
+}
+
+/// An event before it has a sequence number.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    /// Where it is published.
+    pub topic: Topic,
+    /// Its SSE `event:` name.
+    pub event_type: EventType,
+    /// Its JSON data, as published.
+    pub data: Box<RawValue>,
+}
+
+/// A sequenced, stored event.
+#[derive(Debug, Clone)]
+pub struct Event {
+    /// The deployment-wide sequence number (the SSE id is `<epoch>-<seq>`).
+    pub seq: u64,
+    /// Where it was published.
+    pub topic: Topic,
+    /// Its SSE `event:` name.
+    pub event_type: EventType,
+    /// Its JSON data, as published.
+    pub data: Box<RawValue>,
+    /// When it was accepted, in milliseconds since the Unix epoch.
+    pub time_ms: u64,
+}
+
+impl Event {
+    /// Sequences a new event.
+    pub fn from_new(new: NewEvent, seq: u64, time_ms: u64) -> Self {
+        Self {
+            seq,
+            topic: new.topic,
+            event_type: new.event_type,
+            data: new.data,
+            time_ms,
+        }
+    }
+
+    /// The length this event counts for in size-based retention.
+    pub fn weight(&self) -> u64 {
+        (self.topic.as_str().len() + self.event_type.as_str().len() + self.data.get().len() + 16)
+            as u64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_types_refuse_control_characters() {
+        assert!(EventType::new("score").is_ok());
+        assert!(EventType::new("with space and ünïcode").is_ok());
+        for bad in ["", "a\nb", "a\rb", "a\0b", "a\tb", "\u{85}", &"x".repeat(65)] {
+            assert!(EventType::new(bad).is_err(), "{bad:?}");
+        }
+        assert!(EventType::default().is_default());
+    }
+
+    #[test]
+    fn data_must_be_json_and_is_kept_verbatim() {
+        let raw = parse_data("{\n  \"a\": 1\n}".into()).unwrap();
+        assert_eq!(raw.get(), "{\n  \"a\": 1\n}");
+        assert!(parse_data("{oops".into()).is_err());
+        assert!(parse_data(String::new()).is_err());
+    }
+}
