@@ -1,1 +1,106 @@
-//! stub
+//! The event store: where events are sequenced, kept and read back for replay.
+//!
+//! [`Store`] is the small trait every backend implements; services hold it as `Arc<dyn Store>`.
+//!
+//! - [`embedded`]: the standalone node's durable store on local disk (redb), with a single writer
+//!   thread that commits concurrent appends together (group commit).
+//! - [`memory`]: the same contract in memory, for tests and `--store memory`.
+//! - [`options`]: retention by age and size, and the idempotency window.
+//!
+//! Backends share one contract test suite (`tests/contract.rs`).
+
+use std::{fmt, sync::Arc};
+
+use async_trait::async_trait;
+use herald_core::{Bounds, Epoch, Event, NewEvent, Topic, TopicFilter};
+
+pub mod embedded;
+mod error;
+pub mod memory;
+pub mod options;
+
+pub use embedded::EmbeddedStore;
+pub use error::StoreError;
+pub use memory::MemoryStore;
+pub use options::StoreOptions;
+
+/// An idempotency key with a fingerprint of the request it was first used for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Idempotency {
+    /// The client's `Idempotency-Key`.
+    pub key: String,
+    /// A hash of the request body; the same key with another body is a conflict.
+    pub fingerprint: u64,
+}
+
+/// The result of an append.
+#[derive(Debug, Clone)]
+pub struct Appended {
+    /// The epoch the sequences belong to.
+    pub epoch: Epoch,
+    /// The sequence of each event of the batch, in order.
+    pub seqs: Vec<u64>,
+    /// The newly stored events; empty when `duplicate`.
+    pub events: Vec<Arc<Event>>,
+    /// The idempotency key had been seen: nothing was stored, `seqs` are the first answer's.
+    pub duplicate: bool,
+}
+
+/// A paged read: events matching `filter` with a sequence greater than `after`.
+#[derive(Debug, Clone)]
+pub struct ReadQuery {
+    /// Which topics.
+    pub filter: TopicFilter,
+    /// Only events after this sequence.
+    pub after: u64,
+    /// At most this many events.
+    pub limit: usize,
+}
+
+/// One page of a read.
+#[derive(Debug, Clone, Default)]
+pub struct Page {
+    /// Matching events in sequence order.
+    pub events: Vec<Arc<Event>>,
+    /// Where the next page starts (after this sequence). When `end` is set, this is at least the
+    /// head the read saw, so a caller can skip live events up to it.
+    pub next_after: u64,
+    /// Nothing beyond `next_after` existed when the page was read.
+    pub end: bool,
+}
+
+/// Where events are sequenced and kept.
+#[async_trait]
+pub trait Store: Send + Sync + fmt::Debug {
+    /// Sequences and durably stores a batch, all or nothing. With an idempotency key seen within
+    /// the window, stores nothing and answers the first append's sequences.
+    async fn append(
+        &self,
+        batch: Vec<NewEvent>,
+        idempotency: Option<Idempotency>,
+    ) -> Result<Appended, StoreError>;
+
+    /// Reads one page of events after a sequence.
+    async fn read(&self, query: ReadQuery) -> Result<Page, StoreError>;
+
+    /// The newest `limit` events of a topic, oldest first.
+    async fn latest(&self, topic: &Topic, limit: usize) -> Result<Vec<Arc<Event>>, StoreError>;
+
+    /// The epoch and the retained range of the sequence.
+    async fn bounds(&self) -> Result<Bounds, StoreError>;
+
+    /// Applies retention: removes events past the age or size limit and expired idempotency
+    /// keys. The owner calls it periodically.
+    async fn trim(&self) -> Result<(), StoreError>;
+
+    /// Flushes and stops background work; later appends fail with [`StoreError::Closed`].
+    async fn close(&self) -> Result<(), StoreError>;
+}
+
+/// Milliseconds since the Unix epoch.
+pub(crate) fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
