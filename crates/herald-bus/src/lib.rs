@@ -1,1 +1,45 @@
-//! stub
+//! The event bus: how sequenced events reach every gateway.
+//!
+//! [`Bus`] is the small trait every backend implements; services hold it as `Arc<dyn Bus>`. A
+//! gateway takes one [`Bus::subscribe`] feed for all the topics it serves (never one per browser)
+//! and fans it out itself.
+//!
+//! A feed carries events in the order the bus saw them, which is not always sequence order (two
+//! publishers race; a subscriber falls behind and loses some). Consumers order by sequence and
+//! fill gaps from the store; the gateway's hub does.
+//!
+//! - [`memory`]: the in-process bus of the standalone node (a broadcast channel).
+
+use std::{fmt, pin::Pin, sync::Arc};
+
+use async_trait::async_trait;
+use futures_util::Stream;
+use herald_core::Event;
+
+pub mod memory;
+
+pub use memory::MemoryBus;
+
+/// A live feed of events.
+pub type Feed = Pin<Box<dyn Stream<Item = Arc<Event>> + Send>>;
+
+/// Why a publish failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    /// The bus is shut down.
+    #[error("the bus is closed")]
+    Closed,
+    /// The backend failed.
+    #[error("bus backend error")]
+    Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+/// Carries sequenced events to every subscriber.
+#[async_trait]
+pub trait Bus: Send + Sync + fmt::Debug {
+    /// Announces stored events, in sequence order.
+    async fn publish(&self, events: &[Arc<Event>]) -> Result<(), BusError>;
+
+    /// A feed of every event published from now on.
+    fn subscribe(&self) -> Feed;
+}

@@ -1,0 +1,99 @@
+//! The drain switch.
+//!
+//! [`Drain`] is held by whoever decides to stop (the signal handler, a test); every part that must
+//! react holds a cheap [`DrainWatch`]: readiness reports not-ready, the server stops accepting, and
+//! each event stream ends after its own random delay in `[0, jitter]` so clients do not all
+//! reconnect in the same instant.
+
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+/// Starts the drain.
+#[derive(Debug)]
+pub struct Drain {
+    tx: watch::Sender<bool>,
+}
+
+/// Observes the drain.
+#[derive(Debug, Clone)]
+pub struct DrainWatch {
+    rx: watch::Receiver<bool>,
+}
+
+impl Drain {
+    /// A switch that has not been thrown, and a watch on it.
+    pub fn new() -> (Self, DrainWatch) {
+        let (tx, rx) = watch::channel(false);
+        (Self { tx }, DrainWatch { rx })
+    }
+
+    /// Starts draining. Idempotent.
+    pub fn start(&self) {
+        self.tx.send_replace(true);
+    }
+
+    /// Another watch on this switch.
+    pub fn watch(&self) -> DrainWatch {
+        DrainWatch {
+            rx: self.tx.subscribe(),
+        }
+    }
+}
+
+impl DrainWatch {
+    /// A watch on a switch that can never be thrown (for tests and tools).
+    pub fn never() -> Self {
+        let (tx, rx) = watch::channel(false);
+        std::mem::forget(tx);
+        Self { rx }
+    }
+
+    /// Whether the drain has started.
+    pub fn is_draining(&self) -> bool {
+        *self.rx.borrow()
+    }
+
+    /// Resolves once the drain has started (at once if it already has).
+    pub async fn started(&self) {
+        let mut rx = self.rx.clone();
+        // An error means the switch was dropped without draining: wait forever then.
+        if rx.wait_for(|d| *d).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// A random delay in `[0, max]`, for spreading stream closes.
+pub fn jitter(max: Duration) -> Duration {
+    let millis = max.as_millis().min(u128::from(u64::MAX)) as u64;
+    Duration::from_millis(fastrand::u64(0..=millis))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn watches_see_the_drain() {
+        let (drain, watch) = Drain::new();
+        let other = drain.watch();
+        assert!(!watch.is_draining());
+        let waiter = tokio::spawn({
+            let w = watch.clone();
+            async move { w.started().await }
+        });
+        drain.start();
+        waiter.await.unwrap();
+        assert!(watch.is_draining() && other.is_draining());
+        other.started().await;
+    }
+
+    #[test]
+    fn jitter_stays_in_range() {
+        for _ in 0..100 {
+            assert!(jitter(Duration::from_millis(50)) <= Duration::from_millis(50));
+        }
+        assert_eq!(jitter(Duration::ZERO), Duration::ZERO);
+    }
+}

@@ -1,0 +1,179 @@
+//! The metrics Herald exports on `/metrics`.
+
+use prometheus_client::{
+    encoding::{EncodeLabelSet, text::encode},
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    registry::Registry,
+};
+
+/// Why a stream connection ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CloseReason {
+    /// The client went away.
+    Client,
+    /// The server drained.
+    Drain,
+    /// The store failed during replay or catch-up.
+    Error,
+}
+
+impl CloseReason {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Client => "client",
+            Self::Drain => "drain",
+            Self::Error => "error",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct RejectLabel {
+    reason: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ResumeLabel {
+    recovered: &'static str,
+    reason: &'static str,
+}
+
+/// Every metric, registered in one registry.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    /// Open SSE connections.
+    pub connections_open: Gauge,
+    /// SSE connections accepted.
+    pub connections_accepted: Counter,
+    closed: Family<ReasonLabel, Counter>,
+    rejected: Family<RejectLabel, Counter>,
+    /// Events accepted by publish requests.
+    pub events_published: Counter,
+    /// Publish request latency, from request to durable answer.
+    pub publish_duration: Histogram,
+    /// Event frames handed to subscribers (live and replayed).
+    pub events_delivered: Counter,
+    /// Event frames sent from the store (resume and catch-up).
+    pub events_replayed: Counter,
+    resumes: Family<ResumeLabel, Counter>,
+    /// Subscribers whose queue overflowed and who caught up from the store in place.
+    pub slow_caught_up: Counter,
+    /// Subscribers cut off because they stopped reading (write timeout).
+    pub slow_cut_off: Counter,
+    /// Gaps in the live feed filled from the store by the hub.
+    pub gap_fills: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// A fresh registry with every metric at zero.
+    pub fn new() -> Self {
+        let mut m = Self {
+            registry: Registry::with_prefix("herald"),
+            connections_open: Gauge::default(),
+            connections_accepted: Counter::default(),
+            closed: Family::default(),
+            rejected: Family::default(),
+            events_published: Counter::default(),
+            publish_duration: Histogram::new(
+                [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5].into_iter(),
+            ),
+            events_delivered: Counter::default(),
+            events_replayed: Counter::default(),
+            resumes: Family::default(),
+            slow_caught_up: Counter::default(),
+            slow_cut_off: Counter::default(),
+            gap_fills: Counter::default(),
+        };
+        let mut registry = Registry::with_prefix("herald");
+        let r = &mut registry;
+        r.register("connections_open", "Open SSE connections", m.connections_open.clone());
+        r.register("connections_accepted", "SSE connections accepted", m.connections_accepted.clone());
+        r.register("connections_closed", "SSE connections ended, by reason", m.closed.clone());
+        r.register(
+            "connections_rejected",
+            "SSE connections refused, by reason (limit, draining)",
+            m.rejected.clone(),
+        );
+        r.register("events_published", "Events accepted by publish requests", m.events_published.clone());
+        r.register(
+            "publish_duration_seconds",
+            "Publish request latency until the durable answer",
+            m.publish_duration.clone(),
+        );
+        r.register("events_delivered", "Event frames handed to subscribers", m.events_delivered.clone());
+        r.register("events_replayed", "Event frames sent from the store", m.events_replayed.clone());
+        r.register("resumes", "Connections that carried a Last-Event-ID, by verdict", m.resumes.clone());
+        r.register(
+            "slow_subscribers_caught_up",
+            "Subscribers whose queue overflowed and caught up from the store",
+            m.slow_caught_up.clone(),
+        );
+        r.register(
+            "slow_subscribers_cut_off",
+            "Connections cut off because the peer stopped reading",
+            m.slow_cut_off.clone(),
+        );
+        r.register("hub_gap_fills", "Gaps in the live feed filled from the store", m.gap_fills.clone());
+        m.registry = registry;
+        m
+    }
+
+    /// Counts a connection that ended.
+    pub fn connection_closed(&self, reason: CloseReason) {
+        self.closed
+            .get_or_create(&ReasonLabel {
+                reason: reason.as_str(),
+            })
+            .inc();
+    }
+
+    /// Counts a connection refused (`limit`, `draining`).
+    pub fn connection_rejected(&self, reason: &'static str) {
+        self.rejected.get_or_create(&RejectLabel { reason }).inc();
+    }
+
+    /// Counts a resume verdict; `reason` is empty when recovered.
+    pub fn resume(&self, recovered: bool, reason: &'static str) {
+        let recovered = if recovered { "true" } else { "false" };
+        self.resumes
+            .get_or_create(&ResumeLabel { recovered, reason })
+            .inc();
+    }
+
+    /// The OpenMetrics text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        encode(&mut out, &self.registry).expect("writing to a String cannot fail");
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_openmetrics_text() {
+        let m = Metrics::new();
+        m.events_published.inc_by(3);
+        m.resume(false, "expired");
+        m.connection_closed(CloseReason::Drain);
+        let text = m.render();
+        assert!(text.contains("herald_events_published_total 3"), "{text}");
+        assert!(text.contains(r#"herald_resumes_total{recovered="false",reason="expired"} 1"#));
+        assert!(text.contains(r#"herald_connections_closed_total{reason="drain"} 1"#));
+        assert!(text.ends_with("# EOF\n"));
+    }
+}
