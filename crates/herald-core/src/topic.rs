@@ -50,6 +50,12 @@ fn truncate(s: &str) -> String {
     s.chars().take(MAX_TOPIC_LEN + 8).collect()
 }
 
+impl std::borrow::Borrow<str> for Topic {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
 impl fmt::Display for Topic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)

@@ -1,1 +1,139 @@
-//! stub
+//! The gateway: where browsers connect.
+//!
+//! - [`hub`]: one live feed in, a bounded queue per subscriber out, in strict sequence order.
+//! - [`stream`]: `GET /v1/stream` and the article's `GET /api/updates`: an SSE connection that
+//!   resumes from a Last-Event-ID (verdict, replay, then live with no gap or duplicate at the
+//!   seam), catches up in place when it falls behind, sends heartbeats and ends on drain.
+//! - [`history`]: `GET /v1/topics/{topic}/events`, the same events as JSON.
+//! - [`demo`]: the demo page at `/`.
+//!
+//! [`Gateway::start`] wires a store (for replay) and a bus (for live events) into a router.
+
+pub mod demo;
+pub mod history;
+pub mod hub;
+pub mod stream;
+
+use std::{
+    sync::{Arc, atomic::AtomicUsize},
+    time::Duration,
+};
+
+use axum::{Router, routing::get};
+use herald_bus::Bus;
+use herald_core::Topic;
+use herald_runtime::DrainWatch;
+use herald_store::{Store, StoreError};
+use herald_telemetry::Metrics;
+
+pub use hub::Hub;
+
+/// The gateway's settings.
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    /// Idle time after which a comment heartbeat is sent.
+    pub heartbeat: Duration,
+    /// The reconnection delay sent to browsers in `retry:`.
+    pub retry: Duration,
+    /// The most topics and patterns one connection may name.
+    pub max_topics: usize,
+    /// The most open SSE connections; past it, 503 with `Retry-After`.
+    pub max_connections: usize,
+    /// Events queued per subscriber before it is switched to catching up from the store.
+    pub subscriber_queue: usize,
+    /// Events per store read during replay and catch-up.
+    pub replay_page: usize,
+    /// Streams end at a random moment within this after a drain starts.
+    pub drain_jitter: Duration,
+    /// The most events one history request returns.
+    pub history_limit: usize,
+    /// How long the hub waits for a missing sequence before reading it from the store.
+    pub gap_timeout: Duration,
+    /// The topic the demo page shows.
+    pub demo_topic: Topic,
+    /// The topic behind the article's `/api/updates` and `/api/post-update`.
+    pub compat_topic: Topic,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        Self {
+            heartbeat: Duration::from_secs(15),
+            retry: Duration::from_secs(2),
+            max_topics: 32,
+            max_connections: 10_000,
+            subscriber_queue: 256,
+            replay_page: 256,
+            drain_jitter: Duration::from_secs(5),
+            history_limit: 1000,
+            gap_timeout: Duration::from_millis(100),
+            demo_topic: Topic::new("scores").expect("valid topic"),
+            compat_topic: Topic::new("updates").expect("valid topic"),
+        }
+    }
+}
+
+/// Everything a gateway request needs.
+#[derive(Debug)]
+pub struct GatewayState {
+    pub(crate) config: GatewayConfig,
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) hub: Hub,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) drain: DrainWatch,
+    pub(crate) connections: AtomicUsize,
+}
+
+/// A running gateway: its hub and its routes.
+#[derive(Debug, Clone)]
+pub struct Gateway {
+    state: Arc<GatewayState>,
+}
+
+impl Gateway {
+    /// Subscribes to the bus, starts the hub, and returns the gateway.
+    pub async fn start(
+        config: GatewayConfig,
+        store: Arc<dyn Store>,
+        bus: &dyn Bus,
+        metrics: Arc<Metrics>,
+        drain: DrainWatch,
+    ) -> Result<Self, StoreError> {
+        let feed = bus.subscribe();
+        let bounds = store.bounds().await?;
+        let hub = Hub::start(
+            feed,
+            Arc::clone(&store),
+            bounds.epoch,
+            bounds.head,
+            config.subscriber_queue,
+            config.gap_timeout,
+            Arc::clone(&metrics),
+        );
+        Ok(Self {
+            state: Arc::new(GatewayState {
+                config,
+                store,
+                hub,
+                metrics,
+                drain,
+                connections: AtomicUsize::new(0),
+            }),
+        })
+    }
+
+    /// The hub (for tests and diagnostics).
+    pub fn hub(&self) -> &Hub {
+        &self.state.hub
+    }
+
+    /// The gateway's routes.
+    pub fn router(&self) -> Router {
+        Router::new()
+            .route("/", get(demo::page))
+            .route("/v1/stream", get(stream::v1))
+            .route("/v1/topics/{topic}/events", get(history::list))
+            .route("/api/updates", get(stream::compat))
+            .with_state(Arc::clone(&self.state))
+    }
+}

@@ -1,1 +1,48 @@
-fn main() {}
+//! `herald`: the standalone node. Reads its configuration, starts telemetry, builds the app,
+//! serves until SIGTERM or SIGINT, then drains.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+use herald_standalone::{App, Config, Options};
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let config = match Options::parse().over_file().and_then(Config::resolve) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("herald: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Err(e) = herald_telemetry::init_tracing(&config.log, config.log_format) {
+        eprintln!("herald: {e}");
+        return ExitCode::from(2);
+    }
+    match run(config).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = ?e, "herald stopped");
+            eprintln!("herald: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(config: Config) -> anyhow::Result<()> {
+    let listen = config.listen;
+    let app = App::build(config).await?;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("binding {listen}"))?;
+    let addr = listener.local_addr().context("reading the bound address")?;
+    tracing::info!(%addr, "listening");
+    // A stable line on stdout for people and scripts (tests read the port from it).
+    println!("herald listening on http://{addr}");
+    app.run(listener, async {
+        let signal = herald_runtime::signal::shutdown().await;
+        tracing::info!(signal, "shutdown requested");
+    })
+    .await
+}

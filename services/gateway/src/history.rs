@@ -1,0 +1,137 @@
+//! `GET /v1/topics/{topic}/events?after=ID&limit=N`: a topic's events as JSON, for rendering a
+//! page before its EventSource connects.
+//!
+//! Without `after`, the newest `limit` events (oldest first). With `after`, the events that follow
+//! it. `head` is the id to resume from when no event was returned, so nothing published between
+//! this read and the EventSource connecting is missed.
+
+use std::sync::Arc;
+
+use axum::{
+    Json,
+    extract::{Path, Query, State},
+    http::StatusCode,
+    response::{IntoResponse, Response},
+};
+use herald_core::{
+    Bounds, Event, EventId, ResumeReason, ResumeVerdict, Topic, TopicFilter,
+};
+use herald_runtime::ApiError;
+use herald_store::ReadQuery;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use crate::GatewayState;
+
+/// Events returned when `limit` is not given.
+const DEFAULT_LIMIT: usize = 100;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Params {
+    after: Option<String>,
+    limit: Option<usize>,
+}
+
+/// One event as JSON.
+#[derive(Debug, Serialize)]
+pub struct EventJson<'a> {
+    /// The SSE id.
+    pub id: EventId,
+    /// The topic.
+    pub topic: &'a str,
+    /// The event type.
+    #[serde(rename = "type")]
+    pub event_type: &'a str,
+    /// The data, as published.
+    pub data: &'a RawValue,
+    /// When it was accepted (ms since the Unix epoch).
+    pub time: u64,
+}
+
+impl<'a> EventJson<'a> {
+    /// The JSON view of a stored event.
+    pub fn new(bounds: &Bounds, event: &'a Event) -> Self {
+        Self {
+            id: EventId::new(bounds.epoch, event.seq),
+            topic: event.topic.as_str(),
+            event_type: event.event_type.as_str(),
+            data: &event.data,
+            time: event.time_ms,
+        }
+    }
+}
+
+/// The history answer.
+#[derive(Debug, Serialize)]
+pub struct History<'a> {
+    /// The events, oldest first.
+    pub events: Vec<EventJson<'a>>,
+    /// The newest id of the deployment when the read started.
+    pub head: EventId,
+}
+
+pub(crate) async fn list(
+    State(gw): State<Arc<GatewayState>>,
+    Path(topic): Path<String>,
+    Query(params): Query<Params>,
+) -> Result<Response, ApiError> {
+    let topic =
+        Topic::new(&topic).map_err(|e| ApiError::bad_request("invalid_topic", e.to_string()))?;
+    let limit = params
+        .limit
+        .unwrap_or(DEFAULT_LIMIT)
+        .clamp(1, gw.config.history_limit);
+    let (bounds, events) = read(&gw, &topic, params.after.as_deref(), limit).await?;
+    let history = History {
+        events: events.iter().map(|e| EventJson::new(&bounds, e)).collect(),
+        head: EventId::new(bounds.epoch, bounds.head),
+    };
+    // Serialized here, while the events it borrows are alive; `data` stays byte for byte.
+    Ok(Json(&history).into_response())
+}
+
+/// Reads the bounds first, then the events, so `head` never runs ahead of what was read.
+pub(crate) async fn read(
+    gw: &GatewayState,
+    topic: &Topic,
+    after: Option<&str>,
+    limit: usize,
+) -> Result<(Bounds, Vec<Arc<Event>>), ApiError> {
+    let bounds = gw.store.bounds().await.map_err(|e| ApiError::internal(&e))?;
+    let events = match after {
+        None => gw.store.latest(topic, limit).await,
+        Some(after) => {
+            let after = match ResumeVerdict::judge(after, bounds) {
+                ResumeVerdict::Recovered { after } => after,
+                ResumeVerdict::NotRecovered { reason, earliest, head } => {
+                    return Err(refused(reason, earliest, head));
+                }
+            };
+            let query = ReadQuery {
+                filter: TopicFilter::topics([topic.clone()]),
+                after,
+                limit,
+            };
+            gw.store.read(query).await.map(|page| page.events)
+        }
+    };
+    Ok((bounds, events.map_err(|e| ApiError::internal(&e))?))
+}
+
+fn refused(reason: ResumeReason, earliest: EventId, head: EventId) -> ApiError {
+    let (status, code) = match reason {
+        ResumeReason::Malformed => (StatusCode::BAD_REQUEST, "malformed_id"),
+        ResumeReason::Unknown => (StatusCode::CONFLICT, "unknown_id"),
+        ResumeReason::Expired => (StatusCode::GONE, "expired_id"),
+        ResumeReason::Epoch => (StatusCode::GONE, "epoch_id"),
+    };
+    ApiError::new(
+        status,
+        code,
+        format!(
+            "`after` cannot be served ({}); the retained ids run from {earliest} to {head}",
+            reason.as_str()
+        ),
+    )
+}

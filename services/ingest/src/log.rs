@@ -1,0 +1,59 @@
+//! What a publish is committed to.
+
+use std::{fmt, sync::Arc};
+
+use async_trait::async_trait;
+use herald_bus::Bus;
+use herald_core::NewEvent;
+use herald_store::{Appended, Idempotency, Store, StoreError};
+
+/// Sequences and durably records a batch, then makes it visible to subscribers. `Ok` means the
+/// events will never be lost (G1).
+#[async_trait]
+pub trait EventLog: Send + Sync + fmt::Debug {
+    /// Appends a batch, all or nothing.
+    async fn append(
+        &self,
+        batch: Vec<NewEvent>,
+        idempotency: Option<Idempotency>,
+    ) -> Result<Appended, StoreError>;
+}
+
+/// The standalone log: the store is the commit point, then the bus announces the new events.
+#[derive(Debug, Clone)]
+pub struct StoreLog {
+    store: Arc<dyn Store>,
+    bus: Arc<dyn Bus>,
+}
+
+impl StoreLog {
+    /// A log over a store and a bus.
+    pub fn new(store: Arc<dyn Store>, bus: Arc<dyn Bus>) -> Self {
+        Self { store, bus }
+    }
+}
+
+#[async_trait]
+impl EventLog for StoreLog {
+    async fn append(
+        &self,
+        batch: Vec<NewEvent>,
+        idempotency: Option<Idempotency>,
+    ) -> Result<Appended, StoreError> {
+        let (store, bus) = (Arc::clone(&self.store), Arc::clone(&self.bus));
+        // A task of its own, so a client hanging up mid-request cannot separate the commit from
+        // the announcement (the hub would then wait `gap_timeout` and read the store).
+        let task = tokio::spawn(async move {
+            let appended = store.append(batch, idempotency).await?;
+            if !appended.duplicate {
+                if let Err(e) = bus.publish(&appended.events).await {
+                    // Stored is what counts: gateways fill the gap from the store.
+                    tracing::warn!(error = %e, "announcing stored events failed");
+                }
+            }
+            Ok(appended)
+        });
+        task.await
+            .map_err(|e| StoreError::Backend(Box::new(e)))?
+    }
+}

@@ -1,0 +1,226 @@
+//! The publish endpoints.
+
+use std::{sync::Arc, time::Instant};
+
+use axum::{
+    Json,
+    body::Body,
+    extract::{Path, State},
+    http::{HeaderMap, HeaderValue, StatusCode},
+    response::{IntoResponse, Response},
+};
+use herald_core::{EventId, EventType, NewEvent, Topic, ValidationError};
+use herald_runtime::{ApiError, http::read_json};
+use herald_store::{Appended, Idempotency, StoreError};
+use serde::Deserialize;
+use serde_json::{json, value::RawValue};
+
+use crate::IngestState;
+
+/// The longest `Idempotency-Key` accepted.
+const MAX_KEY_LEN: usize = 256;
+
+/// `{"type": "...", "data": ...}` for one event.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct PublishBody {
+    #[serde(rename = "type")]
+    event_type: Option<String>,
+    data: Box<RawValue>,
+}
+
+/// `{"topic": "...", "type": "...", "data": ...}` in a batch.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct BatchItem {
+    topic: String,
+    #[serde(rename = "type")]
+    event_type: Option<String>,
+    data: Box<RawValue>,
+}
+
+/// `POST /v1/topics/{topic}/events`
+pub(crate) async fn one(
+    State(state): State<Arc<IngestState>>,
+    Path(topic): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let started = Instant::now();
+    let body: PublishBody = read_json(body, state.config.max_body_bytes).await?;
+    let event = new_event(&topic, body.event_type.as_deref(), body.data)?;
+    let appended = commit(&state, vec![event], &headers).await?;
+    let id = EventId::new(appended.epoch, appended.seqs[0]);
+    Ok(answer(&state, started, &appended, json!({ "id": id, "topic": topic })))
+}
+
+/// `POST /v1/events`: all or nothing, ids in order.
+pub(crate) async fn batch(
+    State(state): State<Arc<IngestState>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let started = Instant::now();
+    let items: Vec<BatchItem> = read_json(body, state.config.max_body_bytes).await?;
+    if items.is_empty() {
+        return Err(ApiError::bad_request("empty_batch", "the batch has no events"));
+    }
+    if items.len() > state.config.max_batch {
+        return Err(ApiError::too_large(format!(
+            "the batch has {} events; the limit is {}",
+            items.len(),
+            state.config.max_batch
+        )));
+    }
+    let events = items
+        .into_iter()
+        .map(|i| new_event(&i.topic, i.event_type.as_deref(), i.data))
+        .collect::<Result<Vec<_>, _>>()?;
+    let topics: Vec<Topic> = events.iter().map(|e| e.topic.clone()).collect();
+    let appended = commit(&state, events, &headers).await?;
+    let listed: Vec<_> = appended
+        .seqs
+        .iter()
+        .zip(&topics)
+        .map(|(&seq, topic)| json!({ "id": EventId::new(appended.epoch, seq), "topic": topic }))
+        .collect();
+    Ok(answer(&state, started, &appended, json!({ "events": listed })))
+}
+
+/// `PUT /api/post-update`: the article's publish; the body is the event's data.
+pub(crate) async fn compat(
+    State(state): State<Arc<IngestState>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let started = Instant::now();
+    let data: Box<RawValue> = read_json(body, state.config.max_body_bytes).await?;
+    let topic = state.config.compat_topic.clone();
+    let event = NewEvent {
+        topic: topic.clone(),
+        event_type: EventType::default(),
+        data,
+    };
+    let appended = commit(&state, vec![event], &headers).await?;
+    let id = EventId::new(appended.epoch, appended.seqs[0]);
+    Ok(answer(&state, started, &appended, json!({ "id": id, "topic": topic })))
+}
+
+fn new_event(topic: &str, event_type: Option<&str>, data: Box<RawValue>) -> Result<NewEvent, ApiError> {
+    Ok(NewEvent {
+        topic: Topic::new(topic).map_err(invalid)?,
+        event_type: match event_type {
+            Some(t) => EventType::new(t).map_err(invalid)?,
+            None => EventType::default(),
+        },
+        data,
+    })
+}
+
+fn invalid(e: ValidationError) -> ApiError {
+    let code = match e {
+        ValidationError::Topic(_) | ValidationError::Pattern(_) => "invalid_topic",
+        ValidationError::EventType(_) => "invalid_type",
+        ValidationError::Data(_) => "invalid_data",
+        ValidationError::IdempotencyKey => "invalid_idempotency_key",
+    };
+    ApiError::bad_request(code, e.to_string())
+}
+
+async fn commit(
+    state: &IngestState,
+    events: Vec<NewEvent>,
+    headers: &HeaderMap,
+) -> Result<Appended, ApiError> {
+    let idempotency = idempotency(headers, &events)?;
+    state
+        .log
+        .append(events, idempotency)
+        .await
+        .map_err(|e| match e {
+            StoreError::IdempotencyConflict => ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "idempotency_conflict",
+                e.to_string(),
+            ),
+            StoreError::Closed => {
+                ApiError::unavailable("draining", "this server is shutting down; retry", 1)
+            }
+            StoreError::Backend(_) => ApiError::internal(&e),
+        })
+}
+
+/// Reads `Idempotency-Key` and fingerprints the request it comes with.
+fn idempotency(headers: &HeaderMap, events: &[NewEvent]) -> Result<Option<Idempotency>, ApiError> {
+    let Some(value) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let key = value
+        .to_str()
+        .ok()
+        .filter(|k| !k.is_empty() && k.len() <= MAX_KEY_LEN && k.bytes().all(|b| b.is_ascii_graphic() || b == b' '))
+        .ok_or_else(|| invalid(ValidationError::IdempotencyKey))?;
+    Ok(Some(Idempotency {
+        key: key.to_owned(),
+        fingerprint: fingerprint(events),
+    }))
+}
+
+/// FNV-1a over every event's topic, type and data: stable across processes and versions.
+fn fingerprint(events: &[NewEvent]) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for e in events {
+        for part in [e.topic.as_str(), e.event_type.as_str(), e.data.get()] {
+            for b in part.bytes().chain([0xff]) {
+                hash ^= u64::from(b);
+                hash = hash.wrapping_mul(0x0100_0000_01b3);
+            }
+        }
+    }
+    hash
+}
+
+fn answer(state: &IngestState, started: Instant, appended: &Appended, body: serde_json::Value) -> Response {
+    let mut response = (StatusCode::CREATED, Json(body)).into_response();
+    if appended.duplicate {
+        response
+            .headers_mut()
+            .insert("idempotent-replayed", HeaderValue::from_static("true"));
+    } else {
+        state.metrics.events_published.inc_by(appended.seqs.len() as u64);
+    }
+    state
+        .metrics
+        .publish_duration
+        .observe(started.elapsed().as_secs_f64());
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(data: &str) -> NewEvent {
+        new_event("t", None, RawValue::from_string(data.into()).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn fingerprints_tell_requests_apart() {
+        assert_eq!(fingerprint(&[ev("1")]), fingerprint(&[ev("1")]));
+        assert_ne!(fingerprint(&[ev("1")]), fingerprint(&[ev("2")]));
+        assert_ne!(fingerprint(&[ev("1"), ev("2")]), fingerprint(&[ev("12")]));
+    }
+
+    #[test]
+    fn injection_attempts_are_invalid() {
+        let data = || RawValue::from_string("1".into()).unwrap();
+        assert!(new_event("a\nb", None, data()).is_err());
+        assert!(new_event("a", Some("x\r\nid: 9"), data()).is_err());
+        assert!(new_event("a", Some("x\0"), data()).is_err());
+        let mut h = HeaderMap::new();
+        h.insert("idempotency-key", HeaderValue::from_static("k"));
+        assert!(idempotency(&h, &[]).unwrap().is_some());
+        h.insert("idempotency-key", HeaderValue::from_bytes(b"a\tb").unwrap());
+        assert!(idempotency(&h, &[]).is_err());
+    }
+}

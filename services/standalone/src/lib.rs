@@ -1,0 +1,13 @@
+//! The standalone `herald` node: ingest and gateway in one process, over the embedded store and
+//! the in-process bus.
+//!
+//! - [`config`]: options from flags, `HERALD_*` environment and a TOML file, resolved to a
+//!   [`Config`].
+//! - [`app`]: [`App::build`] composes the services; [`App::run`] serves a listener until a shutdown
+//!   future resolves, then drains.
+
+pub mod app;
+pub mod config;
+
+pub use app::App;
+pub use config::{Config, Options, StoreKind};
