@@ -1,1 +1,9 @@
-fn main(){}
+//! Cross-process tests of the standalone `herald` binary: each test starts its own process on a
+//! free port with its own data directory.
+
+mod api;
+mod crash;
+mod delivery;
+mod drain;
+mod isolation;
+mod resume;

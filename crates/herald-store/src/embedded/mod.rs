@@ -44,6 +44,10 @@ const META_TRIMMED: &str = "trimmed_through";
 const META_BYTES: &str = "bytes";
 const META_LAST_TIME: &str = "last_time_ms";
 
+/// Memory redb may use to cache pages (its default is 1 GiB, which would make the process's
+/// memory grow with the data written rather than with the work in flight).
+pub const CACHE_BYTES: usize = 32 << 20;
+
 /// The file name inside the data directory.
 pub const FILE_NAME: &str = "herald.redb";
 
@@ -89,7 +93,9 @@ impl EmbeddedStore {
     /// Opens (or creates) the store in `dir`, creating the directory if needed.
     pub fn open(dir: &Path, options: StoreOptions) -> Result<Self, StoreError> {
         std::fs::create_dir_all(dir).map_err(|e| StoreError::Backend(Box::new(e)))?;
-        let db = Database::create(dir.join(FILE_NAME))?;
+        let db = Database::builder()
+            .set_cache_size(CACHE_BYTES)
+            .create(dir.join(FILE_NAME))?;
         let state = writer::State::load_or_init(&db, options)?;
         let shared = Arc::new(Shared {
             epoch: state.epoch,

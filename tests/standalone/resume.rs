@@ -1,0 +1,111 @@
+//! Resumes that cannot be honoured say so with `recovered:false` and the right reason.
+
+use std::time::Duration;
+
+use herald_tests::{Herald, seq_of};
+use serde_json::{Value, json};
+
+async fn verdict(api: &herald_tests::Api, last_event_id: &str) -> Value {
+    let mut s = api.stream("/v1/stream?topic=t", Some(last_event_id)).await.unwrap();
+    let first = s.next().await.unwrap().unwrap();
+    assert_eq!(first.event, "herald.resume");
+    assert_eq!(first.id, "", "the control event carries no id");
+    serde_json::from_str(&first.data).unwrap()
+}
+
+#[tokio::test]
+async fn malformed_unknown_and_expired_ids_are_refused_with_their_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let herald = Herald::start(
+        dir.path(),
+        &["--retention-bytes", "2KiB", "--trim-interval", "100ms"],
+    )
+    .await
+    .unwrap();
+    let api = herald.api();
+    let mut ids = Vec::new();
+    for n in 0..100 {
+        ids.push(api.publish("t", json!({"n": n, "pad": "x".repeat(40)})).await.unwrap().id());
+    }
+    let last = ids.last().unwrap().clone();
+    let epoch = last.split('-').next().unwrap().to_owned();
+
+    // Wait for retention to remove the oldest events.
+    let mut earliest = 0;
+    for _ in 0..100 {
+        let (_, h) = api.get_json("/v1/topics/t/events?limit=1000").await.unwrap();
+        earliest = h["events"][0]["id"].as_str().map(seq_of).unwrap_or(0);
+        if earliest > 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(earliest > 1, "retention ran");
+
+    let v = verdict(&api, &ids[0]).await;
+    assert_eq!(v["recovered"], false);
+    assert_eq!(v["reason"], "expired");
+    assert_eq!(v["earliest"], format!("{epoch}-{earliest}"));
+    assert_eq!(v["head"], last);
+
+    for bad in ["garbage", "12", "zz-1", &format!("{epoch}-")] {
+        let v = verdict(&api, bad).await;
+        assert_eq!((v["recovered"].clone(), v["reason"].clone()), (json!(false), json!("malformed")), "{bad}");
+    }
+    let v = verdict(&api, &format!("{epoch}-{}", seq_of(&last) + 10)).await;
+    assert_eq!(v["reason"], "unknown");
+
+    // The id just before the earliest retained one loses nothing: recovered.
+    let v = verdict(&api, &format!("{epoch}-{}", earliest - 1)).await;
+    assert_eq!(v, json!({"recovered": true}));
+
+    // After a refusal the stream goes on live, from now.
+    let mut s = api.stream("/v1/stream?topic=t", Some("garbage")).await.unwrap();
+    assert_eq!(s.next().await.unwrap().unwrap().event, "herald.resume");
+    let live = api.publish("t", json!("live")).await.unwrap().id();
+    assert_eq!(s.next().await.unwrap().unwrap().id, live);
+}
+
+#[tokio::test]
+async fn an_id_from_before_the_data_dir_was_wiped_is_another_epoch() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut herald = Herald::start(dir.path(), &[]).await.unwrap();
+    let old = herald.api().publish("t", json!(1)).await.unwrap().id();
+    herald.kill9().await;
+    std::fs::remove_dir_all(dir.path()).unwrap();
+    herald.restart().await.unwrap();
+    let api = herald.api();
+    let new = api.publish("t", json!(2)).await.unwrap().id();
+    assert_eq!(seq_of(&new), 1, "the sequence restarted");
+    let v = verdict(&api, &old).await;
+    assert_eq!(v["recovered"], false);
+    assert_eq!(v["reason"], "epoch");
+    assert_eq!(v["head"], new);
+}
+
+#[tokio::test]
+async fn the_query_parameter_resumes_a_first_load_and_the_header_wins() {
+    let dir = tempfile::tempdir().unwrap();
+    let herald = Herald::start(dir.path(), &[]).await.unwrap();
+    let api = herald.api();
+    let ids: Vec<String> = futures_util::future::join_all((0..3).map(|n| {
+        let api = api.clone();
+        async move { api.publish("t", json!(n)).await.unwrap().id() }
+    }))
+    .await;
+    let mut ids = ids;
+    ids.sort_by_key(|i| seq_of(i));
+    let mut s = api
+        .stream(&format!("/v1/stream?topic=t&lastEventId={}", ids[0]), None)
+        .await
+        .unwrap();
+    let (got, control) = s.collect(2).await.unwrap();
+    assert_eq!(control[0].data, r#"{"recovered":true}"#);
+    assert_eq!(got.iter().map(|e| e.id.clone()).collect::<Vec<_>>(), ids[1..]);
+    let mut s = api
+        .stream(&format!("/v1/stream?topic=t&lastEventId={}", ids[0]), Some(&ids[1]))
+        .await
+        .unwrap();
+    let (got, _) = s.collect(1).await.unwrap();
+    assert_eq!(got[0].id, ids[2], "Last-Event-ID header over the query");
+}
