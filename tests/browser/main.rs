@@ -1,1 +1,158 @@
-fn main(){}
+//! The demo page in real headless Chromium, driven over WebDriver: the feed shows events published
+//! through the API and through its form, and after the server is killed and restarted the page
+//! catches up, through Last-Event-ID, the events published while it was disconnected.
+
+use std::{process::Stdio, time::Duration};
+
+use anyhow::{Context, bail};
+use fantoccini::{Client, ClientBuilder, Locator};
+use herald_tests::{Herald, PATIENCE, seq_of};
+use hyper_util::client::legacy::connect::HttpConnector;
+use serde_json::{Value, json};
+use tokio::process::{Child, Command};
+
+/// A chromedriver process on a free port, killed on drop.
+struct ChromeDriver {
+    _child: Child,
+    url: String,
+}
+
+impl ChromeDriver {
+    async fn start() -> anyhow::Result<Self> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let child = Command::new("chromedriver")
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting chromedriver (tests/run installs Debian's chromium-driver)")?;
+        let url = format!("http://127.0.0.1:{port}");
+        let http = reqwest::Client::new();
+        for _ in 0..100 {
+            if http.get(format!("{url}/status")).send().await.is_ok() {
+                return Ok(Self { _child: child, url });
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        bail!("chromedriver did not answer on {url}")
+    }
+
+    async fn browser(&self, profile: &std::path::Path) -> anyhow::Result<Client> {
+        let mut caps = serde_json::Map::new();
+        caps.insert(
+            "goog:chromeOptions".into(),
+            json!({
+                "binary": "/usr/bin/chromium",
+                "args": [
+                    "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                    "--disable-background-networking", "--disable-component-update",
+                    "--disable-sync", "--no-first-run", "--disable-quic",
+                    format!("--user-data-dir={}", profile.display()),
+                ],
+            }),
+        );
+        Ok(ClientBuilder::new(HttpConnector::new())
+            .capabilities(caps)
+            .connect(&self.url)
+            .await?)
+    }
+}
+
+/// The feed as the page shows it: (id, text) per item.
+async fn feed(browser: &Client) -> anyhow::Result<Vec<(String, String)>> {
+    let items = browser
+        .execute(
+            "return Array.from(document.querySelectorAll('#feed li')).map(li => [li.dataset.id, li.textContent]);",
+            vec![],
+        )
+        .await?;
+    Ok(serde_json::from_value(items)?)
+}
+
+async fn state(browser: &Client) -> anyhow::Result<String> {
+    Ok(browser.find(Locator::Id("state")).await?.text().await?)
+}
+
+/// Polls until `check` holds for the feed and state, or fails with what was last seen.
+async fn wait_until(
+    browser: &Client,
+    what: &str,
+    check: impl Fn(&[(String, String)], &str) -> bool,
+) -> anyhow::Result<Vec<(String, String)>> {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let (items, st) = (feed(browser).await?, state(browser).await?);
+        if check(&items, &st) {
+            return Ok(items);
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!("timed out waiting for {what}; state {st:?}, feed {items:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn ids(items: &[(String, String)]) -> Vec<String> {
+    items.iter().map(|(id, _)| id.clone()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_page_shows_live_events_and_catches_up_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let profile = tempfile::tempdir().unwrap();
+    // A long retry: the page stays disconnected while events are published after the restart.
+    let mut herald = Herald::start(dir.path(), &["--retry", "3s"]).await.unwrap();
+    let api = herald.api();
+    let mut published = Vec::new();
+    for n in 0..2 {
+        published.push(api.publish("scores", json!({"team": "Early", "score": n})).await.unwrap().id());
+    }
+
+    let driver = ChromeDriver::start().await.unwrap();
+    let browser = driver.browser(profile.path()).await.unwrap();
+    browser.goto(&format!("{}/", herald.base)).await.unwrap();
+    let rendered = browser.find(Locator::Id("rendered")).await.unwrap().text().await.unwrap();
+    assert_eq!(rendered, "2", "the first render lists the events already published");
+    // It resumed from the last rendered id: nothing was missed between render and connect.
+    wait_until(&browser, "connected", |_, st| st == "caught up 0 events").await.unwrap();
+
+    for n in 0..3 {
+        published.push(api.publish("scores", json!({"team": "Live", "score": n})).await.unwrap().id());
+    }
+    let items = wait_until(&browser, "3 live events", |items, _| items.len() == 5).await.unwrap();
+    assert_eq!(ids(&items), published);
+    assert_eq!(items[2].1, r#"{"score":0,"team":"Live"}"#);
+
+    // The page's own publish form.
+    let form = browser.find(Locator::Id("publish")).await.unwrap();
+    let team = form.find(Locator::Css("input[name=team]")).await.unwrap();
+    team.clear().await.unwrap();
+    team.send_keys("Form").await.unwrap();
+    form.find(Locator::Css("button")).await.unwrap().click().await.unwrap();
+    let items = wait_until(&browser, "the form's event", |items, _| items.len() == 6).await.unwrap();
+    assert!(items[5].1.contains(r#""team":"Form""#), "{items:?}");
+    published.push(items[5].0.clone());
+
+    // Crash and restart on the same port; publish while the page waits to reconnect.
+    herald.restart_same_port().await.unwrap();
+    let api = herald.api();
+    for n in 0..3 {
+        published.push(api.publish("scores", json!({"team": "WhileDown", "score": n})).await.unwrap().id());
+    }
+    let items = wait_until(&browser, "catch-up after restart", |items, st| {
+        items.len() == 9 && st == "caught up 3 events"
+    })
+    .await
+    .unwrap();
+    assert_eq!(ids(&items), published, "every event once, in order");
+    let seqs: Vec<u64> = items.iter().map(|(id, _)| seq_of(id)).collect();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]));
+
+    // And live again after the catch-up.
+    let live = api.publish("scores", json!({"team": "After", "score": 9})).await.unwrap().id();
+    let items = wait_until(&browser, "live after catch-up", |items, _| items.len() == 10).await.unwrap();
+    assert_eq!(items[9].0, live);
+    let _: Value = browser.execute("return 1;", vec![]).await.unwrap();
+    browser.close().await.unwrap();
+}
