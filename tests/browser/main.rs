@@ -19,7 +19,9 @@ struct ChromeDriver {
 
 impl ChromeDriver {
     async fn start() -> anyhow::Result<Self> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
         let child = Command::new("chromedriver")
             .arg(format!("--port={port}"))
             .stdout(Stdio::null())
@@ -106,21 +108,44 @@ async fn the_demo_page_shows_live_events_and_catches_up_after_a_restart() {
     let api = herald.api();
     let mut published = Vec::new();
     for n in 0..2 {
-        published.push(api.publish("scores", json!({"team": "Early", "score": n})).await.unwrap().id());
+        published.push(
+            api.publish("scores", json!({"team": "Early", "score": n}))
+                .await
+                .unwrap()
+                .id(),
+        );
     }
 
     let driver = ChromeDriver::start().await.unwrap();
     let browser = driver.browser(profile.path()).await.unwrap();
     browser.goto(&format!("{}/", herald.base)).await.unwrap();
-    let rendered = browser.find(Locator::Id("rendered")).await.unwrap().text().await.unwrap();
-    assert_eq!(rendered, "2", "the first render lists the events already published");
+    let rendered = browser
+        .find(Locator::Id("rendered"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(
+        rendered, "2",
+        "the first render lists the events already published"
+    );
     // It resumed from the last rendered id: nothing was missed between render and connect.
-    wait_until(&browser, "connected", |_, st| st == "caught up 0 events").await.unwrap();
+    wait_until(&browser, "connected", |_, st| st == "caught up 0 events")
+        .await
+        .unwrap();
 
     for n in 0..3 {
-        published.push(api.publish("scores", json!({"team": "Live", "score": n})).await.unwrap().id());
+        published.push(
+            api.publish("scores", json!({"team": "Live", "score": n}))
+                .await
+                .unwrap()
+                .id(),
+        );
     }
-    let items = wait_until(&browser, "3 live events", |items, _| items.len() == 5).await.unwrap();
+    let items = wait_until(&browser, "3 live events", |items, _| items.len() == 5)
+        .await
+        .unwrap();
     assert_eq!(ids(&items), published);
     assert_eq!(items[2].1, r#"{"score":0,"team":"Live"}"#);
 
@@ -129,8 +154,15 @@ async fn the_demo_page_shows_live_events_and_catches_up_after_a_restart() {
     let team = form.find(Locator::Css("input[name=team]")).await.unwrap();
     team.clear().await.unwrap();
     team.send_keys("Form").await.unwrap();
-    form.find(Locator::Css("button")).await.unwrap().click().await.unwrap();
-    let items = wait_until(&browser, "the form's event", |items, _| items.len() == 6).await.unwrap();
+    form.find(Locator::Css("button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let items = wait_until(&browser, "the form's event", |items, _| items.len() == 6)
+        .await
+        .unwrap();
     assert!(items[5].1.contains(r#""team":"Form""#), "{items:?}");
     published.push(items[5].0.clone());
 
@@ -138,7 +170,12 @@ async fn the_demo_page_shows_live_events_and_catches_up_after_a_restart() {
     herald.restart_same_port().await.unwrap();
     let api = herald.api();
     for n in 0..3 {
-        published.push(api.publish("scores", json!({"team": "WhileDown", "score": n})).await.unwrap().id());
+        published.push(
+            api.publish("scores", json!({"team": "WhileDown", "score": n}))
+                .await
+                .unwrap()
+                .id(),
+        );
     }
     let items = wait_until(&browser, "catch-up after restart", |items, st| {
         items.len() == 9 && st == "caught up 3 events"
@@ -150,8 +187,16 @@ async fn the_demo_page_shows_live_events_and_catches_up_after_a_restart() {
     assert!(seqs.windows(2).all(|w| w[0] < w[1]));
 
     // And live again after the catch-up.
-    let live = api.publish("scores", json!({"team": "After", "score": 9})).await.unwrap().id();
-    let items = wait_until(&browser, "live after catch-up", |items, _| items.len() == 10).await.unwrap();
+    let live = api
+        .publish("scores", json!({"team": "After", "score": 9}))
+        .await
+        .unwrap()
+        .id();
+    let items = wait_until(&browser, "live after catch-up", |items, _| {
+        items.len() == 10
+    })
+    .await
+    .unwrap();
     assert_eq!(items[9].0, live);
     let _: Value = browser.execute("return 1;", vec![]).await.unwrap();
     browser.close().await.unwrap();

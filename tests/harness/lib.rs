@@ -131,7 +131,11 @@ impl Api {
     }
 
     /// Opens `GET path` as an event stream, with an optional Last-Event-ID header.
-    pub async fn stream(&self, path: &str, last_event_id: Option<&str>) -> anyhow::Result<SseStream> {
+    pub async fn stream(
+        &self,
+        path: &str,
+        last_event_id: Option<&str>,
+    ) -> anyhow::Result<SseStream> {
         let mut req = self.http.get(format!("{}{path}", self.base));
         if let Some(id) = last_event_id {
             req = req.header("last-event-id", id);

@@ -22,7 +22,9 @@ pub struct SseStream {
 
 impl std::fmt::Debug for SseStream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SseStream").field("ended", &self.ended).finish_non_exhaustive()
+        f.debug_struct("SseStream")
+            .field("ended", &self.ended)
+            .finish_non_exhaustive()
     }
 }
 
@@ -32,7 +34,10 @@ impl SseStream {
         let res = req.send().await.context("opening the stream")?;
         if !res.status().is_success() {
             let status = res.status();
-            bail!("stream refused: {status} {}", res.text().await.unwrap_or_default());
+            bail!(
+                "stream refused: {status} {}",
+                res.text().await.unwrap_or_default()
+            );
         }
         Ok(Self {
             headers: res.headers().clone(),

@@ -47,10 +47,18 @@ async fn sse_injection_attempts_are_400_and_oversize_bodies_413() {
         (r#"{"data":1,"extra":2}"#, "invalid_json"),
     ] {
         let r = api.publish_raw("t", body.into(), None).await.unwrap();
-        assert_eq!((r.status.as_u16(), r.body["error"]["code"].as_str()), (400, Some(code)), "{body}");
+        assert_eq!(
+            (r.status.as_u16(), r.body["error"]["code"].as_str()),
+            (400, Some(code)),
+            "{body}"
+        );
     }
     let (_, history) = api.get_json("/v1/topics/ok/events").await.unwrap();
-    assert_eq!(history["events"].as_array().unwrap().len(), 0, "nothing was stored");
+    assert_eq!(
+        history["events"].as_array().unwrap().len(),
+        0,
+        "nothing was stored"
+    );
 }
 
 #[tokio::test]
@@ -58,7 +66,10 @@ async fn idempotency_key_twice_makes_one_event_with_the_same_id() {
     let (herald, _dir) = node(&[]).await;
     let api = herald.api();
     let body = json!({"data": {"n": 1}}).to_string();
-    let first = api.publish_raw("t", body.clone(), Some("order-42")).await.unwrap();
+    let first = api
+        .publish_raw("t", body.clone(), Some("order-42"))
+        .await
+        .unwrap();
     let second = api.publish_raw("t", body, Some("order-42")).await.unwrap();
     assert_eq!((first.status.as_u16(), second.status.as_u16()), (201, 201));
     assert_eq!(first.id(), second.id());
@@ -91,15 +102,26 @@ async fn stream_headers_retry_heartbeats_and_multi_line_data() {
     tokio::time::sleep(Duration::from_millis(700)).await;
     let pretty = "{\n  \"multi\": \"line\"\n}";
     let r = api
-        .publish_raw("t", format!("{{\"type\":\"note\",\"data\":{pretty}}}"), None)
+        .publish_raw(
+            "t",
+            format!("{{\"type\":\"note\",\"data\":{pretty}}}"),
+            None,
+        )
         .await
         .unwrap();
     let ev = s.next().await.unwrap().unwrap();
     assert_eq!(ev.event, "note");
-    assert_eq!(ev.data, pretty, "data split into data: lines and joined back");
+    assert_eq!(
+        ev.data, pretty,
+        "data split into data: lines and joined back"
+    );
     assert_eq!(ev.id, r.id());
     assert_eq!(s.decoder().retry(), Some(1500));
-    assert!(s.decoder().comments() >= 2, "heartbeats while idle: {}", s.decoder().comments());
+    assert!(
+        s.decoder().comments() >= 2,
+        "heartbeats while idle: {}",
+        s.decoder().comments()
+    );
 }
 
 #[tokio::test]
@@ -112,7 +134,11 @@ async fn heartbeats_reset_on_traffic() {
         s.next().await.unwrap().unwrap();
         tokio::time::sleep(Duration::from_millis(150)).await;
     }
-    assert_eq!(s.decoder().comments(), 0, "traffic every 150ms leaves no silence of 400ms");
+    assert_eq!(
+        s.decoder().comments(),
+        0,
+        "traffic every 150ms leaves no silence of 400ms"
+    );
 }
 
 #[tokio::test]
@@ -121,9 +147,15 @@ async fn stream_limits_answer_clear_errors() {
     let api = herald.api();
     let err = api.stream("/v1/stream", None).await.unwrap_err();
     assert!(err.to_string().contains("400"), "{err}");
-    let err = api.stream("/v1/stream?topic=a&topic=b&topic=c", None).await.unwrap_err();
+    let err = api
+        .stream("/v1/stream?topic=a&topic=b&topic=c", None)
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("too_many_topics"), "{err}");
-    let err = api.stream("/v1/stream?topic=a%0Ab", None).await.unwrap_err();
+    let err = api
+        .stream("/v1/stream?topic=a%0Ab", None)
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("invalid_topic"), "{err}");
     let _a = api.stream("/v1/stream?topic=a", None).await.unwrap();
     let _b = api.stream("/v1/stream?topic=b.*", None).await.unwrap();
@@ -135,7 +167,12 @@ async fn stream_limits_answer_clear_errors() {
         .unwrap();
     assert_eq!(res.status(), 503);
     assert_eq!(res.headers()["retry-after"], "5");
-    assert_eq!(api.metric("herald_connections_rejected_total{reason=\"limit\"}").await.unwrap(), 1.0);
+    assert_eq!(
+        api.metric("herald_connections_rejected_total{reason=\"limit\"}")
+            .await
+            .unwrap(),
+        1.0
+    );
 }
 
 #[tokio::test]
@@ -169,16 +206,45 @@ async fn history_lists_and_pages_a_topic() {
     }
     let (status, all) = api.get_json("/v1/topics/h/events?limit=3").await.unwrap();
     assert_eq!(status, 200);
-    let got: Vec<&str> = all["events"].as_array().unwrap().iter().map(|e| e["id"].as_str().unwrap()).collect();
-    assert_eq!(got, ids[2..].iter().map(String::as_str).collect::<Vec<_>>(), "the newest 3, oldest first");
+    let got: Vec<&str> = all["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        got,
+        ids[2..].iter().map(String::as_str).collect::<Vec<_>>(),
+        "the newest 3, oldest first"
+    );
     assert_eq!(all["head"].as_str().map(seq_of), Some(10));
-    let (_, after) = api.get_json(&format!("/v1/topics/h/events?after={}", ids[0])).await.unwrap();
+    let (_, after) = api
+        .get_json(&format!("/v1/topics/h/events?after={}", ids[0]))
+        .await
+        .unwrap();
     assert_eq!(after["events"].as_array().unwrap().len(), 4);
-    let raw = api.http.get(format!("{}/v1/topics/h/events?limit=1", api.base)).send().await.unwrap().text().await.unwrap();
-    assert!(raw.contains(r#""data":{"n":4,"z":0,"a":1}"#), "data kept byte for byte: {raw}");
-    let (status, _) = api.get_json("/v1/topics/h/events?after=nonsense").await.unwrap();
+    let raw = api
+        .http
+        .get(format!("{}/v1/topics/h/events?limit=1", api.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        raw.contains(r#""data":{"n":4,"z":0,"a":1}"#),
+        "data kept byte for byte: {raw}"
+    );
+    let (status, _) = api
+        .get_json("/v1/topics/h/events?after=nonsense")
+        .await
+        .unwrap();
     assert_eq!(status, 400);
-    let (status, _) = api.get_json("/v1/topics/h/events?after=00000000-1").await.unwrap();
+    let (status, _) = api
+        .get_json("/v1/topics/h/events?after=00000000-1")
+        .await
+        .unwrap();
     assert_eq!(status, 410, "another epoch");
 }
 
@@ -189,11 +255,32 @@ async fn health_metrics_and_the_demo_page() {
     assert_eq!(api.get_json("/healthz").await.unwrap().0, 200);
     let (status, ready) = api.get_json("/readyz").await.unwrap();
     assert_eq!((status.as_u16(), &ready["ready"]), (200, &json!(true)));
-    let id = api.publish("scores", json!({"team": "<b>x</b>", "score": 1})).await.unwrap().id();
-    let html = api.http.get(format!("{}/", api.base)).send().await.unwrap().text().await.unwrap();
-    assert!(html.contains("new EventSource"), "the page uses EventSource");
-    assert!(html.contains(&format!("data-resume-from=\"{id}\"")), "resumes from the rendered event");
-    assert!(html.contains("&lt;b&gt;x&lt;/b&gt;") && !html.contains("<b>x</b>"), "escaped");
+    let id = api
+        .publish("scores", json!({"team": "<b>x</b>", "score": 1}))
+        .await
+        .unwrap()
+        .id();
+    let html = api
+        .http
+        .get(format!("{}/", api.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        html.contains("new EventSource"),
+        "the page uses EventSource"
+    );
+    assert!(
+        html.contains(&format!("data-resume-from=\"{id}\"")),
+        "resumes from the rendered event"
+    );
+    assert!(
+        html.contains("&lt;b&gt;x&lt;/b&gt;") && !html.contains("<b>x</b>"),
+        "escaped"
+    );
     for name in [
         "herald_connections_open",
         "herald_events_published_total 1",
@@ -203,7 +290,15 @@ async fn health_metrics_and_the_demo_page() {
         "herald_slow_subscribers_caught_up_total",
         "herald_slow_subscribers_cut_off_total",
     ] {
-        let text = api.http.get(format!("{}/metrics", api.base)).send().await.unwrap().text().await.unwrap();
+        let text = api
+            .http
+            .get(format!("{}/metrics", api.base))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
         assert!(text.contains(name), "{name} missing from /metrics");
     }
 }

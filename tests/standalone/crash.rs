@@ -38,7 +38,11 @@ async fn every_acknowledged_event_survives_kill_9_and_replays() {
         p.await.unwrap();
     }
     let acked: Vec<String> = acked.lock().unwrap().iter().cloned().collect();
-    assert!(acked.len() > 50, "the burst got going: {} acks", acked.len());
+    assert!(
+        acked.len() > 50,
+        "the burst got going: {} acks",
+        acked.len()
+    );
     println!("{} events acknowledged before kill -9", acked.len());
 
     herald.restart().await.unwrap();
@@ -46,16 +50,26 @@ async fn every_acknowledged_event_survives_kill_9_and_replays() {
     let epoch = epoch_of(&acked[0]).to_owned();
     // Replay everything from the start of this epoch.
     let mut all = api
-        .stream("/v1/stream?topic=even&topic=odd", Some(&format!("{epoch}-0")))
+        .stream(
+            "/v1/stream?topic=even&topic=odd",
+            Some(&format!("{epoch}-0")),
+        )
         .await
         .unwrap();
-    let (_, head) = api.get_json("/v1/topics/even/events?limit=1").await.unwrap();
+    let (_, head) = api
+        .get_json("/v1/topics/even/events?limit=1")
+        .await
+        .unwrap();
     let head = seq_of(head["head"].as_str().unwrap());
     let (events, control) = all.collect(head as usize).await.unwrap();
     assert_eq!(control[0].data, r#"{"recovered":true}"#);
     let ids: Vec<String> = events.iter().map(|e| e.id.clone()).collect();
     let seqs: Vec<u64> = ids.iter().map(|i| seq_of(i)).collect();
-    assert_eq!(seqs, (1..=head).collect::<Vec<_>>(), "no hole in the sequence");
+    assert_eq!(
+        seqs,
+        (1..=head).collect::<Vec<_>>(),
+        "no hole in the sequence"
+    );
     let present: BTreeSet<&String> = ids.iter().collect();
     let lost: Vec<&String> = acked.iter().filter(|id| !present.contains(id)).collect();
     assert!(lost.is_empty(), "acknowledged but lost: {lost:?}");

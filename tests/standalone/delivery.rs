@@ -17,7 +17,9 @@ struct Plan {
 
 fn matches(filter: &[&str], topic: &str) -> bool {
     filter.iter().any(|f| match f.strip_suffix(".*") {
-        Some(prefix) => topic.strip_prefix(prefix).is_some_and(|rest| rest.starts_with('.')),
+        Some(prefix) => topic
+            .strip_prefix(prefix)
+            .is_some_and(|rest| rest.starts_with('.')),
         None => *f == topic,
     })
 }
@@ -27,7 +29,13 @@ async fn every_subscriber_sees_exactly_its_events_in_order() {
     let dir = tempfile::tempdir().unwrap();
     let herald = Herald::start(dir.path(), &[]).await.unwrap();
     let api = herald.api();
-    let filters: [&[&str]; 5] = [&["game.a"], &["game.*"], &["news", "game.b"], &["game.*", "news"], &["game.b"]];
+    let filters: [&[&str]; 5] = [
+        &["game.a"],
+        &["game.*"],
+        &["news", "game.b"],
+        &["game.*", "news"],
+        &["game.b"],
+    ];
     let plans: Vec<Plan> = (0..20)
         .map(|i| Plan {
             filter: filters[i % 5],
@@ -39,7 +47,11 @@ async fn every_subscriber_sees_exactly_its_events_in_order() {
     let mut early = Vec::new();
     for plan in plans.iter().filter(|p| p.resume_after == 0) {
         let query: String = plan.filter.iter().map(|t| format!("topic={t}&")).collect();
-        early.push(api.stream(&format!("/v1/stream?{query}"), None).await.unwrap());
+        early.push(
+            api.stream(&format!("/v1/stream?{query}"), None)
+                .await
+                .unwrap(),
+        );
     }
 
     // Four concurrent publishers; `published` maps seq -> (id, topic).
@@ -51,7 +63,10 @@ async fn every_subscriber_sees_exactly_its_events_in_order() {
             let n = chunk * 50 + k;
             async move {
                 let topic = TOPICS[n % 3];
-                (api.publish(topic, json!({"n": n})).await.unwrap().id(), topic)
+                (
+                    api.publish(topic, json!({"n": n})).await.unwrap().id(),
+                    topic,
+                )
             }
         });
         for (id, topic) in join_all(sends).await {
@@ -60,9 +75,16 @@ async fn every_subscriber_sees_exactly_its_events_in_order() {
         // Late subscribers connect mid-stream, resuming from an id they "had".
         for (i, plan) in plans.iter().enumerate() {
             if plan.resume_after != 0 && plan.resume_after == published.len() {
-                let (id, _) = published.values().nth(plan.resume_after / 2).unwrap().clone();
+                let (id, _) = published
+                    .values()
+                    .nth(plan.resume_after / 2)
+                    .unwrap()
+                    .clone();
                 let query: String = plan.filter.iter().map(|t| format!("topic={t}&")).collect();
-                let s = api.stream(&format!("/v1/stream?{query}"), Some(&id)).await.unwrap();
+                let s = api
+                    .stream(&format!("/v1/stream?{query}"), Some(&id))
+                    .await
+                    .unwrap();
                 late.push((i, s, id));
             }
         }
@@ -94,13 +116,23 @@ async fn every_subscriber_sees_exactly_its_events_in_order() {
         assert_eq!(control[0].data, r#"{"recovered":true}"#);
         let got: Vec<String> = got.into_iter().map(|e| e.id).collect();
         let seqs: Vec<u64> = got.iter().map(|id| seq_of(id)).collect();
-        assert!(seqs.windows(2).all(|w| w[0] < w[1]), "strictly increasing ids");
-        assert_eq!(got, want, "late subscriber {i} {:?} from {from}", plan.filter);
+        assert!(
+            seqs.windows(2).all(|w| w[0] < w[1]),
+            "strictly increasing ids"
+        );
+        assert_eq!(
+            got, want,
+            "late subscriber {i} {:?} from {from}",
+            plan.filter
+        );
         assert_nothing_more(&mut stream).await;
     }
 }
 
 async fn assert_nothing_more(stream: &mut SseStream) {
     let extra = stream.next_within(Duration::from_millis(100)).await;
-    assert!(extra.is_err(), "an event beyond the expected ones: {extra:?}");
+    assert!(
+        extra.is_err(),
+        "an event beyond the expected ones: {extra:?}"
+    );
 }

@@ -12,7 +12,14 @@ async fn sigterm_with_500_streams_drains_within_the_deadline() {
     let dir = tempfile::tempdir().unwrap();
     let mut herald = Herald::start(
         dir.path(),
-        &["--drain-deadline", "10s", "--drain-jitter", "2s", "--max-connections", "1000"],
+        &[
+            "--drain-deadline",
+            "10s",
+            "--drain-jitter",
+            "2s",
+            "--max-connections",
+            "1000",
+        ],
     )
     .await
     .unwrap();
@@ -23,10 +30,16 @@ async fn sigterm_with_500_streams_drains_within_the_deadline() {
         let api = api.clone();
         streams.push(tokio::spawn(async move {
             let topic = topics[i % 4];
-            api.stream(&format!("/v1/stream?topic={topic}"), None).await.unwrap()
+            api.stream(&format!("/v1/stream?topic={topic}"), None)
+                .await
+                .unwrap()
         }));
     }
-    let streams: Vec<_> = join_all(streams).await.into_iter().map(Result::unwrap).collect();
+    let streams: Vec<_> = join_all(streams)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
     let open = api.metric("herald_connections_open").await.unwrap();
     assert_eq!(open, 500.0);
     for n in 0..40 {
@@ -39,22 +52,36 @@ async fn sigterm_with_500_streams_drains_within_the_deadline() {
     let readers = streams.into_iter().enumerate().map(|(i, mut s)| {
         tokio::spawn(async move {
             let rest = s.ended_within(Duration::from_secs(15)).await.unwrap();
-            assert_eq!(rest.len(), 10, "client {i} got its 10 events before the end");
+            assert_eq!(
+                rest.len(),
+                10,
+                "client {i} got its 10 events before the end"
+            );
             (i, s.decoder().last_event_id().to_owned(), Instant::now())
         })
     });
-    let ends: Vec<(usize, String, Instant)> = join_all(readers).await.into_iter().map(Result::unwrap).collect();
+    let ends: Vec<(usize, String, Instant)> = join_all(readers)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
     let status = herald.wait_exit(Duration::from_secs(12)).await.unwrap();
     let took = started.elapsed();
     assert!(status.success(), "herald exited cleanly: {status}");
-    assert!(took < Duration::from_secs(10), "drained in {took:?}, deadline 10s");
+    assert!(
+        took < Duration::from_secs(10),
+        "drained in {took:?}, deadline 10s"
+    );
     let first = ends.iter().map(|e| e.2).min().unwrap();
     let last = ends.iter().map(|e| e.2).max().unwrap();
     println!(
         "500 streams drained in {took:?}; closes spread over {:?}",
         last.duration_since(first)
     );
-    assert!(last.duration_since(first) > Duration::from_millis(500), "closes are jittered");
+    assert!(
+        last.duration_since(first) > Duration::from_millis(500),
+        "closes are jittered"
+    );
 
     // Every client's last id resumes on the restarted node.
     herald.restart().await.unwrap();
@@ -63,9 +90,15 @@ async fn sigterm_with_500_streams_drains_within_the_deadline() {
     for (i, last_id, _) in ends.iter().step_by(25) {
         assert!(seq_of(last_id) > 0);
         let topic = topics[i % 4];
-        let mut s = api.stream(&format!("/v1/stream?topic={topic}"), Some(last_id)).await.unwrap();
+        let mut s = api
+            .stream(&format!("/v1/stream?topic={topic}"), Some(last_id))
+            .await
+            .unwrap();
         let first = s.next().await.unwrap().unwrap();
-        assert_eq!(first.data, r#"{"recovered":true}"#, "client {i} resumes from {last_id}");
+        assert_eq!(
+            first.data, r#"{"recovered":true}"#,
+            "client {i} resumes from {last_id}"
+        );
         if topic == "a" {
             let (got, _) = s.collect(1).await.unwrap();
             assert_eq!(got[0].id, head);

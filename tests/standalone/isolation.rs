@@ -12,14 +12,21 @@ use herald_tests::{Api, Herald, seq_of};
 use serde_json::json;
 
 fn now_us() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_micros() as u64
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as u64
 }
 
 /// Opens a stream on a raw socket and never reads from it.
 fn stalled_subscriber(base: &str, query: &str) -> TcpStream {
     let addr = base.trim_start_matches("http://");
     let mut socket = TcpStream::connect(addr).unwrap();
-    write!(socket, "GET /v1/stream?{query} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n\r\n").unwrap();
+    write!(
+        socket,
+        "GET /v1/stream?{query} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n\r\n"
+    )
+    .unwrap();
     socket
 }
 
@@ -32,7 +39,14 @@ async fn a_stalled_subscriber_does_not_delay_the_others_and_memory_stays_bounded
     let dir = tempfile::tempdir().unwrap();
     let herald = Herald::start(
         dir.path(),
-        &["--subscriber-queue", "16", "--write-timeout", "120s", "--retention-bytes", "off"],
+        &[
+            "--subscriber-queue",
+            "16",
+            "--write-timeout",
+            "120s",
+            "--retention-bytes",
+            "off",
+        ],
     )
     .await
     .unwrap();
@@ -73,7 +87,10 @@ async fn a_stalled_subscriber_does_not_delay_the_others_and_memory_stays_bounded
 async fn publish_bulk(api: &Api, payload: &str, events: usize) {
     for chunk in 0..events / 8 {
         join_all((0..8).map(|k| async move {
-            let r = api.publish("bulk", json!({"n": chunk * 8 + k, "pad": payload})).await.unwrap();
+            let r = api
+                .publish("bulk", json!({"n": chunk * 8 + k, "pad": payload}))
+                .await
+                .unwrap();
             assert_eq!(r.status, 201);
         }))
         .await;
@@ -103,7 +120,9 @@ async fn latency_run(api: &Api, subscribers: usize, n: usize) -> (u64, u64) {
     });
     let readers: Vec<_> = readers.collect();
     for i in 0..n {
-        api.publish("t", json!({"t": now_us(), "i": i})).await.unwrap();
+        api.publish("t", json!({"t": now_us(), "i": i}))
+            .await
+            .unwrap();
         tokio::time::sleep(Duration::from_millis(4)).await;
     }
     let mut all: Vec<u64> = Vec::new();
@@ -117,9 +136,19 @@ async fn latency_run(api: &Api, subscribers: usize, n: usize) -> (u64, u64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_reader_catches_up_in_place_and_a_stopped_one_is_cut_off() {
     let dir = tempfile::tempdir().unwrap();
-    let herald = Herald::start(dir.path(), &["--subscriber-queue", "4", "--write-timeout", "1s", "--max-body", "1MiB"])
-        .await
-        .unwrap();
+    let herald = Herald::start(
+        dir.path(),
+        &[
+            "--subscriber-queue",
+            "4",
+            "--write-timeout",
+            "1s",
+            "--max-body",
+            "1MiB",
+        ],
+    )
+    .await
+    .unwrap();
     let api = herald.api();
     let stopped = stalled_subscriber(&herald.base, "topic=t");
     let mut slow = api.stream("/v1/stream?topic=t", None).await.unwrap();
@@ -130,10 +159,22 @@ async fn a_slow_reader_catches_up_in_place_and_a_stopped_one_is_cut_off() {
         tokio::spawn(async move {
             let mut ids = Vec::new();
             for chunk in 0..total / 6 {
-                let batch = json!((0..6).map(|k| json!({"topic": "t", "data": {"n": chunk * 6 + k, "pad": payload}})).collect::<Vec<_>>());
+                let batch = json!(
+                    (0..6)
+                        .map(
+                            |k| json!({"topic": "t", "data": {"n": chunk * 6 + k, "pad": payload}})
+                        )
+                        .collect::<Vec<_>>()
+                );
                 let r = api.publish_batch(batch).await.unwrap();
                 assert_eq!(r.status, 201);
-                ids.extend(r.body["events"].as_array().unwrap().iter().map(|e| e["id"].as_str().unwrap().to_owned()));
+                ids.extend(
+                    r.body["events"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|e| e["id"].as_str().unwrap().to_owned()),
+                );
             }
             ids
         })
@@ -141,25 +182,44 @@ async fn a_slow_reader_catches_up_in_place_and_a_stopped_one_is_cut_off() {
     // Read slowly: a pause after every event.
     let mut got = Vec::new();
     while got.len() < total {
-        let ev = slow.next().await.unwrap().expect("the slow reader is not cut off");
+        let ev = slow
+            .next()
+            .await
+            .unwrap()
+            .expect("the slow reader is not cut off");
         got.push(ev.id);
         if got.len() < total / 2 {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
     let ids = publisher.await.unwrap();
-    assert_eq!(got, ids, "every event exactly once, in order, despite falling behind");
-    let caught_up = api.metric("herald_slow_subscribers_caught_up_total").await.unwrap();
-    assert!(caught_up >= 1.0, "the slow reader overflowed its queue and caught up in place");
+    assert_eq!(
+        got, ids,
+        "every event exactly once, in order, despite falling behind"
+    );
+    let caught_up = api
+        .metric("herald_slow_subscribers_caught_up_total")
+        .await
+        .unwrap();
+    assert!(
+        caught_up >= 1.0,
+        "the slow reader overflowed its queue and caught up in place"
+    );
     let mut cut_off = 0.0;
     for _ in 0..50 {
-        cut_off = api.metric("herald_slow_subscribers_cut_off_total").await.unwrap();
+        cut_off = api
+            .metric("herald_slow_subscribers_cut_off_total")
+            .await
+            .unwrap();
         if cut_off >= 1.0 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert_eq!(cut_off, 1.0, "the stopped reader was cut off by the write timeout");
+    assert_eq!(
+        cut_off, 1.0,
+        "the stopped reader was cut off by the write timeout"
+    );
     println!("slow reader caught up {caught_up} time(s); stopped reader cut off");
     drop(stopped);
 }

@@ -6,7 +6,10 @@ use herald_tests::{Herald, seq_of};
 use serde_json::{Value, json};
 
 async fn verdict(api: &herald_tests::Api, last_event_id: &str) -> Value {
-    let mut s = api.stream("/v1/stream?topic=t", Some(last_event_id)).await.unwrap();
+    let mut s = api
+        .stream("/v1/stream?topic=t", Some(last_event_id))
+        .await
+        .unwrap();
     let first = s.next().await.unwrap().unwrap();
     assert_eq!(first.event, "herald.resume");
     assert_eq!(first.id, "", "the control event carries no id");
@@ -25,7 +28,12 @@ async fn malformed_unknown_and_expired_ids_are_refused_with_their_reason() {
     let api = herald.api();
     let mut ids = Vec::new();
     for n in 0..100 {
-        ids.push(api.publish("t", json!({"n": n, "pad": "x".repeat(40)})).await.unwrap().id());
+        ids.push(
+            api.publish("t", json!({"n": n, "pad": "x".repeat(40)}))
+                .await
+                .unwrap()
+                .id(),
+        );
     }
     let last = ids.last().unwrap().clone();
     let epoch = last.split('-').next().unwrap().to_owned();
@@ -33,7 +41,10 @@ async fn malformed_unknown_and_expired_ids_are_refused_with_their_reason() {
     // Wait for retention to remove the oldest events.
     let mut earliest = 0;
     for _ in 0..100 {
-        let (_, h) = api.get_json("/v1/topics/t/events?limit=1000").await.unwrap();
+        let (_, h) = api
+            .get_json("/v1/topics/t/events?limit=1000")
+            .await
+            .unwrap();
         earliest = h["events"][0]["id"].as_str().map(seq_of).unwrap_or(0);
         if earliest > 1 {
             break;
@@ -50,7 +61,11 @@ async fn malformed_unknown_and_expired_ids_are_refused_with_their_reason() {
 
     for bad in ["garbage", "12", "zz-1", &format!("{epoch}-")] {
         let v = verdict(&api, bad).await;
-        assert_eq!((v["recovered"].clone(), v["reason"].clone()), (json!(false), json!("malformed")), "{bad}");
+        assert_eq!(
+            (v["recovered"].clone(), v["reason"].clone()),
+            (json!(false), json!("malformed")),
+            "{bad}"
+        );
     }
     let v = verdict(&api, &format!("{epoch}-{}", seq_of(&last) + 10)).await;
     assert_eq!(v["reason"], "unknown");
@@ -60,7 +75,10 @@ async fn malformed_unknown_and_expired_ids_are_refused_with_their_reason() {
     assert_eq!(v, json!({"recovered": true}));
 
     // After a refusal the stream goes on live, from now.
-    let mut s = api.stream("/v1/stream?topic=t", Some("garbage")).await.unwrap();
+    let mut s = api
+        .stream("/v1/stream?topic=t", Some("garbage"))
+        .await
+        .unwrap();
     assert_eq!(s.next().await.unwrap().unwrap().event, "herald.resume");
     let live = api.publish("t", json!("live")).await.unwrap().id();
     assert_eq!(s.next().await.unwrap().unwrap().id, live);
@@ -101,9 +119,15 @@ async fn the_query_parameter_resumes_a_first_load_and_the_header_wins() {
         .unwrap();
     let (got, control) = s.collect(2).await.unwrap();
     assert_eq!(control[0].data, r#"{"recovered":true}"#);
-    assert_eq!(got.iter().map(|e| e.id.clone()).collect::<Vec<_>>(), ids[1..]);
+    assert_eq!(
+        got.iter().map(|e| e.id.clone()).collect::<Vec<_>>(),
+        ids[1..]
+    );
     let mut s = api
-        .stream(&format!("/v1/stream?topic=t&lastEventId={}", ids[0]), Some(&ids[1]))
+        .stream(
+            &format!("/v1/stream?topic=t&lastEventId={}", ids[0]),
+            Some(&ids[1]),
+        )
         .await
         .unwrap();
     let (got, _) = s.collect(1).await.unwrap();

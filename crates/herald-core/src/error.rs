@@ -6,13 +6,19 @@ use thiserror::Error;
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum ValidationError {
     /// A topic name is empty, too long, or has a character outside `[A-Za-z0-9_.-]`.
-    #[error("invalid topic {0:?}: use 1-128 characters of A-Z a-z 0-9 _ . - with non-empty dot-separated levels")]
+    #[error(
+        "invalid topic {0:?}: use 1-128 characters of A-Z a-z 0-9 _ . - with non-empty dot-separated levels"
+    )]
     Topic(String),
     /// A topic pattern is not a topic whose levels may be `*` (one level) or a final `>` (the rest).
-    #[error("invalid topic pattern {0:?}: levels are names, `*` (one level) or a final `>` (one or more levels)")]
+    #[error(
+        "invalid topic pattern {0:?}: levels are names, `*` (one level) or a final `>` (one or more levels)"
+    )]
     Pattern(String),
     /// An event type is empty, too long, or contains a control character (CR, LF, NUL…).
-    #[error("invalid event type {0:?}: use 1-64 characters without control characters (CR, LF, NUL)")]
+    #[error(
+        "invalid event type {0:?}: use 1-64 characters without control characters (CR, LF, NUL)"
+    )]
     EventType(String),
     /// The event data is not JSON.
     #[error("event data is not valid JSON: {0}")]

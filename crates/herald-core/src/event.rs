@@ -130,7 +130,15 @@ mod tests {
     fn event_types_refuse_control_characters() {
         assert!(EventType::new("score").is_ok());
         assert!(EventType::new("with space and ünïcode").is_ok());
-        for bad in ["", "a\nb", "a\rb", "a\0b", "a\tb", "\u{85}", &"x".repeat(65)] {
+        for bad in [
+            "",
+            "a\nb",
+            "a\rb",
+            "a\0b",
+            "a\tb",
+            "\u{85}",
+            &"x".repeat(65),
+        ] {
             assert!(EventType::new(bad).is_err(), "{bad:?}");
         }
         assert!(EventType::default().is_default());

@@ -229,7 +229,13 @@ mod tests {
 
     #[test]
     fn topics_follow_the_grammar() {
-        for ok in ["a", "scores", "scores.football", "A-b_c.9", &"x".repeat(128)] {
+        for ok in [
+            "a",
+            "scores",
+            "scores.football",
+            "A-b_c.9",
+            &"x".repeat(128),
+        ] {
             assert!(Topic::new(ok).is_ok(), "{ok}");
         }
         for bad in [

@@ -32,7 +32,11 @@ pub fn parse_bytes(s: &str) -> Result<u64, String> {
         "kib" | "k" => 1 << 10,
         "mib" | "m" => 1 << 20,
         "gib" | "g" => 1 << 30,
-        other => return Err(format!("invalid size unit {other:?}: use B, KiB, MiB or GiB")),
+        other => {
+            return Err(format!(
+                "invalid size unit {other:?}: use B, KiB, MiB or GiB"
+            ));
+        }
     };
     n.checked_mul(scale)
         .ok_or_else(|| format!("size {s:?} is too large"))

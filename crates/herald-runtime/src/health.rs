@@ -62,7 +62,9 @@ impl Health {
         };
         (
             status,
-            Json(json!({ "ready": status == StatusCode::OK, "draining": draining, "failing": failing })),
+            Json(
+                json!({ "ready": status == StatusCode::OK, "draining": draining, "failing": failing }),
+            ),
         )
     }
 }

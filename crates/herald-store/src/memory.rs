@@ -59,20 +59,19 @@ impl Store for MemoryStore {
         }
         let time = now_ms().max(s.last_time_ms);
         s.last_time_ms = time;
-        if let Some(idem) = &idempotency {
-            if let Some((fingerprint, expires, seqs)) = s.idempotency.get(&idem.key) {
-                if *expires > time {
-                    if *fingerprint != idem.fingerprint {
-                        return Err(StoreError::IdempotencyConflict);
-                    }
-                    return Ok(Appended {
-                        epoch: self.epoch,
-                        seqs: seqs.clone(),
-                        events: Vec::new(),
-                        duplicate: true,
-                    });
-                }
+        if let Some(idem) = &idempotency
+            && let Some((fingerprint, expires, seqs)) = s.idempotency.get(&idem.key)
+            && *expires > time
+        {
+            if *fingerprint != idem.fingerprint {
+                return Err(StoreError::IdempotencyConflict);
             }
+            return Ok(Appended {
+                epoch: self.epoch,
+                seqs: seqs.clone(),
+                events: Vec::new(),
+                duplicate: true,
+            });
         }
         let mut events = Vec::with_capacity(batch.len());
         for new in batch {

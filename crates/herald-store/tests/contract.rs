@@ -147,10 +147,16 @@ async fn idempotency_keys_expire_after_the_window() {
         ..StoreOptions::default()
     };
     for (store, _dir) in backends(options).await {
-        store.append(vec![new_event("t", 1)], idem("k", 1)).await.unwrap();
+        store
+            .append(vec![new_event("t", 1)], idem("k", 1))
+            .await
+            .unwrap();
         tokio::time::sleep(Duration::from_millis(60)).await;
         store.trim().await.unwrap();
-        let later = store.append(vec![new_event("t", 1)], idem("k", 1)).await.unwrap();
+        let later = store
+            .append(vec![new_event("t", 1)], idem("k", 1))
+            .await
+            .unwrap();
         assert!(!later.duplicate, "{store:?}");
         assert_eq!(later.seqs, vec![2]);
     }
@@ -165,7 +171,10 @@ async fn retention_by_size_removes_the_oldest_events() {
     };
     for (store, _dir) in backends(options).await {
         for n in 0..30 {
-            store.append(vec![new_event("t", n % 10)], None).await.unwrap();
+            store
+                .append(vec![new_event("t", n % 10)], None)
+                .await
+                .unwrap();
         }
         store.trim().await.unwrap();
         let bounds = store.bounds().await.unwrap();

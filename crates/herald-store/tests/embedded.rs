@@ -43,7 +43,10 @@ async fn everything_survives_a_reopen() {
     let data: Vec<&str> = page.events.iter().map(|e| e.data.get()).collect();
     assert_eq!(data, ["[1]", "[2]"]);
     assert_eq!(page.events[1].event_type.as_str(), "kind");
-    assert_eq!(store.append(vec![new_event(3)], None).await.unwrap().seqs, vec![3]);
+    assert_eq!(
+        store.append(vec![new_event(3)], None).await.unwrap().seqs,
+        vec![3]
+    );
 }
 
 #[tokio::test]
@@ -76,5 +79,8 @@ async fn concurrent_appends_share_commits() {
     assert_eq!(seqs, (1..=400).collect::<Vec<_>>());
     let commits = store.commits() - before;
     println!("400 concurrent appends took {commits} commits");
-    assert!(commits < 400, "group commit: {commits} commits for 400 appends");
+    assert!(
+        commits < 400,
+        "group commit: {commits} commits for 400 appends"
+    );
 }

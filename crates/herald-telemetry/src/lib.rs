@@ -30,7 +30,12 @@ pub fn init_tracing(filter: &str, format: LogFormat) -> Result<(), String> {
     let result = match format {
         LogFormat::Text => registry.with(fmt::layer().with_target(true)).try_init(),
         LogFormat::Json => registry
-            .with(fmt::layer().json().flatten_event(true).with_current_span(false))
+            .with(
+                fmt::layer()
+                    .json()
+                    .flatten_event(true)
+                    .with_current_span(false),
+            )
             .try_init(),
     };
     result.map_err(|e| e.to_string())

@@ -87,7 +87,9 @@ impl Metrics {
             rejected: Family::default(),
             events_published: Counter::default(),
             publish_duration: Histogram::new(
-                [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5].into_iter(),
+                [
+                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+                ],
             ),
             events_delivered: Counter::default(),
             events_replayed: Counter::default(),
@@ -98,23 +100,51 @@ impl Metrics {
         };
         let mut registry = Registry::with_prefix("herald");
         let r = &mut registry;
-        r.register("connections_open", "Open SSE connections", m.connections_open.clone());
-        r.register("connections_accepted", "SSE connections accepted", m.connections_accepted.clone());
-        r.register("connections_closed", "SSE connections ended, by reason", m.closed.clone());
+        r.register(
+            "connections_open",
+            "Open SSE connections",
+            m.connections_open.clone(),
+        );
+        r.register(
+            "connections_accepted",
+            "SSE connections accepted",
+            m.connections_accepted.clone(),
+        );
+        r.register(
+            "connections_closed",
+            "SSE connections ended, by reason",
+            m.closed.clone(),
+        );
         r.register(
             "connections_rejected",
             "SSE connections refused, by reason (limit, draining)",
             m.rejected.clone(),
         );
-        r.register("events_published", "Events accepted by publish requests", m.events_published.clone());
+        r.register(
+            "events_published",
+            "Events accepted by publish requests",
+            m.events_published.clone(),
+        );
         r.register(
             "publish_duration_seconds",
             "Publish request latency until the durable answer",
             m.publish_duration.clone(),
         );
-        r.register("events_delivered", "Event frames handed to subscribers", m.events_delivered.clone());
-        r.register("events_replayed", "Event frames sent from the store", m.events_replayed.clone());
-        r.register("resumes", "Connections that carried a Last-Event-ID, by verdict", m.resumes.clone());
+        r.register(
+            "events_delivered",
+            "Event frames handed to subscribers",
+            m.events_delivered.clone(),
+        );
+        r.register(
+            "events_replayed",
+            "Event frames sent from the store",
+            m.events_replayed.clone(),
+        );
+        r.register(
+            "resumes",
+            "Connections that carried a Last-Event-ID, by verdict",
+            m.resumes.clone(),
+        );
         r.register(
             "slow_subscribers_caught_up",
             "Subscribers whose queue overflowed and caught up from the store",
@@ -125,7 +155,11 @@ impl Metrics {
             "Connections cut off because the peer stopped reading",
             m.slow_cut_off.clone(),
         );
-        r.register("hub_gap_fills", "Gaps in the live feed filled from the store", m.gap_fills.clone());
+        r.register(
+            "hub_gap_fills",
+            "Gaps in the live feed filled from the store",
+            m.gap_fills.clone(),
+        );
         m.registry = registry;
         m
     }

@@ -32,7 +32,9 @@ pub(crate) async fn page(
     Query(params): Query<Params>,
 ) -> Result<Html<String>, ApiError> {
     let topic = match params.topic {
-        Some(t) => Topic::new(&t).map_err(|e| ApiError::bad_request("invalid_topic", e.to_string()))?,
+        Some(t) => {
+            Topic::new(&t).map_err(|e| ApiError::bad_request("invalid_topic", e.to_string()))?
+        }
         None => gw.config.demo_topic.clone(),
     };
     let (bounds, events) = crate::history::read(&gw, &topic, None, RENDERED).await?;

@@ -13,9 +13,7 @@ use axum::{
     http::StatusCode,
     response::{IntoResponse, Response},
 };
-use herald_core::{
-    Bounds, Event, EventId, ResumeReason, ResumeVerdict, Topic, TopicFilter,
-};
+use herald_core::{Bounds, Event, EventId, ResumeReason, ResumeVerdict, Topic, TopicFilter};
 use herald_runtime::ApiError;
 use herald_store::ReadQuery;
 use serde::{Deserialize, Serialize};
@@ -98,13 +96,21 @@ pub(crate) async fn read(
     after: Option<&str>,
     limit: usize,
 ) -> Result<(Bounds, Vec<Arc<Event>>), ApiError> {
-    let bounds = gw.store.bounds().await.map_err(|e| ApiError::internal(&e))?;
+    let bounds = gw
+        .store
+        .bounds()
+        .await
+        .map_err(|e| ApiError::internal(&e))?;
     let events = match after {
         None => gw.store.latest(topic, limit).await,
         Some(after) => {
             let after = match ResumeVerdict::judge(after, bounds) {
                 ResumeVerdict::Recovered { after } => after,
-                ResumeVerdict::NotRecovered { reason, earliest, head } => {
+                ResumeVerdict::NotRecovered {
+                    reason,
+                    earliest,
+                    head,
+                } => {
                     return Err(refused(reason, earliest, head));
                 }
             };

@@ -132,12 +132,8 @@ impl Hub {
     /// How many subscribers are registered.
     pub fn subscribers(&self) -> usize {
         let registry = self.inner.registry.read().expect("hub registry");
-        let exact: std::collections::HashSet<u64> = registry
-            .by_topic
-            .values()
-            .flatten()
-            .map(|s| s.id)
-            .collect();
+        let exact: std::collections::HashSet<u64> =
+            registry.by_topic.values().flatten().map(|s| s.id).collect();
         exact.len() + registry.patterned.len()
     }
 }
@@ -175,7 +171,12 @@ impl Inner {
 
     fn mark_all_lagged(&self) {
         let registry = self.registry.read().expect("hub registry");
-        for slot in registry.by_topic.values().flatten().chain(&registry.patterned) {
+        for slot in registry
+            .by_topic
+            .values()
+            .flatten()
+            .chain(&registry.patterned)
+        {
             slot.lagged.store(true, Ordering::Release);
         }
     }
@@ -371,12 +372,20 @@ mod tests {
         let mut sub = hub.subscribe(TopicFilter::parse(["a"]).unwrap());
         let mut events = Vec::new();
         for _ in 0..4 {
-            events.extend(store.append(vec![new_event("a")], None).await.unwrap().events);
+            events.extend(
+                store
+                    .append(vec![new_event("a")], None)
+                    .await
+                    .unwrap()
+                    .events,
+            );
         }
         bus.publish(&[events[1].clone(), events[0].clone(), events[0].clone()])
             .await
             .unwrap();
-        bus.publish(&[events[3].clone(), events[2].clone()]).await.unwrap();
+        bus.publish(&[events[3].clone(), events[2].clone()])
+            .await
+            .unwrap();
         assert_eq!(seqs(&mut sub, 4).await, vec![1, 2, 3, 4]);
         assert!(sub.is_empty());
     }
@@ -387,7 +396,13 @@ mod tests {
         let mut sub = hub.subscribe(TopicFilter::parse(["a.*"]).unwrap());
         let mut events = Vec::new();
         for topic in ["a.x", "b", "a.y"] {
-            events.extend(store.append(vec![new_event(topic)], None).await.unwrap().events);
+            events.extend(
+                store
+                    .append(vec![new_event(topic)], None)
+                    .await
+                    .unwrap()
+                    .events,
+            );
         }
         // Only the last one is announced: 1 and 2 must come from the store, 2 is filtered out.
         bus.publish(&[events[2].clone()]).await.unwrap();

@@ -45,15 +45,14 @@ impl EventLog for StoreLog {
         // the announcement (the hub would then wait `gap_timeout` and read the store).
         let task = tokio::spawn(async move {
             let appended = store.append(batch, idempotency).await?;
-            if !appended.duplicate {
-                if let Err(e) = bus.publish(&appended.events).await {
-                    // Stored is what counts: gateways fill the gap from the store.
-                    tracing::warn!(error = %e, "announcing stored events failed");
-                }
+            if !appended.duplicate
+                && let Err(e) = bus.publish(&appended.events).await
+            {
+                // Stored is what counts: gateways fill the gap from the store.
+                tracing::warn!(error = %e, "announcing stored events failed");
             }
             Ok(appended)
         });
-        task.await
-            .map_err(|e| StoreError::Backend(Box::new(e)))?
+        task.await.map_err(|e| StoreError::Backend(Box::new(e)))?
     }
 }

@@ -51,7 +51,12 @@ pub(crate) async fn one(
     let event = new_event(&topic, body.event_type.as_deref(), body.data)?;
     let appended = commit(&state, vec![event], &headers).await?;
     let id = EventId::new(appended.epoch, appended.seqs[0]);
-    Ok(answer(&state, started, &appended, json!({ "id": id, "topic": topic })))
+    Ok(answer(
+        &state,
+        started,
+        &appended,
+        json!({ "id": id, "topic": topic }),
+    ))
 }
 
 /// `POST /v1/events`: all or nothing, ids in order.
@@ -63,7 +68,10 @@ pub(crate) async fn batch(
     let started = Instant::now();
     let items: Vec<BatchItem> = read_json(body, state.config.max_body_bytes).await?;
     if items.is_empty() {
-        return Err(ApiError::bad_request("empty_batch", "the batch has no events"));
+        return Err(ApiError::bad_request(
+            "empty_batch",
+            "the batch has no events",
+        ));
     }
     if items.len() > state.config.max_batch {
         return Err(ApiError::too_large(format!(
@@ -84,7 +92,12 @@ pub(crate) async fn batch(
         .zip(&topics)
         .map(|(&seq, topic)| json!({ "id": EventId::new(appended.epoch, seq), "topic": topic }))
         .collect();
-    Ok(answer(&state, started, &appended, json!({ "events": listed })))
+    Ok(answer(
+        &state,
+        started,
+        &appended,
+        json!({ "events": listed }),
+    ))
 }
 
 /// `PUT /api/post-update`: the article's publish; the body is the event's data.
@@ -103,10 +116,19 @@ pub(crate) async fn compat(
     };
     let appended = commit(&state, vec![event], &headers).await?;
     let id = EventId::new(appended.epoch, appended.seqs[0]);
-    Ok(answer(&state, started, &appended, json!({ "id": id, "topic": topic })))
+    Ok(answer(
+        &state,
+        started,
+        &appended,
+        json!({ "id": id, "topic": topic }),
+    ))
 }
 
-fn new_event(topic: &str, event_type: Option<&str>, data: Box<RawValue>) -> Result<NewEvent, ApiError> {
+fn new_event(
+    topic: &str,
+    event_type: Option<&str>,
+    data: Box<RawValue>,
+) -> Result<NewEvent, ApiError> {
     Ok(NewEvent {
         topic: Topic::new(topic).map_err(invalid)?,
         event_type: match event_type {
@@ -158,7 +180,11 @@ fn idempotency(headers: &HeaderMap, events: &[NewEvent]) -> Result<Option<Idempo
     let key = value
         .to_str()
         .ok()
-        .filter(|k| !k.is_empty() && k.len() <= MAX_KEY_LEN && k.bytes().all(|b| b.is_ascii_graphic() || b == b' '))
+        .filter(|k| {
+            !k.is_empty()
+                && k.len() <= MAX_KEY_LEN
+                && k.bytes().all(|b| b.is_ascii_graphic() || b == b' ')
+        })
         .ok_or_else(|| invalid(ValidationError::IdempotencyKey))?;
     Ok(Some(Idempotency {
         key: key.to_owned(),
@@ -180,14 +206,22 @@ fn fingerprint(events: &[NewEvent]) -> u64 {
     hash
 }
 
-fn answer(state: &IngestState, started: Instant, appended: &Appended, body: serde_json::Value) -> Response {
+fn answer(
+    state: &IngestState,
+    started: Instant,
+    appended: &Appended,
+    body: serde_json::Value,
+) -> Response {
     let mut response = (StatusCode::CREATED, Json(body)).into_response();
     if appended.duplicate {
         response
             .headers_mut()
             .insert("idempotent-replayed", HeaderValue::from_static("true"));
     } else {
-        state.metrics.events_published.inc_by(appended.seqs.len() as u64);
+        state
+            .metrics
+            .events_published
+            .inc_by(appended.seqs.len() as u64);
     }
     state
         .metrics

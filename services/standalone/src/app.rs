@@ -12,9 +12,7 @@ use axum::{
 use herald_bus::{Bus, MemoryBus};
 use herald_gateway::Gateway;
 use herald_ingest::StoreLog;
-use herald_runtime::{
-    ApiError, Drain, DrainWatch, Health, health, listener::TimedListener,
-};
+use herald_runtime::{ApiError, Drain, DrainWatch, Health, health, listener::TimedListener};
 use herald_store::{EmbeddedStore, MemoryStore, Store};
 use herald_telemetry::Metrics;
 use tokio::net::TcpListener;
@@ -42,7 +40,12 @@ impl App {
         let store: Arc<dyn Store> = match config.store {
             StoreKind::Embedded => Arc::new(
                 EmbeddedStore::open(&config.data_dir, config.store_options.clone()).with_context(
-                    || format!("opening the embedded store in {}", config.data_dir.display()),
+                    || {
+                        format!(
+                            "opening the embedded store in {}",
+                            config.data_dir.display()
+                        )
+                    },
                 )?,
             ),
             StoreKind::Memory => Arc::new(MemoryStore::new(config.store_options.clone())),

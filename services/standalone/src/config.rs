@@ -146,10 +146,30 @@ impl Options {
         };
         let file: Options = config::from_file(&path)?;
         Ok(layer!(
-            self, file, listen, data_dir, store, heartbeat, retry, max_body, max_batch, max_topics,
-            max_connections, subscriber_queue, replay_page, write_timeout, drain_deadline,
-            drain_jitter, retention_age, retention_bytes, idempotency_window, trim_interval,
-            demo_topic, compat_topic, log, log_format,
+            self,
+            file,
+            listen,
+            data_dir,
+            store,
+            heartbeat,
+            retry,
+            max_body,
+            max_batch,
+            max_topics,
+            max_connections,
+            subscriber_queue,
+            replay_page,
+            write_timeout,
+            drain_deadline,
+            drain_jitter,
+            retention_age,
+            retention_bytes,
+            idempotency_window,
+            trim_interval,
+            demo_topic,
+            compat_topic,
+            log,
+            log_format,
         ))
     }
 }
@@ -194,9 +214,15 @@ impl Config {
         let ingest_default = IngestConfig::default();
         let store_default = StoreOptions::default();
         let topic = |name: Option<String>, default: Topic, flag: &str| -> anyhow::Result<Topic> {
-            name.map_or(Ok(default), |n| Topic::new(&n).with_context(|| format!("--{flag}")))
+            name.map_or(Ok(default), |n| {
+                Topic::new(&n).with_context(|| format!("--{flag}"))
+            })
         };
-        let compat_topic = topic(o.compat_topic, gw_default.compat_topic.clone(), "compat-topic")?;
+        let compat_topic = topic(
+            o.compat_topic,
+            gw_default.compat_topic.clone(),
+            "compat-topic",
+        )?;
         let positive = |n: Option<usize>, default: usize, flag: &str| -> anyhow::Result<usize> {
             match n {
                 Some(0) => bail!("--{flag} must be at least 1"),
@@ -208,8 +234,16 @@ impl Config {
             heartbeat: o.heartbeat.unwrap_or(gw_default.heartbeat),
             retry: o.retry.unwrap_or(gw_default.retry),
             max_topics: positive(o.max_topics, gw_default.max_topics, "max-topics")?,
-            max_connections: positive(o.max_connections, gw_default.max_connections, "max-connections")?,
-            subscriber_queue: positive(o.subscriber_queue, gw_default.subscriber_queue, "subscriber-queue")?,
+            max_connections: positive(
+                o.max_connections,
+                gw_default.max_connections,
+                "max-connections",
+            )?,
+            subscriber_queue: positive(
+                o.subscriber_queue,
+                gw_default.subscriber_queue,
+                "subscriber-queue",
+            )?,
             replay_page: positive(o.replay_page, gw_default.replay_page, "replay-page")?,
             drain_jitter: o.drain_jitter.unwrap_or(gw_default.drain_jitter),
             demo_topic: topic(o.demo_topic, gw_default.demo_topic.clone(), "demo-topic")?,
@@ -217,16 +251,24 @@ impl Config {
             ..gw_default
         };
         let ingest = IngestConfig {
-            max_body_bytes: o.max_body.map_or(ingest_default.max_body_bytes, |b| b as usize),
+            max_body_bytes: o
+                .max_body
+                .map_or(ingest_default.max_body_bytes, |b| b as usize),
             max_batch: positive(o.max_batch, ingest_default.max_batch, "max-batch")?,
             compat_topic,
         };
         let store_options = StoreOptions {
-            max_age: off_or(o.retention_age, store_default.max_age, |s| parse_duration(s))
-                .context("--retention-age")?,
-            max_bytes: off_or(o.retention_bytes, store_default.max_bytes, |s| parse_bytes(s))
-                .context("--retention-bytes")?,
-            idempotency_window: o.idempotency_window.unwrap_or(store_default.idempotency_window),
+            max_age: off_or(o.retention_age, store_default.max_age, |s| {
+                parse_duration(s)
+            })
+            .context("--retention-age")?,
+            max_bytes: off_or(o.retention_bytes, store_default.max_bytes, |s| {
+                parse_bytes(s)
+            })
+            .context("--retention-bytes")?,
+            idempotency_window: o
+                .idempotency_window
+                .unwrap_or(store_default.idempotency_window),
         };
         let drain_deadline = o.drain_deadline.unwrap_or(Duration::from_secs(25));
         if gateway.drain_jitter >= drain_deadline {

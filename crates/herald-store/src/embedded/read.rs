@@ -89,9 +89,9 @@ fn fetch(
 ) -> Result<Vec<Arc<Event>>, StoreError> {
     let mut out = Vec::with_capacity(seqs.len());
     for &seq in seqs {
-        let record = events
-            .get(seq)?
-            .ok_or_else(|| StoreError::Backend(format!("index names missing event {seq}").into()))?;
+        let record = events.get(seq)?.ok_or_else(|| {
+            StoreError::Backend(format!("index names missing event {seq}").into())
+        })?;
         out.push(Arc::new(codec::decode(seq, record.value())?));
     }
     Ok(out)

@@ -147,19 +147,20 @@ impl State {
         request: Request,
         time: u64,
     ) -> Result<Result<Appended, StoreError>, StoreError> {
-        if let Some(idem) = &request.idempotency {
-            if let Some(record) = IdemRecord::get(t, &idem.key)? {
-                if record.expires_ms > time {
-                    return Ok(record.answer(self.epoch, idem.fingerprint));
-                }
-                t.expiry.remove((record.expires_ms, idem.key.as_str()))?;
+        if let Some(idem) = &request.idempotency
+            && let Some(record) = IdemRecord::get(t, &idem.key)?
+        {
+            if record.expires_ms > time {
+                return Ok(record.answer(self.epoch, idem.fingerprint));
             }
+            t.expiry.remove((record.expires_ms, idem.key.as_str()))?;
         }
         let first = self.head + 1;
         let mut events = Vec::with_capacity(request.batch.len());
         for (i, new) in request.batch.into_iter().enumerate() {
             let event = Event::from_new(new, first + i as u64, time);
-            t.events.insert(event.seq, codec::encode(&event).as_slice())?;
+            t.events
+                .insert(event.seq, codec::encode(&event).as_slice())?;
             t.by_topic.insert((event.topic.as_str(), event.seq), ())?;
             self.bytes += event.weight();
             events.push(Arc::new(event));
