@@ -86,11 +86,9 @@ impl Metrics {
             closed: Family::default(),
             rejected: Family::default(),
             events_published: Counter::default(),
-            publish_duration: Histogram::new(
-                [
-                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-                ],
-            ),
+            publish_duration: Histogram::new([
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+            ]),
             events_delivered: Counter::default(),
             events_replayed: Counter::default(),
             resumes: Family::default(),
