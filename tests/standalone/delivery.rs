@@ -136,3 +136,75 @@ async fn assert_nothing_more(stream: &mut SseStream) {
         "an event beyond the expected ones: {extra:?}"
     );
 }
+
+/// Resumes replay a backlog in small pages while a publisher keeps going: the events published
+/// during the replay arrive once, after the replayed ones, with no gap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_replay_live_seam_holds_while_events_are_published_during_the_replay() {
+    let dir = tempfile::tempdir().unwrap();
+    let herald = Herald::start(
+        dir.path(),
+        &[
+            "--replay-page",
+            "8",
+            "--subscriber-queue",
+            "4096",
+            "--max-body",
+            "1MiB",
+        ],
+    )
+    .await
+    .unwrap();
+    let api = herald.api();
+    let mut backlog = Vec::new();
+    for chunk in 0..30 {
+        let batch: Vec<_> = (0..100)
+            .map(|k| json!({"topic": "s", "data": chunk * 100 + k}))
+            .collect();
+        let r = api.publish_batch(json!(batch)).await.unwrap();
+        backlog.extend(
+            r.body["events"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| e["id"].as_str().unwrap().to_owned()),
+        );
+    }
+    let first = backlog[0].clone();
+    let live_publisher = {
+        let api = api.clone();
+        tokio::spawn(async move {
+            let mut ids = Vec::new();
+            for n in 0..300 {
+                ids.push(api.publish("s", json!({"live": n})).await.unwrap().id());
+            }
+            ids
+        })
+    };
+    // Several resumes from the start, each replaying ~3,000 events 8 at a time.
+    let mut streams = Vec::new();
+    for _ in 0..4 {
+        streams.push(
+            api.stream("/v1/stream?topic=s", Some(&first))
+                .await
+                .unwrap(),
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let live = live_publisher.await.unwrap();
+    let mut want: Vec<String> = backlog[1..].to_vec();
+    want.extend(live);
+    want.sort_by_key(|id| seq_of(id));
+    for mut s in streams {
+        let (got, control) = s.collect(want.len()).await.unwrap();
+        assert_eq!(control[0].data, r#"{"recovered":true}"#);
+        let got: Vec<String> = got.into_iter().map(|e| e.id).collect();
+        assert_eq!(got.len(), want.len());
+        let first_diff = got.iter().zip(&want).position(|(g, w)| g != w);
+        assert_eq!(
+            first_diff, None,
+            "the stream departs from the log at that position"
+        );
+        assert_nothing_more(&mut s).await;
+    }
+}
