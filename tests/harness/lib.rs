@@ -115,15 +115,20 @@ impl Api {
         Ok((res.status(), res.json().await?))
     }
 
-    /// `GET /metrics` and the value of one sample line (`name{labels}`), 0 when absent.
-    pub async fn metric(&self, sample: &str) -> anyhow::Result<f64> {
-        let text = self
+    /// `GET path` as text.
+    pub async fn get_text(&self, path: &str) -> anyhow::Result<String> {
+        Ok(self
             .http
-            .get(format!("{}/metrics", self.base))
+            .get(format!("{}{path}", self.base))
             .send()
             .await?
             .text()
-            .await?;
+            .await?)
+    }
+
+    /// `GET /metrics` and the value of one sample line (`name{labels}`), 0 when absent.
+    pub async fn metric(&self, sample: &str) -> anyhow::Result<f64> {
+        let text = self.get_text("/metrics").await?;
         Ok(text
             .lines()
             .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')?.parse().ok())

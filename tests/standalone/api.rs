@@ -223,15 +223,7 @@ async fn history_lists_and_pages_a_topic() {
         .await
         .unwrap();
     assert_eq!(after["events"].as_array().unwrap().len(), 4);
-    let raw = api
-        .http
-        .get(format!("{}/v1/topics/h/events?limit=1", api.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let raw = api.get_text("/v1/topics/h/events?limit=1").await.unwrap();
     assert!(
         raw.contains(r#""data":{"n":4,"z":0,"a":1}"#),
         "data kept byte for byte: {raw}"
@@ -260,15 +252,7 @@ async fn health_metrics_and_the_demo_page() {
         .await
         .unwrap()
         .id();
-    let html = api
-        .http
-        .get(format!("{}/", api.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let html = api.get_text("/").await.unwrap();
     assert!(
         html.contains("new EventSource"),
         "the page uses EventSource"
@@ -290,15 +274,7 @@ async fn health_metrics_and_the_demo_page() {
         "herald_slow_subscribers_caught_up_total",
         "herald_slow_subscribers_cut_off_total",
     ] {
-        let text = api
-            .http
-            .get(format!("{}/metrics", api.base))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let text = api.get_text("/metrics").await.unwrap();
         assert!(text.contains(name), "{name} missing from /metrics");
     }
 }

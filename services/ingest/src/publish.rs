@@ -49,14 +49,7 @@ pub(crate) async fn one(
     let started = Instant::now();
     let body: PublishBody = read_json(body, state.config.max_body_bytes).await?;
     let event = new_event(&topic, body.event_type.as_deref(), body.data)?;
-    let appended = commit(&state, vec![event], &headers).await?;
-    let id = EventId::new(appended.epoch, appended.seqs[0]);
-    Ok(answer(
-        &state,
-        started,
-        &appended,
-        json!({ "id": id, "topic": topic }),
-    ))
+    single(&state, started, event, &headers).await
 }
 
 /// `POST /v1/events`: all or nothing, ids in order.
@@ -108,20 +101,26 @@ pub(crate) async fn compat(
 ) -> Result<Response, ApiError> {
     let started = Instant::now();
     let data: Box<RawValue> = read_json(body, state.config.max_body_bytes).await?;
-    let topic = state.config.compat_topic.clone();
     let event = NewEvent {
-        topic: topic.clone(),
+        topic: state.config.compat_topic.clone(),
         event_type: EventType::default(),
         data,
     };
-    let appended = commit(&state, vec![event], &headers).await?;
+    single(&state, started, event, &headers).await
+}
+
+/// Commits one event and answers `201 {"id", "topic"}`.
+async fn single(
+    state: &IngestState,
+    started: Instant,
+    event: NewEvent,
+    headers: &HeaderMap,
+) -> Result<Response, ApiError> {
+    let topic = event.topic.clone();
+    let appended = commit(state, vec![event], headers).await?;
     let id = EventId::new(appended.epoch, appended.seqs[0]);
-    Ok(answer(
-        &state,
-        started,
-        &appended,
-        json!({ "id": id, "topic": topic }),
-    ))
+    let body = json!({ "id": id, "topic": topic });
+    Ok(answer(state, started, &appended, body))
 }
 
 fn new_event(
