@@ -42,13 +42,6 @@ impl Drain {
 }
 
 impl DrainWatch {
-    /// A watch on a switch that can never be thrown (for tests and tools).
-    pub fn never() -> Self {
-        let (tx, rx) = watch::channel(false);
-        std::mem::forget(tx);
-        Self { rx }
-    }
-
     /// Whether the drain has started.
     pub fn is_draining(&self) -> bool {
         *self.rx.borrow()

@@ -25,7 +25,10 @@ use herald_bus::Feed;
 use herald_core::{Epoch, Event, EventId, Topic, TopicFilter, sse};
 use herald_store::{ReadQuery, Store};
 use herald_telemetry::Metrics;
-use tokio::sync::mpsc::{self, error::TrySendError};
+use tokio::{
+    sync::mpsc::{self, error::TrySendError},
+    time::Instant,
+};
 
 /// The most events held while waiting for a gap to fill before the store is asked at once.
 const MAX_PENDING: usize = 4096;
@@ -193,21 +196,31 @@ struct Sequencer {
 
 impl Sequencer {
     async fn run(mut self, mut feed: Feed) {
+        // When the current gap opened plus `gap_timeout`: fixed while the gap lasts, so steady
+        // traffic behind a lost event cannot postpone the fill.
+        let mut deadline: Option<Instant> = None;
         loop {
-            let next = if self.pending.is_empty() {
-                Some(feed.next().await)
-            } else {
-                tokio::select! {
+            let next = match deadline {
+                None => Some(feed.next().await),
+                Some(at) => tokio::select! {
                     event = feed.next() => Some(event),
-                    () = tokio::time::sleep(self.gap_timeout) => None,
-                }
+                    () = tokio::time::sleep_until(at) => None,
+                },
             };
+            let before = self.expected;
             match next {
                 Some(Some(event)) => self.accept(event).await,
                 Some(None) => break,
                 None => self.fill_gap().await,
             }
+            if self.pending.is_empty() {
+                deadline = None;
+            } else if deadline.is_none() || self.expected != before {
+                deadline = Some(Instant::now() + self.gap_timeout);
+            }
         }
+        // Deliver what was waiting behind a gap before stopping.
+        self.fill_gap().await;
         tracing::debug!("hub feed ended");
     }
 
@@ -391,6 +404,28 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn every_subscriber_gets_the_same_encoded_bytes() {
+        let (hub, store, bus) = setup(8).await;
+        let mut a = hub.subscribe(TopicFilter::parse(["t"]).unwrap());
+        let mut b = hub.subscribe(TopicFilter::parse(["t.>", "x"]).unwrap());
+        let mut c = hub.subscribe(TopicFilter::parse(["t", "t.*"]).unwrap());
+        let appended = store.append(vec![new_event("t")], None).await.unwrap();
+        bus.publish(&appended.events).await.unwrap();
+        let (da, dc) = (a.recv().await.unwrap(), c.recv().await.unwrap());
+        assert_eq!(da.frame.as_ptr(), dc.frame.as_ptr(), "one encoding, shared");
+        assert!(da.frame.starts_with(b"id: "));
+        let appended = store.append(vec![new_event("t.y")], None).await.unwrap();
+        bus.publish(&appended.events).await.unwrap();
+        let (db, dc) = (b.recv().await.unwrap(), c.recv().await.unwrap());
+        assert_eq!(
+            (db.seq, dc.seq),
+            (2, 2),
+            "t.y reaches the pattern subscribers once each"
+        );
+        assert!(a.is_empty() && b.is_empty() && c.is_empty());
+    }
+
+    #[tokio::test]
     async fn a_gap_that_never_fills_is_read_from_the_store() {
         let (hub, store, bus) = setup(64).await;
         let mut sub = hub.subscribe(TopicFilter::parse(["a.*"]).unwrap());
@@ -407,6 +442,30 @@ mod tests {
         // Only the last one is announced: 1 and 2 must come from the store, 2 is filtered out.
         bus.publish(&[events[2].clone()]).await.unwrap();
         assert_eq!(seqs(&mut sub, 2).await, vec![1, 3]);
+    }
+
+    #[tokio::test]
+    async fn a_lost_event_is_filled_within_the_gap_timeout_despite_steady_traffic() {
+        let (hub, store, bus) = setup(64).await;
+        let mut sub = hub.subscribe(TopicFilter::parse(["a"]).unwrap());
+        store.append(vec![new_event("a")], None).await.unwrap();
+        let started = tokio::time::Instant::now();
+        let publisher = tokio::spawn(async move {
+            // Event 1 is never announced; the others keep coming every 10 ms.
+            for _ in 0..30 {
+                let a = store.append(vec![new_event("a")], None).await.unwrap();
+                bus.publish(&a.events).await.unwrap();
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        });
+        assert_eq!(seqs(&mut sub, 1).await, vec![1]);
+        let waited = started.elapsed();
+        assert!(
+            waited < Duration::from_millis(150),
+            "gap filled after {waited:?}"
+        );
+        publisher.await.unwrap();
+        assert_eq!(seqs(&mut sub, 30).await, (2..=31).collect::<Vec<_>>());
     }
 
     #[tokio::test]

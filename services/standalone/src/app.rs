@@ -12,7 +12,7 @@ use axum::{
 use herald_bus::{Bus, MemoryBus};
 use herald_gateway::Gateway;
 use herald_ingest::StoreLog;
-use herald_runtime::{ApiError, Drain, DrainWatch, Health, health, listener::TimedListener};
+use herald_runtime::{ApiError, Drain, Health, health, listener::TimedListener};
 use herald_store::{EmbeddedStore, MemoryStore, Store};
 use herald_telemetry::Metrics;
 use tokio::net::TcpListener;
@@ -31,7 +31,6 @@ pub struct App {
     store: Arc<dyn Store>,
     metrics: Arc<Metrics>,
     drain: Drain,
-    gateway: Gateway,
 }
 
 impl App {
@@ -78,23 +77,7 @@ impl App {
             store,
             metrics,
             drain,
-            gateway,
         })
-    }
-
-    /// The store (for tests).
-    pub fn store(&self) -> Arc<dyn Store> {
-        Arc::clone(&self.store)
-    }
-
-    /// The gateway (for tests).
-    pub fn gateway(&self) -> &Gateway {
-        &self.gateway
-    }
-
-    /// A watch on the drain (for tests).
-    pub fn drain_watch(&self) -> DrainWatch {
-        self.drain.watch()
     }
 
     /// Serves `listener` until `shutdown` resolves, then drains: readiness fails and no new
