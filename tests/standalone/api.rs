@@ -59,6 +59,25 @@ async fn sse_injection_attempts_are_400_and_oversize_bodies_413() {
         0,
         "nothing was stored"
     );
+    // An id carrying CR/LF: refused as history input, judged malformed on a stream, never echoed.
+    let (status, body) = api
+        .get_json("/v1/topics/ok/events?after=1%0D%0Aevent:%20evil")
+        .await
+        .unwrap();
+    assert_eq!(
+        (status.as_u16(), &body["error"]["code"]),
+        (400, &json!("malformed_id"))
+    );
+    let mut s = api
+        .stream(
+            "/v1/stream?topic=ok&lastEventId=1%0D%0Aevent:%20evil%0D%0A",
+            None,
+        )
+        .await
+        .unwrap();
+    let first = s.next().await.unwrap().unwrap();
+    assert_eq!(first.event, "herald.resume");
+    assert!(first.data.contains(r#""reason":"malformed""#) && !first.data.contains("evil"));
 }
 
 #[tokio::test]
