@@ -34,12 +34,18 @@ pub enum BusError {
     Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
-/// Carries sequenced events to every subscriber.
+/// Carries sequenced events to every gateway.
 #[async_trait]
 pub trait Bus: Send + Sync + fmt::Debug {
+    /// A feed of every event published from now on: every event published after this returns
+    /// is in it, or is missing from it as a gap in the sequence.
+    async fn subscribe(&self) -> Result<Feed, BusError>;
+}
+
+/// A bus that announces events sequenced elsewhere (by the store): the standalone node's. A bus
+/// that sequences events itself (JetStream) has its own publish, which answers the sequences.
+#[async_trait]
+pub trait Announce: Bus {
     /// Announces stored events, in sequence order.
     async fn publish(&self, events: &[Arc<Event>]) -> Result<(), BusError>;
-
-    /// A feed of every event published from now on.
-    fn subscribe(&self) -> Feed;
 }

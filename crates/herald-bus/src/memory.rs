@@ -9,7 +9,7 @@ use herald_core::Event;
 use tokio::sync::broadcast;
 use tokio_stream::wrappers::BroadcastStream;
 
-use crate::{Bus, BusError, Feed};
+use crate::{Announce, Bus, BusError, Feed};
 
 /// The standalone node's bus.
 #[derive(Debug, Clone)]
@@ -34,18 +34,21 @@ impl Default for MemoryBus {
 
 #[async_trait]
 impl Bus for MemoryBus {
+    async fn subscribe(&self) -> Result<Feed, BusError> {
+        Ok(BroadcastStream::new(self.tx.subscribe())
+            .filter_map(|item| std::future::ready(item.ok()))
+            .boxed())
+    }
+}
+
+#[async_trait]
+impl Announce for MemoryBus {
     async fn publish(&self, events: &[Arc<Event>]) -> Result<(), BusError> {
         for event in events {
             // No feed yet is not an error: nothing is listening.
             let _ = self.tx.send(Arc::clone(event));
         }
         Ok(())
-    }
-
-    fn subscribe(&self) -> Feed {
-        BroadcastStream::new(self.tx.subscribe())
-            .filter_map(|item| std::future::ready(item.ok()))
-            .boxed()
     }
 }
 
@@ -69,7 +72,10 @@ mod tests {
     #[tokio::test]
     async fn every_feed_sees_every_event_in_order() {
         let bus = MemoryBus::new(8);
-        let (mut a, mut b) = (bus.subscribe(), bus.subscribe());
+        let (mut a, mut b) = (
+            bus.subscribe().await.unwrap(),
+            bus.subscribe().await.unwrap(),
+        );
         bus.publish(&[event(1), event(2)]).await.unwrap();
         for feed in [&mut a, &mut b] {
             assert_eq!(feed.next().await.unwrap().seq, 1);
@@ -80,7 +86,7 @@ mod tests {
     #[tokio::test]
     async fn a_lagging_feed_skips_what_it_missed() {
         let bus = MemoryBus::new(2);
-        let mut feed = bus.subscribe();
+        let mut feed = bus.subscribe().await.unwrap();
         let events: Vec<_> = (1..=5).map(event).collect();
         bus.publish(&events).await.unwrap();
         assert_eq!(feed.next().await.unwrap().seq, 4);

@@ -93,3 +93,23 @@ mod tests {
         assert!(parse_duration("soon").is_err());
     }
 }
+
+/// A limit that can be switched off: `None` when given as `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limit<T>(pub Option<T>);
+
+/// Parses a duration limit: `15s`, `7days`, or `off`.
+pub fn parse_duration_limit(s: &str) -> Result<Limit<Duration>, String> {
+    if s.trim().eq_ignore_ascii_case("off") {
+        return Ok(Limit(None));
+    }
+    parse_duration(s).map(|d| Limit(Some(d)))
+}
+
+/// Parses a size limit: `64KiB`, `1GiB`, or `off`.
+pub fn parse_bytes_limit(s: &str) -> Result<Limit<u64>, String> {
+    if s.trim().eq_ignore_ascii_case("off") {
+        return Ok(Limit(None));
+    }
+    parse_bytes(s).map(|b| Limit(Some(b)))
+}

@@ -7,12 +7,14 @@
 //! - [`http`]: the API error type with its one `IntoResponse`, and bounded JSON bodies.
 //! - [`listener`]: a TCP listener whose connections time out writes to a peer that stopped
 //!   reading, so a stalled subscriber is cut off instead of pinning memory.
+//! - [`serve`]: serve a router until shutdown, then drain it under a deadline; the ops routes.
 
 pub mod config;
 pub mod drain;
 pub mod health;
 pub mod http;
 pub mod listener;
+pub mod serve;
 pub mod signal;
 
 pub use drain::{Drain, DrainWatch};

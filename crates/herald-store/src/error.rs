@@ -9,6 +9,9 @@ pub enum StoreError {
     /// The store was closed (the process is draining).
     #[error("the store is closed")]
     Closed,
+    /// A backend (NATS, MongoDB) could not be reached or timed out; retrying later may succeed.
+    #[error("a backend is unavailable: {0}")]
+    Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// The backend failed; the operation may or may not be retried.
     #[error("store backend error")]
     Backend(#[source] Box<dyn std::error::Error + Send + Sync>),

@@ -69,17 +69,9 @@ pub struct Page {
     pub end: bool,
 }
 
-/// Where events are sequenced and kept.
+/// Where events are read back: what a gateway needs for replay, catch-up and history.
 #[async_trait]
-pub trait Store: Send + Sync + fmt::Debug {
-    /// Sequences and durably stores a batch, all or nothing. With an idempotency key seen within
-    /// the window, stores nothing and answers the first append's sequences.
-    async fn append(
-        &self,
-        batch: Vec<NewEvent>,
-        idempotency: Option<Idempotency>,
-    ) -> Result<Appended, StoreError>;
-
+pub trait History: Send + Sync + fmt::Debug {
     /// Reads one page of events after a sequence.
     async fn read(&self, query: ReadQuery) -> Result<Page, StoreError>;
 
@@ -88,6 +80,18 @@ pub trait Store: Send + Sync + fmt::Debug {
 
     /// The epoch and the retained range of the sequence.
     async fn bounds(&self) -> Result<Bounds, StoreError>;
+}
+
+/// Where events are sequenced and kept (the standalone node's commit point).
+#[async_trait]
+pub trait Store: History {
+    /// Sequences and durably stores a batch, all or nothing. With an idempotency key seen within
+    /// the window, stores nothing and answers the first append's sequences.
+    async fn append(
+        &self,
+        batch: Vec<NewEvent>,
+        idempotency: Option<Idempotency>,
+    ) -> Result<Appended, StoreError>;
 
     /// Applies retention: removes events past the age or size limit and expired idempotency
     /// keys. The owner calls it periodically.

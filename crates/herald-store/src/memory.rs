@@ -9,7 +9,9 @@ use std::{
 use async_trait::async_trait;
 use herald_core::{Bounds, Epoch, Event, NewEvent, Topic};
 
-use crate::{Appended, Idempotency, Page, ReadQuery, Store, StoreError, StoreOptions, now_ms};
+use crate::{
+    Appended, History, Idempotency, Page, ReadQuery, Store, StoreError, StoreOptions, now_ms,
+};
 
 /// Events in a B-tree under one lock.
 #[derive(Debug)]
@@ -43,6 +45,53 @@ impl MemoryStore {
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().expect("memory store lock")
+    }
+}
+
+#[async_trait]
+impl History for MemoryStore {
+    async fn read(&self, query: ReadQuery) -> Result<Page, StoreError> {
+        let s = self.state();
+        let limit = query.limit.max(1);
+        let mut page = Page {
+            next_after: query.after,
+            ..Page::default()
+        };
+        for (&seq, event) in s.events.range(query.after + 1..) {
+            if query.filter.matches(event.topic.as_str()) {
+                if page.events.len() == limit {
+                    return Ok(page);
+                }
+                page.events.push(Arc::clone(event));
+                page.next_after = seq;
+            }
+        }
+        page.end = true;
+        page.next_after = page.next_after.max(s.head);
+        Ok(page)
+    }
+
+    async fn latest(&self, topic: &Topic, limit: usize) -> Result<Vec<Arc<Event>>, StoreError> {
+        let s = self.state();
+        let mut out: Vec<Arc<Event>> = s
+            .events
+            .values()
+            .rev()
+            .filter(|e| &e.topic == topic)
+            .take(limit)
+            .cloned()
+            .collect();
+        out.reverse();
+        Ok(out)
+    }
+
+    async fn bounds(&self) -> Result<Bounds, StoreError> {
+        let s = self.state();
+        Ok(Bounds {
+            epoch: self.epoch,
+            earliest: s.trimmed_through + 1,
+            head: s.head,
+        })
     }
 }
 
@@ -92,50 +141,6 @@ impl Store for MemoryStore {
             seqs,
             events,
             duplicate: false,
-        })
-    }
-
-    async fn read(&self, query: ReadQuery) -> Result<Page, StoreError> {
-        let s = self.state();
-        let limit = query.limit.max(1);
-        let mut page = Page {
-            next_after: query.after,
-            ..Page::default()
-        };
-        for (&seq, event) in s.events.range(query.after + 1..) {
-            if query.filter.matches(event.topic.as_str()) {
-                if page.events.len() == limit {
-                    return Ok(page);
-                }
-                page.events.push(Arc::clone(event));
-                page.next_after = seq;
-            }
-        }
-        page.end = true;
-        page.next_after = page.next_after.max(s.head);
-        Ok(page)
-    }
-
-    async fn latest(&self, topic: &Topic, limit: usize) -> Result<Vec<Arc<Event>>, StoreError> {
-        let s = self.state();
-        let mut out: Vec<Arc<Event>> = s
-            .events
-            .values()
-            .rev()
-            .filter(|e| &e.topic == topic)
-            .take(limit)
-            .cloned()
-            .collect();
-        out.reverse();
-        Ok(out)
-    }
-
-    async fn bounds(&self) -> Result<Bounds, StoreError> {
-        let s = self.state();
-        Ok(Bounds {
-            epoch: self.epoch,
-            earliest: s.trimmed_through + 1,
-            head: s.head,
         })
     }
 

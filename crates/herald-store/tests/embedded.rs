@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use herald_core::{EventType, NewEvent, Topic, TopicFilter, event::parse_data};
-use herald_store::{EmbeddedStore, Idempotency, ReadQuery, Store, StoreOptions};
+use herald_store::{EmbeddedStore, History, Idempotency, ReadQuery, Store, StoreOptions};
 
 fn new_event(n: u64) -> NewEvent {
     NewEvent {

@@ -13,7 +13,7 @@ pub use metrics::{CloseReason, Metrics};
 use tracing_subscriber::{EnvFilter, fmt, prelude::*};
 
 /// How log lines are written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum LogFormat {
     /// Human-readable lines.
     #[default]

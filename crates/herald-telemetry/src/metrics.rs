@@ -38,6 +38,11 @@ struct RejectLabel {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct TierLabel {
+    tier: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct ResumeLabel {
     recovered: &'static str,
     reason: &'static str,
@@ -68,6 +73,10 @@ pub struct Metrics {
     pub slow_cut_off: Counter,
     /// Gaps in the live feed filled from the store by the hub.
     pub gap_fills: Counter,
+    /// Events read for replay, catch-up or gap fills, by tier (`jetstream`, `mongodb`).
+    replay_reads: Family<TierLabel, Counter>,
+    /// Events written to MongoDB by the archiver (they had not been yet, or it could not tell).
+    pub events_archived: Counter,
 }
 
 impl Default for Metrics {
@@ -95,6 +104,8 @@ impl Metrics {
             slow_caught_up: Counter::default(),
             slow_cut_off: Counter::default(),
             gap_fills: Counter::default(),
+            replay_reads: Family::default(),
+            events_archived: Counter::default(),
         };
         let mut registry = Registry::with_prefix("herald");
         let r = &mut registry;
@@ -132,6 +143,16 @@ impl Metrics {
             "events_delivered",
             "Event frames handed to subscribers",
             m.events_delivered.clone(),
+        );
+        r.register(
+            "replay_reads",
+            "Events read back for replay, catch-up or gap fills, by tier (jetstream, mongodb)",
+            m.replay_reads.clone(),
+        );
+        r.register(
+            "events_archived",
+            "Events the archiver wrote to MongoDB",
+            m.events_archived.clone(),
         );
         r.register(
             "events_replayed",
@@ -182,6 +203,13 @@ impl Metrics {
         self.resumes
             .get_or_create(&ResumeLabel { recovered, reason })
             .inc();
+    }
+
+    /// Counts events read back from a tier (`jetstream`, `mongodb`).
+    pub fn replay_read(&self, tier: &'static str, events: u64) {
+        self.replay_reads
+            .get_or_create(&TierLabel { tier })
+            .inc_by(events);
     }
 
     /// The OpenMetrics text exposition.

@@ -3,17 +3,15 @@
 use std::{future::Future, sync::Arc, time::Duration};
 
 use anyhow::Context;
-use axum::{
-    Router,
-    http::{StatusCode, header},
-    response::IntoResponse,
-    routing::get,
-};
-use herald_bus::{Bus, MemoryBus};
+use axum::Router;
+use herald_bus::MemoryBus;
 use herald_gateway::Gateway;
 use herald_ingest::StoreLog;
-use herald_runtime::{ApiError, Drain, Health, health, listener::TimedListener};
-use herald_store::{EmbeddedStore, MemoryStore, Store};
+use herald_runtime::{
+    Drain, Health,
+    serve::{ServeOptions, ops_routes, serve},
+};
+use herald_store::{EmbeddedStore, History, MemoryStore, Store};
 use herald_telemetry::Metrics;
 use tokio::net::TcpListener;
 use tower_http::trace::TraceLayer;
@@ -49,12 +47,12 @@ impl App {
             ),
             StoreKind::Memory => Arc::new(MemoryStore::new(config.store_options.clone())),
         };
-        let bus: Arc<dyn Bus> = Arc::new(MemoryBus::default());
+        let bus = Arc::new(MemoryBus::default());
         let metrics = Arc::new(Metrics::new());
         let (drain, watch) = Drain::new();
         let gateway = Gateway::start(
             config.gateway.clone(),
-            Arc::clone(&store),
+            Arc::clone(&store) as Arc<dyn History>,
             &*bus,
             Arc::clone(&metrics),
             watch.clone(),
@@ -66,10 +64,10 @@ impl App {
         let router = gateway
             .router()
             .merge(ingest)
-            .merge(ops_routes(Health::new(watch), Arc::clone(&metrics)))
-            .fallback(|| async {
-                ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
-            })
+            .merge(ops_routes(Health::new(watch), {
+                let metrics = Arc::clone(&metrics);
+                Arc::new(move || metrics.render())
+            }))
             .layer(TraceLayer::new_for_http());
         Ok(Self {
             config,
@@ -89,40 +87,27 @@ impl App {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let metrics = Arc::clone(&self.metrics);
-        let listener = TimedListener::new(
-            listener,
-            self.config.write_timeout,
-            Arc::new(move || {
-                metrics.slow_cut_off.inc();
-            }),
-        );
-        let watch = self.drain.watch();
-        let server = axum::serve(listener, self.router)
-            .with_graceful_shutdown(async move { watch.started().await });
-        let mut server = tokio::spawn(async move { server.await });
         let trimmer = tokio::spawn(trim_periodically(
             Arc::clone(&self.store),
             self.config.trim_interval,
         ));
-
-        tokio::select! {
-            () = shutdown => {}
-            result = &mut server => {
-                trimmer.abort();
-                return result.context("server task")?.context("serving");
-            }
-        }
-        let deadline = self.config.drain_deadline;
-        tracing::info!(deadline = ?deadline, "draining");
-        self.drain.start();
-        match tokio::time::timeout(deadline, &mut server).await {
-            Ok(result) => result.context("server task")?.context("serving")?,
-            Err(_) => {
-                tracing::warn!(deadline = ?deadline, "drain deadline passed; closing the remaining connections");
-                server.abort();
-            }
-        }
+        let options = ServeOptions {
+            write_timeout: self.config.write_timeout,
+            drain_deadline: self.config.drain_deadline,
+        };
+        let served = serve(
+            listener,
+            self.router,
+            &self.drain,
+            &options,
+            Arc::new(move || {
+                metrics.slow_cut_off.inc();
+            }),
+            shutdown,
+        )
+        .await;
         trimmer.abort();
+        served?;
         match tokio::time::timeout(STORE_CLOSE_TIMEOUT, self.store.close()).await {
             Ok(result) => result.context("closing the store")?,
             Err(_) => tracing::warn!("the store did not close in time"),
@@ -130,28 +115,6 @@ impl App {
         tracing::info!("drained");
         Ok(())
     }
-}
-
-fn ops_routes(health: Health, metrics: Arc<Metrics>) -> Router {
-    Router::new()
-        .route("/healthz", get(health::healthz))
-        .route("/readyz", get(move || std::future::ready(health.readyz())))
-        .route(
-            "/metrics",
-            get(move || {
-                let body = metrics.render();
-                async move {
-                    (
-                        [(
-                            header::CONTENT_TYPE,
-                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                        )],
-                        body,
-                    )
-                        .into_response()
-                }
-            }),
-        )
 }
 
 async fn trim_periodically(store: Arc<dyn Store>, every: Duration) {

@@ -29,7 +29,7 @@ use herald_core::{Bounds, Epoch, Event, NewEvent, Topic};
 use redb::{Database, ReadableDatabase, TableDefinition};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::{Appended, Idempotency, Page, ReadQuery, Store, StoreError, StoreOptions};
+use crate::{Appended, History, Idempotency, Page, ReadQuery, Store, StoreError, StoreOptions};
 
 const EVENTS: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("events");
 const BY_TOPIC: TableDefinition<'_, (&str, u64), ()> = TableDefinition::new("by_topic");
@@ -155,22 +155,7 @@ fn state_head(shared: &Shared) -> u64 {
 }
 
 #[async_trait]
-impl Store for EmbeddedStore {
-    async fn append(
-        &self,
-        batch: Vec<NewEvent>,
-        idempotency: Option<Idempotency>,
-    ) -> Result<Appended, StoreError> {
-        let (reply, rx) = oneshot::channel();
-        self.send(Command::Append {
-            batch,
-            idempotency,
-            reply,
-        })
-        .await?;
-        rx.await.map_err(|_| StoreError::Closed)?
-    }
-
+impl History for EmbeddedStore {
     async fn read(&self, query: ReadQuery) -> Result<Page, StoreError> {
         self.blocking(move |s| read::page(&s.db.begin_read()?, &query))
             .await
@@ -190,6 +175,24 @@ impl Store for EmbeddedStore {
             earliest: trimmed + 1,
             head,
         })
+    }
+}
+
+#[async_trait]
+impl Store for EmbeddedStore {
+    async fn append(
+        &self,
+        batch: Vec<NewEvent>,
+        idempotency: Option<Idempotency>,
+    ) -> Result<Appended, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::Append {
+            batch,
+            idempotency,
+            reply,
+        })
+        .await?;
+        rx.await.map_err(|_| StoreError::Closed)?
     }
 
     async fn trim(&self) -> Result<(), StoreError> {

@@ -167,6 +167,14 @@ async fn commit(
             StoreError::Closed => {
                 ApiError::unavailable("draining", "this server is shutting down; retry", 1)
             }
+            StoreError::Unavailable(_) => {
+                tracing::warn!(error = %e, "publish failed: a backend is unavailable");
+                ApiError::unavailable(
+                    "unavailable",
+                    "the event log is unavailable; retry with the same Idempotency-Key",
+                    1,
+                )
+            }
             StoreError::Backend(_) => ApiError::internal(&e),
         })
 }

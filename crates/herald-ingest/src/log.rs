@@ -3,7 +3,7 @@
 use std::{fmt, sync::Arc};
 
 use async_trait::async_trait;
-use herald_bus::Bus;
+use herald_bus::Announce;
 use herald_core::NewEvent;
 use herald_store::{Appended, Idempotency, Store, StoreError};
 
@@ -23,12 +23,12 @@ pub trait EventLog: Send + Sync + fmt::Debug {
 #[derive(Debug, Clone)]
 pub struct StoreLog {
     store: Arc<dyn Store>,
-    bus: Arc<dyn Bus>,
+    bus: Arc<dyn Announce>,
 }
 
 impl StoreLog {
     /// A log over a store and a bus.
-    pub fn new(store: Arc<dyn Store>, bus: Arc<dyn Bus>) -> Self {
+    pub fn new(store: Arc<dyn Store>, bus: Arc<dyn Announce>) -> Self {
         Self { store, bus }
     }
 }

@@ -23,7 +23,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use herald_bus::Feed;
 use herald_core::{Epoch, Event, EventId, Topic, TopicFilter, sse};
-use herald_store::{ReadQuery, Store};
+use herald_store::{History, ReadQuery};
 use herald_telemetry::Metrics;
 use tokio::{
     sync::mpsc::{self, error::TrySendError},
@@ -78,7 +78,7 @@ impl Hub {
     /// feed before reading `head`, so nothing falls between them.
     pub fn start(
         feed: Feed,
-        store: Arc<dyn Store>,
+        store: Arc<dyn History>,
         epoch: Epoch,
         head: u64,
         queue_capacity: usize,
@@ -188,7 +188,7 @@ impl Inner {
 /// The hub task's state: puts the feed in sequence order.
 struct Sequencer {
     inner: Arc<Inner>,
-    store: Arc<dyn Store>,
+    store: Arc<dyn History>,
     expected: u64,
     pending: BTreeMap<u64, Arc<Event>>,
     gap_timeout: Duration,
@@ -337,9 +337,9 @@ impl Drop for Subscription {
 
 #[cfg(test)]
 mod tests {
-    use herald_bus::{Bus, MemoryBus};
+    use herald_bus::{Announce, Bus, MemoryBus};
     use herald_core::{EventType, NewEvent, event::parse_data};
-    use herald_store::{MemoryStore, StoreOptions};
+    use herald_store::{MemoryStore, Store, StoreOptions};
 
     use super::*;
 
@@ -356,8 +356,8 @@ mod tests {
         let bus = MemoryBus::new(64);
         let bounds = store.bounds().await.unwrap();
         let hub = Hub::start(
-            bus.subscribe(),
-            Arc::clone(&store),
+            bus.subscribe().await.unwrap(),
+            Arc::clone(&store) as Arc<dyn herald_store::History>,
             bounds.epoch,
             bounds.head,
             capacity,

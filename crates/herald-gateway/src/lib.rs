@@ -19,11 +19,12 @@ use std::{
     time::Duration,
 };
 
+use anyhow::Context;
 use axum::{Router, routing::get};
 use herald_bus::Bus;
 use herald_core::Topic;
 use herald_runtime::DrainWatch;
-use herald_store::{Store, StoreError};
+use herald_store::History;
 use herald_telemetry::Metrics;
 
 pub use hub::Hub;
@@ -77,7 +78,7 @@ impl Default for GatewayConfig {
 #[derive(Debug)]
 pub struct GatewayState {
     pub(crate) config: GatewayConfig,
-    pub(crate) store: Arc<dyn Store>,
+    pub(crate) store: Arc<dyn History>,
     pub(crate) hub: Hub,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) drain: DrainWatch,
@@ -94,13 +95,14 @@ impl Gateway {
     /// Subscribes to the bus, starts the hub, and returns the gateway.
     pub async fn start(
         config: GatewayConfig,
-        store: Arc<dyn Store>,
+        store: Arc<dyn History>,
         bus: &dyn Bus,
         metrics: Arc<Metrics>,
         drain: DrainWatch,
-    ) -> Result<Self, StoreError> {
-        let feed = bus.subscribe();
-        let bounds = store.bounds().await?;
+    ) -> anyhow::Result<Self> {
+        // The feed first, then the head: every event is in one or the other.
+        let feed = bus.subscribe().await.context("subscribing to the bus")?;
+        let bounds = store.bounds().await.context("reading the store's bounds")?;
         let hub = Hub::start(
             feed,
             Arc::clone(&store),

@@ -1,0 +1,138 @@
+//! Events to and from the bus envelope (`proto/herald/v1/envelope.proto`), and topics to and
+//! from NATS subjects (`herald.events.<topic>`).
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use herald_core::{Epoch, Event, EventType, NewEvent, Topic, TopicFilter, event::parse_data};
+use herald_proto::{Envelope, Origin};
+use prost::Message as _;
+
+/// Every event subject starts with this.
+pub const SUBJECT_PREFIX: &str = "herald.events.";
+/// The stream's subjects.
+pub const ALL_SUBJECTS: &str = "herald.events.>";
+
+/// The subject an event on `topic` is published on.
+pub fn subject(topic: &Topic) -> String {
+    format!("{SUBJECT_PREFIX}{topic}")
+}
+
+/// The subjects a connection's filter reads. Herald's patterns are NATS's (`*` one level, a final
+/// `>` the rest), so they map one to one.
+pub fn filter_subjects(filter: &TopicFilter) -> Vec<String> {
+    if filter.patterns().iter().any(|p| p.as_str() == ">") {
+        return vec![ALL_SUBJECTS.to_owned()];
+    }
+    filter
+        .exact()
+        .iter()
+        .map(Topic::as_str)
+        .chain(filter.patterns().iter().map(|p| p.as_str()))
+        .map(|t| format!("{SUBJECT_PREFIX}{t}"))
+        .collect()
+}
+
+/// Encodes a new event for the bus.
+pub fn encode(event: &NewEvent, epoch: Epoch, time_ms: u64, fingerprint: u64) -> Bytes {
+    Envelope {
+        topic: event.topic.as_str().to_owned(),
+        r#type: if event.event_type == EventType::default() {
+            String::new()
+        } else {
+            event.event_type.as_str().to_owned()
+        },
+        data: event.data.get().as_bytes().to_vec(),
+        time_ms,
+        epoch: epoch.0,
+        fingerprint,
+        origin: Origin::HttpUnspecified as i32,
+    }
+    .encode_to_vec()
+    .into()
+}
+
+/// Why a bus message is not a Herald event.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    /// Not a protobuf envelope.
+    #[error("not a Herald envelope: {0}")]
+    Protobuf(#[from] prost::DecodeError),
+    /// A field breaks Herald's rules (a topic, a type, data that is not JSON).
+    #[error("invalid envelope: {0}")]
+    Invalid(#[from] herald_core::ValidationError),
+    /// The data is not UTF-8.
+    #[error("envelope data is not UTF-8")]
+    Utf8,
+}
+
+/// A decoded envelope: the event (at `seq`) and the envelope's own fields.
+#[derive(Debug)]
+pub struct Decoded {
+    /// The event.
+    pub event: Arc<Event>,
+    /// The request fingerprint the ingest recorded.
+    pub fingerprint: u64,
+    /// The epoch the ingest published in.
+    pub epoch: Epoch,
+}
+
+/// Decodes a bus message stored at `seq`.
+pub fn decode(payload: &[u8], seq: u64) -> Result<Decoded, DecodeError> {
+    let envelope = Envelope::decode(payload)?;
+    let data = String::from_utf8(envelope.data).map_err(|_| DecodeError::Utf8)?;
+    let event_type = if envelope.r#type.is_empty() {
+        EventType::default()
+    } else {
+        EventType::new(&envelope.r#type)?
+    };
+    Ok(Decoded {
+        event: Arc::new(Event {
+            seq,
+            topic: Topic::new(&envelope.topic)?,
+            event_type,
+            data: parse_data(data)?,
+            time_ms: envelope.time_ms,
+        }),
+        fingerprint: envelope.fingerprint,
+        epoch: Epoch(envelope.epoch),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::value::RawValue;
+
+    use super::*;
+
+    #[test]
+    fn an_event_survives_the_envelope() {
+        let new = NewEvent {
+            topic: Topic::new("scores.home").unwrap(),
+            event_type: EventType::new("goal").unwrap(),
+            data: RawValue::from_string(r#"{"a": [1, 2]}"#.into()).unwrap(),
+        };
+        let bytes = encode(&new, Epoch(7), 1234, 99);
+        let d = decode(&bytes, 42).unwrap();
+        assert_eq!(d.event.seq, 42);
+        assert_eq!(d.event.topic.as_str(), "scores.home");
+        assert_eq!(d.event.event_type.as_str(), "goal");
+        assert_eq!(d.event.data.get(), r#"{"a": [1, 2]}"#);
+        assert_eq!(
+            (d.event.time_ms, d.fingerprint, d.epoch),
+            (1234, 99, Epoch(7))
+        );
+        assert!(decode(b"\xff\xff", 1).is_err());
+    }
+
+    #[test]
+    fn filters_map_to_subjects() {
+        let f = TopicFilter::parse(["a", "b.*", "c.>"]).unwrap();
+        assert_eq!(
+            filter_subjects(&f),
+            ["herald.events.a", "herald.events.b.*", "herald.events.c.>"]
+        );
+        let all = TopicFilter::parse(["a", ">"]).unwrap();
+        assert_eq!(filter_subjects(&all), ["herald.events.>"]);
+    }
+}

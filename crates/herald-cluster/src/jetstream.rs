@@ -1,0 +1,407 @@
+//! Herald on NATS JetStream: publish (the PubAck's sequence is the global sequence), the
+//! gateway's one live feed, and replay reads filtered to a connection's topics.
+
+use std::{sync::Arc, time::Duration};
+
+use async_nats::{
+    Client, HeaderMap,
+    jetstream::{
+        self,
+        consumer::{AckPolicy, DeliverPolicy, pull},
+        message::PublishMessage,
+    },
+};
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use herald_bus::{Bus, BusError, Feed};
+use herald_core::{Epoch, Event, NewEvent, TopicFilter};
+use herald_store::{Page, StoreError};
+use serde_json::Value;
+
+use crate::{
+    ClusterConfig, Mongo,
+    envelope::{ALL_SUBJECTS, decode, encode, filter_subjects, subject},
+    stream,
+};
+
+/// Wait between attempts to re-open the live feed.
+const FEED_RETRY: Duration = Duration::from_millis(500);
+/// How long an abandoned replay consumer lives on the server.
+const READ_CONSUMER_TTL: Duration = Duration::from_secs(30);
+
+/// A connection to the deployment's stream. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct JetStream {
+    client: Client,
+    js: jetstream::Context,
+    stream: Arc<str>,
+    epoch: Epoch,
+    timeout: Duration,
+}
+
+/// What a publish got from JetStream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Published {
+    /// The sequence of each event of the batch, in order.
+    pub seqs: Vec<u64>,
+    /// JetStream had the `Nats-Msg-Id` already: these are the first publish's sequences.
+    pub duplicate: bool,
+}
+
+impl JetStream {
+    /// Connects to NATS (reconnecting for ever after a first success) and makes sure the stream
+    /// exists.
+    pub async fn connect(
+        config: &ClusterConfig,
+        name: &str,
+        mongo: &Mongo,
+    ) -> anyhow::Result<Self> {
+        let client = async_nats::ConnectOptions::new()
+            .name(name)
+            .max_reconnects(None)
+            .connection_timeout(config.backend_timeout)
+            .request_timeout(Some(config.backend_timeout))
+            .event_callback(|event| async move {
+                tracing::info!(%event, "nats connection");
+            })
+            .connect(config.nats_url.as_str())
+            .await?;
+        let js = jetstream::ContextBuilder::new()
+            .timeout(config.backend_timeout)
+            .build(client.clone());
+        let epoch = stream::ensure(&js, config, mongo).await?;
+        Ok(Self {
+            client,
+            js,
+            stream: config.stream.as_str().into(),
+            epoch,
+            timeout: config.backend_timeout,
+        })
+    }
+
+    /// The stream's epoch.
+    pub fn epoch(&self) -> Epoch {
+        self.epoch
+    }
+
+    /// The NATS client (for readiness).
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// The stream's first and last sequence now. An empty stream answers `(last + 1, last)`.
+    pub async fn state(&self) -> Result<(u64, u64), StoreError> {
+        let stream = self
+            .js
+            .get_stream(&*self.stream)
+            .await
+            .map_err(unavailable)?;
+        let state = &stream.cached_info().state;
+        let first = if state.messages == 0 {
+            state.last_sequence + 1
+        } else {
+            state.first_sequence
+        };
+        Ok((first, state.last_sequence))
+    }
+
+    /// Publishes a batch, all or nothing, and answers its sequences. One event is published with
+    /// `Nats-Msg-Id` = the idempotency key, so JetStream stores it once within its duplicate
+    /// window; a batch is an atomic batch publish (consecutive sequences, all or none stored).
+    pub async fn publish(
+        &self,
+        batch: &[NewEvent],
+        key: Option<&str>,
+        fingerprint: u64,
+        time_ms: u64,
+    ) -> Result<Published, StoreError> {
+        match batch {
+            [] => Ok(Published {
+                seqs: Vec::new(),
+                duplicate: false,
+            }),
+            [event] => self.publish_one(event, key, fingerprint, time_ms).await,
+            _ => self.publish_batch(batch, fingerprint, time_ms).await,
+        }
+    }
+
+    async fn publish_one(
+        &self,
+        event: &NewEvent,
+        key: Option<&str>,
+        fingerprint: u64,
+        time_ms: u64,
+    ) -> Result<Published, StoreError> {
+        let mut message =
+            PublishMessage::build().payload(encode(event, self.epoch, time_ms, fingerprint));
+        if let Some(key) = key {
+            message = message.message_id(key);
+        }
+        let ack = self
+            .js
+            .send_publish(subject(&event.topic), message)
+            .await
+            .map_err(unavailable)?
+            .await
+            .map_err(unavailable)?;
+        if ack.duplicate && key.is_some() {
+            // The key was used before: with the same request, answer the first result.
+            let stored = self.fingerprint_at(ack.sequence).await?;
+            if stored != fingerprint {
+                return Err(StoreError::IdempotencyConflict);
+            }
+        }
+        Ok(Published {
+            seqs: vec![ack.sequence],
+            duplicate: ack.duplicate,
+        })
+    }
+
+    /// An atomic batch (ADR-50): every message carries the batch id and its position; the first
+    /// and the last are requests (the server answers errors early and the PubAck at the commit),
+    /// the others plain publishes.
+    async fn publish_batch(
+        &self,
+        batch: &[NewEvent],
+        fingerprint: u64,
+        time_ms: u64,
+    ) -> Result<Published, StoreError> {
+        let batch_id = format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..));
+        let last = batch.len();
+        let mut commit = None;
+        for (i, event) in batch.iter().enumerate() {
+            let n = i + 1;
+            let mut headers = HeaderMap::new();
+            headers.insert("Nats-Batch-Id", batch_id.as_str());
+            headers.insert("Nats-Batch-Sequence", n.to_string().as_str());
+            if n == last {
+                headers.insert("Nats-Batch-Commit", "1");
+            }
+            let payload = encode(event, self.epoch, time_ms, fingerprint);
+            let subject = subject(&event.topic);
+            if n == 1 || n == last {
+                let reply = tokio::time::timeout(
+                    self.timeout,
+                    self.client.request_with_headers(subject, headers, payload),
+                )
+                .await
+                .map_err(|_| unavailable("the batch publish timed out"))?
+                .map_err(unavailable)?;
+                let answer = parse_reply(&reply.payload)?;
+                if n == last {
+                    commit = answer;
+                }
+            } else {
+                self.client
+                    .publish_with_headers(subject, headers, payload)
+                    .await
+                    .map_err(unavailable)?;
+            }
+        }
+        let ack = commit.ok_or_else(|| unavailable("the batch commit had no acknowledgement"))?;
+        let seq = ack["seq"]
+            .as_u64()
+            .ok_or_else(|| unavailable("the batch ack has no seq"))?;
+        let count = ack["count"].as_u64().unwrap_or(last as u64);
+        if count != last as u64 || seq < count {
+            return Err(unavailable(format!(
+                "the batch ack counts {count} messages of {last}"
+            )));
+        }
+        Ok(Published {
+            seqs: (seq + 1 - count..=seq).collect(),
+            duplicate: false,
+        })
+    }
+
+    /// The request fingerprint stored with the event at `seq`.
+    pub async fn fingerprint_at(&self, seq: u64) -> Result<u64, StoreError> {
+        let stream = self
+            .js
+            .get_stream_no_info(&*self.stream)
+            .await
+            .map_err(unavailable)?;
+        let message = stream.direct_get(seq).await.map_err(unavailable)?;
+        decode(&message.payload, seq)
+            .map(|d| d.fingerprint)
+            .map_err(|e| StoreError::Backend(Box::new(e)))
+    }
+
+    /// One page of events matching `filter` after `after`, read with a short-lived consumer
+    /// filtered to the connection's subjects. `head` is the stream's last sequence as the caller
+    /// saw it; a page that reaches the end answers `next_after >= head`.
+    pub async fn read(
+        &self,
+        filter: &TopicFilter,
+        after: u64,
+        limit: usize,
+        head: u64,
+    ) -> Result<Page, StoreError> {
+        if after >= head || limit == 0 {
+            return Ok(Page {
+                events: Vec::new(),
+                next_after: after.max(head),
+                end: after >= head,
+            });
+        }
+        let stream = self
+            .js
+            .get_stream_no_info(&*self.stream)
+            .await
+            .map_err(unavailable)?;
+        let subjects = filter_subjects(filter);
+        let (filter_subject, filter_subjects) = match subjects.len() {
+            1 => (subjects[0].clone(), Vec::new()),
+            _ => (String::new(), subjects),
+        };
+        let consumer = stream
+            .create_consumer(pull::Config {
+                deliver_policy: DeliverPolicy::ByStartSequence {
+                    start_sequence: after + 1,
+                },
+                ack_policy: AckPolicy::None,
+                filter_subject,
+                filter_subjects,
+                inactive_threshold: READ_CONSUMER_TTL,
+                memory_storage: true,
+                num_replicas: 1,
+                ..Default::default()
+            })
+            .await
+            .map_err(unavailable)?;
+        let name = consumer.cached_info().name.clone();
+        let pending = consumer.cached_info().num_pending;
+        let want = (limit as u64).min(pending) as usize;
+        let mut events: Vec<Arc<Event>> = Vec::with_capacity(want);
+        let mut last_seq = after;
+        let mut read = 0usize;
+        if want > 0 {
+            let mut messages = consumer
+                .fetch()
+                .max_messages(want)
+                .messages()
+                .await
+                .map_err(unavailable)?;
+            while let Some(message) = messages.next().await {
+                let message = message.map_err(unavailable)?;
+                let Ok(info) = message.info() else { continue };
+                let seq = info.stream_sequence;
+                last_seq = seq;
+                read += 1;
+                match decode(&message.payload, seq) {
+                    Ok(d) => events.push(d.event),
+                    Err(e) => {
+                        tracing::warn!(seq, error = %e, "skipping a message that is not a Herald event")
+                    }
+                }
+            }
+        }
+        tokio::spawn(async move {
+            let _ = stream.delete_consumer(&name).await;
+        });
+        if want > 0 && read == 0 {
+            return Err(unavailable(
+                "JetStream delivered none of the pending events",
+            ));
+        }
+        let end = read as u64 >= pending;
+        Ok(Page {
+            events,
+            next_after: if end { last_seq.max(head) } else { last_seq },
+            end,
+        })
+    }
+}
+
+#[async_trait]
+impl Bus for JetStream {
+    /// The gateway's one live feed: an ordered consumer over every subject, starting after the
+    /// stream's last sequence now. If it fails (NATS restarted, the consumer vanished) it is
+    /// opened again after the last sequence it delivered, so nothing is skipped.
+    async fn subscribe(&self) -> Result<Feed, BusError> {
+        let (_, head) = self
+            .state()
+            .await
+            .map_err(|e| BusError::Backend(Box::new(e)))?;
+        let messages = self.live_from(head + 1).await?;
+        let this = self.clone();
+        Ok(Box::pin(async_stream::stream! {
+            let mut last = head;
+            let mut messages = Some(messages);
+            loop {
+                let Some(current) = messages.as_mut() else {
+                    tokio::time::sleep(FEED_RETRY).await;
+                    match this.live_from(last + 1).await {
+                        Ok(m) => {
+                            tracing::info!(after = last, "live feed re-opened");
+                            messages = Some(m);
+                        }
+                        Err(e) => tracing::warn!(error = %e, "re-opening the live feed failed; retrying"),
+                    }
+                    continue;
+                };
+                match current.next().await {
+                    Some(Ok(message)) => {
+                        let Ok(info) = message.info() else { continue };
+                        let seq = info.stream_sequence;
+                        if seq <= last {
+                            continue;
+                        }
+                        last = seq;
+                        match decode(&message.payload, seq) {
+                            Ok(d) => yield d.event,
+                            Err(e) => tracing::warn!(seq, error = %e, "skipping a message that is not a Herald event"),
+                        }
+                    }
+                    Some(Err(e)) => {
+                        tracing::warn!(error = %e, after = last, "live feed failed; re-opening it");
+                        messages = None;
+                    }
+                    None => messages = None,
+                }
+            }
+        }))
+    }
+}
+
+impl JetStream {
+    async fn live_from(&self, start: u64) -> Result<pull::Ordered, BusError> {
+        let stream = self
+            .js
+            .get_stream_no_info(&*self.stream)
+            .await
+            .map_err(|e| BusError::Backend(Box::new(e)))?;
+        let consumer = stream
+            .create_consumer(pull::OrderedConfig {
+                filter_subject: ALL_SUBJECTS.to_owned(),
+                deliver_policy: DeliverPolicy::ByStartSequence {
+                    start_sequence: start,
+                },
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| BusError::Backend(Box::new(e)))?;
+        consumer
+            .messages()
+            .await
+            .map_err(|e| BusError::Backend(Box::new(e)))
+    }
+}
+
+/// A request's reply: nothing (an intermediate ack), a PubAck, or an API error.
+fn parse_reply(payload: &Bytes) -> Result<Option<Value>, StoreError> {
+    if payload.is_empty() {
+        return Ok(None);
+    }
+    let value: Value = serde_json::from_slice(payload).map_err(unavailable)?;
+    if let Some(error) = value.get("error") {
+        return Err(unavailable(format!("JetStream refused the batch: {error}")));
+    }
+    Ok(Some(value))
+}
+
+/// NATS could not be reached or refused: the caller may retry (503).
+pub(crate) fn unavailable(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> StoreError {
+    StoreError::Unavailable(e.into())
+}

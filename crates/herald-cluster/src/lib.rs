@@ -1,0 +1,48 @@
+//! Herald's distributed mode: NATS JetStream sequences, carries and keeps recent events; MongoDB
+//! keeps the long history and the idempotency records.
+//!
+//! - [`options`]: the connection and retention options `herald-ingest` and `herald-gateway` share.
+//! - [`envelope`]: events to and from the protobuf bus envelope, topics to and from subjects.
+//! - [`stream`]: the `HERALD` stream, created or checked at start-up, and its epoch.
+//! - [`jetstream`]: publish (the PubAck sequence is the global sequence), the gateway's one live
+//!   feed, and replay reads filtered to a connection's topics.
+//! - [`mongo`]: the MongoDB store: events by sequence, a `(topic, seq)` index, TTL retention,
+//!   idempotency records.
+//! - [`tiered`]: replay from JetStream while the id is inside its retention, from MongoDB before.
+//! - [`log`]: the ingest's commit path: JetStream ack, then MongoDB, then `201`.
+//! - [`archiver`]: a durable JetStream consumer that writes every event MongoDB lacks.
+//! - [`health`]: readiness checks for NATS and MongoDB.
+//! - [`service`]: the process around either service: options, ops routes, serving and draining.
+
+pub mod archiver;
+pub mod envelope;
+pub mod health;
+pub mod jetstream;
+pub mod log;
+pub mod mongo;
+pub mod options;
+pub mod service;
+pub mod stream;
+pub mod tiered;
+
+pub use archiver::Archiver;
+pub use jetstream::JetStream;
+pub use log::ClusterLog;
+pub use mongo::Mongo;
+pub use options::{ClusterConfig, ClusterOptions};
+pub use tiered::Tiered;
+
+/// Connects to NATS and MongoDB and makes sure the stream exists: what both services do first.
+pub async fn connect(config: &ClusterConfig, name: &str) -> anyhow::Result<(JetStream, Mongo)> {
+    let mongo = Mongo::connect(config).await?;
+    let js = JetStream::connect(config, name, &mongo).await?;
+    Ok((js, mongo))
+}
+
+/// Milliseconds since the Unix epoch.
+pub(crate) fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,424 @@
+//! The MongoDB store: the long history, the idempotency records, and the deployment's epoch.
+//!
+//! Collections (see `proto/README.md`):
+//! - `events`: `{_id: seq, topic, type, data, ts}`; `_id` is the JetStream sequence, so every
+//!   write is idempotent and a range of sequences is a range of `_id`. Indexes: `(topic, _id)` for
+//!   a connection's topics, and a TTL index on `ts` for retention.
+//! - `idempotency`: `{_id: key, seqs, fingerprint, expires}`, TTL on `expires`.
+//! - `meta`: `{_id: "epoch", epoch}`: the epoch of the sequence the events belong to.
+//!
+//! Every range read is bounded on both sides (`_id > after and _id <= upper`).
+
+use std::{
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use futures_util::TryStreamExt;
+use herald_core::{Epoch, Event, EventType, Topic, TopicFilter, event::parse_data};
+use herald_store::StoreError;
+use mongodb::{
+    Client, Collection, IndexModel,
+    bson::{Bson, DateTime, Document, doc},
+    error::ErrorKind,
+    options::{ClientOptions, IndexOptions},
+};
+
+use crate::ClusterConfig;
+
+/// MongoDB's duplicate-key error.
+const DUPLICATE_KEY: i32 = 11000;
+/// How long the earliest retained sequence is cached (it only grows).
+const EARLIEST_TTL: Duration = Duration::from_secs(1);
+
+/// When the earliest sequence was read, and what it was.
+type Cached = (Instant, Option<u64>);
+
+/// A handle on Herald's MongoDB database. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Mongo {
+    client: Client,
+    events: Collection<Document>,
+    idempotency: Collection<Document>,
+    meta: Collection<Document>,
+    retention: Option<Duration>,
+    idempotency_window: Duration,
+    earliest: Arc<Mutex<Option<Cached>>>,
+    healthy: Arc<AtomicBool>,
+}
+
+impl Mongo {
+    /// Connects and creates the indexes.
+    pub async fn connect(config: &ClusterConfig) -> anyhow::Result<Self> {
+        let mut options = ClientOptions::parse(&config.mongodb_uri).await?;
+        options.app_name.get_or_insert_with(|| "herald".to_owned());
+        options.server_selection_timeout = Some(config.backend_timeout);
+        options.connect_timeout = Some(config.backend_timeout);
+        let client = Client::with_options(options)?;
+        let db = client.database(&config.mongodb_database);
+        let mongo = Self {
+            events: db.collection("events"),
+            idempotency: db.collection("idempotency"),
+            meta: db.collection("meta"),
+            client,
+            retention: config.retention_age,
+            idempotency_window: config.idempotency_window,
+            earliest: Arc::default(),
+            healthy: Arc::new(AtomicBool::new(true)),
+        };
+        mongo.create_indexes().await?;
+        Ok(mongo)
+    }
+
+    async fn create_indexes(&self) -> anyhow::Result<()> {
+        self.events
+            .create_index(
+                IndexModel::builder()
+                    .keys(doc! { "topic": 1, "_id": 1 })
+                    .options(IndexOptions::builder().name("topic_seq".to_owned()).build())
+                    .build(),
+            )
+            .await?;
+        if let Some(retention) = self.retention {
+            let ttl = IndexModel::builder()
+                .keys(doc! { "ts": 1 })
+                .options(
+                    IndexOptions::builder()
+                        .name("ts_ttl".to_owned())
+                        .expire_after(retention)
+                        .build(),
+                )
+                .build();
+            if self.events.create_index(ttl.clone()).await.is_err() {
+                // Another retention than the index was made with: replace it.
+                self.events.drop_index("ts_ttl").await?;
+                self.events.create_index(ttl).await?;
+            }
+        }
+        self.idempotency
+            .create_index(
+                IndexModel::builder()
+                    .keys(doc! { "expires": 1 })
+                    .options(
+                        IndexOptions::builder()
+                            .name("expires_ttl".to_owned())
+                            .expire_after(Duration::ZERO)
+                            .build(),
+                    )
+                    .build(),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Writes events; those already there are left as they are (the write is idempotent).
+    pub async fn insert(&self, events: &[Arc<Event>]) -> Result<(), StoreError> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let docs = events.iter().map(|e| to_doc(e));
+        match self.events.insert_many(docs).ordered(false).await {
+            Ok(_) => Ok(()),
+            Err(e) => match e.kind.as_ref() {
+                ErrorKind::InsertMany(failure)
+                    if failure.write_concern_error.is_none()
+                        && failure
+                            .write_errors
+                            .iter()
+                            .flatten()
+                            .all(|w| w.code == DUPLICATE_KEY) =>
+                {
+                    Ok(())
+                }
+                _ => Err(self.failed(e)),
+            },
+        }
+    }
+
+    /// Events matching `filter` with `after < seq <= upper`, at most `limit`, in order.
+    pub async fn read(
+        &self,
+        filter: &TopicFilter,
+        after: u64,
+        upper: u64,
+        limit: usize,
+    ) -> Result<Vec<Arc<Event>>, StoreError> {
+        if upper <= after || limit == 0 {
+            return Ok(Vec::new());
+        }
+        let mut query = doc! { "_id": { "$gt": seq(after), "$lte": seq(upper) } };
+        if let Some(topics) = topic_condition(filter) {
+            query.insert("topic", topics);
+        }
+        let cursor = self
+            .events
+            .find(query)
+            .sort(doc! { "_id": 1 })
+            .limit(limit as i64)
+            .await
+            .map_err(|e| self.failed(e))?;
+        let docs: Vec<Document> = cursor.try_collect().await.map_err(|e| self.failed(e))?;
+        Ok(docs.iter().filter_map(from_doc).collect())
+    }
+
+    /// The newest `limit` events of `topic` up to `head`, oldest first.
+    pub async fn latest(
+        &self,
+        topic: &Topic,
+        limit: usize,
+        head: u64,
+    ) -> Result<Vec<Arc<Event>>, StoreError> {
+        let query = doc! { "topic": topic.as_str(), "_id": { "$gt": 0_i64, "$lte": seq(head) } };
+        let cursor = self
+            .events
+            .find(query)
+            .sort(doc! { "topic": 1, "_id": -1 })
+            .limit(limit as i64)
+            .await
+            .map_err(|e| self.failed(e))?;
+        let docs: Vec<Document> = cursor.try_collect().await.map_err(|e| self.failed(e))?;
+        let mut events: Vec<_> = docs.iter().filter_map(from_doc).collect();
+        events.reverse();
+        Ok(events)
+    }
+
+    /// The first sequence MongoDB still holds, if any (cached for a second).
+    pub async fn earliest(&self) -> Result<Option<u64>, StoreError> {
+        if let Some((at, value)) = *self.earliest.lock().expect("earliest cache")
+            && at.elapsed() < EARLIEST_TTL
+        {
+            return Ok(value);
+        }
+        let value = self.edge(1).await?;
+        *self.earliest.lock().expect("earliest cache") = Some((Instant::now(), value));
+        Ok(value)
+    }
+
+    /// The last sequence MongoDB holds, or 0.
+    pub async fn head(&self) -> Result<u64, StoreError> {
+        Ok(self.edge(-1).await?.unwrap_or(0))
+    }
+
+    async fn edge(&self, direction: i32) -> Result<Option<u64>, StoreError> {
+        let found = self
+            .events
+            .find_one(doc! { "_id": { "$gt": 0_i64, "$lte": i64::MAX } })
+            .sort(doc! { "_id": direction })
+            .projection(doc! { "_id": 1 })
+            .await
+            .map_err(|e| self.failed(e))?;
+        Ok(found.and_then(|d| d.get_i64("_id").ok()).map(|s| s as u64))
+    }
+
+    /// The epoch MongoDB's events belong to, if it has one.
+    pub async fn epoch(&self) -> Result<Option<Epoch>, StoreError> {
+        let found = self
+            .meta
+            .find_one(doc! { "_id": "epoch" })
+            .await
+            .map_err(|e| self.failed(e))?;
+        Ok(found
+            .and_then(|d| d.get_i64("epoch").ok())
+            .map(|e| Epoch(e as u32)))
+    }
+
+    /// Records `epoch` unless MongoDB already has one; answers the one it has.
+    pub async fn adopt_epoch(&self, epoch: Epoch) -> Result<Epoch, StoreError> {
+        self.meta
+            .update_one(
+                doc! { "_id": "epoch" },
+                doc! { "$setOnInsert": { "epoch": i64::from(epoch.0) } },
+            )
+            .upsert(true)
+            .await
+            .map_err(|e| self.failed(e))?;
+        Ok(self.epoch().await?.unwrap_or(epoch))
+    }
+
+    /// The first answer to an idempotency key: its sequences and request fingerprint.
+    pub async fn idempotency(&self, key: &str) -> Result<Option<(Vec<u64>, u64)>, StoreError> {
+        let found = self
+            .idempotency
+            .find_one(doc! { "_id": key, "expires": { "$gt": DateTime::now() } })
+            .await
+            .map_err(|e| self.failed(e))?;
+        Ok(found.and_then(|d| {
+            let seqs = d
+                .get_array("seqs")
+                .ok()?
+                .iter()
+                .filter_map(Bson::as_i64)
+                .map(|s| s as u64)
+                .collect();
+            Some((seqs, d.get_i64("fingerprint").ok()? as u64))
+        }))
+    }
+
+    /// Records the answer to an idempotency key for the idempotency window.
+    pub async fn remember(
+        &self,
+        key: &str,
+        seqs: &[u64],
+        fingerprint: u64,
+    ) -> Result<(), StoreError> {
+        let expires = DateTime::from_millis(
+            DateTime::now().timestamp_millis() + self.idempotency_window.as_millis() as i64,
+        );
+        let seqs: Vec<i64> = seqs.iter().map(|&s| seq(s)).collect();
+        self.idempotency
+            .update_one(
+                doc! { "_id": key },
+                doc! { "$setOnInsert": { "seqs": seqs, "fingerprint": fingerprint as i64, "expires": expires } },
+            )
+            .upsert(true)
+            .await
+            .map_err(|e| self.failed(e))?;
+        Ok(())
+    }
+
+    /// Removes events past retention and expired idempotency records. The TTL indexes do the
+    /// same on MongoDB's own schedule (once a minute); this makes retention exact.
+    pub async fn trim(&self) -> Result<(), StoreError> {
+        if let Some(retention) = self.retention {
+            let cutoff = DateTime::from_millis(
+                DateTime::now().timestamp_millis() - retention.as_millis() as i64,
+            );
+            self.events
+                .delete_many(doc! { "ts": { "$lt": cutoff } })
+                .await
+                .map_err(|e| self.failed(e))?;
+        }
+        self.idempotency
+            .delete_many(doc! { "expires": { "$lte": DateTime::now() } })
+            .await
+            .map_err(|e| self.failed(e))?;
+        Ok(())
+    }
+
+    /// Asks the server for a ping; records the answer for readiness.
+    pub async fn ping(&self) -> bool {
+        let ok = self
+            .client
+            .database("admin")
+            .run_command(doc! { "ping": 1 })
+            .await
+            .is_ok();
+        self.healthy.store(ok, Ordering::Release);
+        ok
+    }
+
+    /// Whether the last operation or ping reached the server.
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Acquire)
+    }
+
+    /// Every MongoDB failure is taken as "retry later" (503 on a publish): a restarting or
+    /// unreachable server is by far the likeliest cause, and the operation is idempotent.
+    fn failed(&self, e: mongodb::error::Error) -> StoreError {
+        if matches!(
+            e.kind.as_ref(),
+            ErrorKind::ServerSelection { .. }
+                | ErrorKind::Io(_)
+                | ErrorKind::ConnectionPoolCleared { .. }
+        ) {
+            self.healthy.store(false, Ordering::Release);
+        }
+        StoreError::Unavailable(Box::new(e))
+    }
+}
+
+fn seq(s: u64) -> i64 {
+    i64::try_from(s).unwrap_or(i64::MAX)
+}
+
+fn to_doc(e: &Event) -> Document {
+    doc! {
+        "_id": seq(e.seq),
+        "topic": e.topic.as_str(),
+        "type": e.event_type.as_str(),
+        "data": e.data.get(),
+        "ts": DateTime::from_millis(e.time_ms as i64),
+    }
+}
+
+fn from_doc(d: &Document) -> Option<Arc<Event>> {
+    let event = (|| {
+        Some(Event {
+            seq: d.get_i64("_id").ok()? as u64,
+            topic: Topic::new(d.get_str("topic").ok()?).ok()?,
+            event_type: EventType::new(d.get_str("type").ok()?).ok()?,
+            data: parse_data(d.get_str("data").ok()?.to_owned()).ok()?,
+            time_ms: d.get_datetime("ts").ok()?.timestamp_millis() as u64,
+        })
+    })();
+    if event.is_none() {
+        tracing::warn!(id = ?d.get("_id"), "skipping a malformed event document");
+    }
+    event.map(Arc::new)
+}
+
+/// The `topic` condition for a filter, or `None` when it matches every topic.
+fn topic_condition(filter: &TopicFilter) -> Option<Bson> {
+    if filter.patterns().iter().any(|p| p.as_str() == ">") {
+        return None;
+    }
+    let exact: Vec<&str> = filter.exact().iter().map(Topic::as_str).collect();
+    let regexes: Vec<String> = filter
+        .patterns()
+        .iter()
+        .map(|p| pattern_regex(p.as_str()))
+        .collect();
+    if regexes.is_empty() {
+        return Some(doc! { "$in": exact }.into());
+    }
+    let mut alternatives = Vec::new();
+    if !exact.is_empty() {
+        alternatives.push(format!(
+            "^(?:{})$",
+            exact
+                .iter()
+                .map(|t| escape(t))
+                .collect::<Vec<_>>()
+                .join("|")
+        ));
+    }
+    alternatives.extend(regexes);
+    Some(doc! { "$regex": alternatives.join("|") }.into())
+}
+
+/// `scores.*` → `^scores\.[^.]+$`; `scores.>` → `^scores\..+$`.
+fn pattern_regex(pattern: &str) -> String {
+    let levels: Vec<String> = pattern
+        .split('.')
+        .map(|level| match level {
+            "*" => "[^.]+".to_owned(),
+            ">" => ".+".to_owned(),
+            literal => escape(literal),
+        })
+        .collect();
+    format!("^{}$", levels.join("\\."))
+}
+
+fn escape(literal: &str) -> String {
+    literal.replace('.', "\\.").replace('-', "\\-")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn patterns_become_anchored_regexes() {
+        assert_eq!(pattern_regex("scores.*"), r"^scores\.[^.]+$");
+        assert_eq!(pattern_regex("a-b.>"), r"^a\-b\..+$");
+        let filter = TopicFilter::parse(["x.y", "scores.*"]).unwrap();
+        let Some(Bson::Document(d)) = topic_condition(&filter) else {
+            panic!()
+        };
+        assert_eq!(d.get_str("$regex").unwrap(), r"^(?:x\.y)$|^scores\.[^.]+$");
+        assert!(topic_condition(&TopicFilter::parse([">"]).unwrap()).is_none());
+    }
+}

@@ -1,0 +1,128 @@
+//! What `herald-ingest` and `herald-gateway` share as processes: listening, logging, the ops
+//! routes with NATS and MongoDB readiness, background tasks, and the drain.
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use anyhow::Context;
+use axum::Router;
+use herald_runtime::{
+    Drain, Health,
+    config::parse_duration,
+    serve::{ServeOptions, ops_routes, serve},
+};
+use herald_telemetry::{LogFormat, Metrics};
+use tokio::task::JoinHandle;
+
+use crate::{
+    JetStream, Mongo,
+    health::{MongoCheck, NatsCheck, ping_mongo},
+};
+
+/// How often MongoDB is pinged for readiness.
+const PING_EVERY: Duration = Duration::from_secs(2);
+
+/// Process options both services take.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServiceOptions {
+    /// Address to listen on.
+    #[arg(
+        long,
+        env = "HERALD_LISTEN",
+        value_name = "ADDR",
+        default_value = "127.0.0.1:8080"
+    )]
+    pub listen: SocketAddr,
+    /// A connection whose peer accepts no bytes for this long is closed.
+    #[arg(long, env = "HERALD_WRITE_TIMEOUT", value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    pub write_timeout: Duration,
+    /// On SIGTERM/SIGINT, time allowed for streams to end and requests to finish.
+    #[arg(long, env = "HERALD_DRAIN_DEADLINE", value_name = "DURATION", default_value = "25s", value_parser = parse_duration)]
+    pub drain_deadline: Duration,
+    /// Log filter, RUST_LOG syntax.
+    #[arg(
+        long,
+        env = "HERALD_LOG",
+        value_name = "FILTER",
+        default_value = "info"
+    )]
+    pub log: String,
+    /// Log format.
+    #[arg(long, env = "HERALD_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+/// A service ready to run: its routes and the background tasks that live as long as it.
+#[derive(Debug)]
+pub struct Service {
+    /// The service's own routes (the ops routes are added by [`Service::run`]).
+    pub router: Router,
+    /// Tasks aborted when the service stops.
+    pub tasks: Vec<JoinHandle<()>>,
+}
+
+impl Service {
+    /// Serves until SIGTERM/SIGINT, then drains. Prints `<name> listening on http://ADDR`.
+    pub async fn run(
+        self,
+        name: &str,
+        options: &ServiceOptions,
+        js: &JetStream,
+        mongo: &Mongo,
+        metrics: Arc<Metrics>,
+        drain: Drain,
+    ) -> anyhow::Result<()> {
+        let health = Health::new(drain.watch())
+            .with_check(Arc::new(NatsCheck(js.clone())))
+            .with_check(Arc::new(MongoCheck(mongo.clone())));
+        let mut tasks = self.tasks;
+        tasks.push(tokio::spawn(ping_mongo(mongo.clone(), PING_EVERY)));
+        let render = {
+            let metrics = Arc::clone(&metrics);
+            Arc::new(move || metrics.render())
+        };
+        let router = self.router.merge(ops_routes(health, render));
+        let listener = tokio::net::TcpListener::bind(options.listen)
+            .await
+            .with_context(|| format!("binding {}", options.listen))?;
+        let addr = listener.local_addr().context("reading the bound address")?;
+        tracing::info!(%addr, "listening");
+        println!("{name} listening on http://{addr}");
+        let served = serve(
+            listener,
+            router.layer(tower_http::trace::TraceLayer::new_for_http()),
+            &drain,
+            &ServeOptions {
+                write_timeout: options.write_timeout,
+                drain_deadline: options.drain_deadline,
+            },
+            Arc::new(move || {
+                metrics.slow_cut_off.inc();
+            }),
+            async {
+                let signal = herald_runtime::signal::shutdown().await;
+                tracing::info!(signal, "shutdown requested");
+            },
+        )
+        .await;
+        for task in tasks {
+            task.abort();
+        }
+        if let Err(e) = js.client().flush().await {
+            tracing::warn!(error = %e, "flushing the NATS connection failed");
+        }
+        tracing::info!("drained");
+        served
+    }
+}
+
+/// Removes expired MongoDB events and idempotency records every `every`.
+pub async fn trim_periodically(mongo: Mongo, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if let Err(e) = mongo.trim().await {
+            tracing::warn!(error = %e, "mongodb retention failed");
+        }
+    }
+}

@@ -1,0 +1,88 @@
+//! Two-tier replay: JetStream while the id is inside the stream's retention, MongoDB before it.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use herald_core::{Bounds, Event, Topic};
+use herald_store::{History, Page, ReadQuery, StoreError};
+use herald_telemetry::Metrics;
+
+use crate::{JetStream, Mongo};
+
+/// The gateway's history: recent events from JetStream, older ones from MongoDB.
+#[derive(Debug, Clone)]
+pub struct Tiered {
+    js: JetStream,
+    mongo: Mongo,
+    metrics: Arc<Metrics>,
+}
+
+impl Tiered {
+    /// Reads from `js` first and `mongo` for what JetStream no longer keeps.
+    pub fn new(js: JetStream, mongo: Mongo, metrics: Arc<Metrics>) -> Self {
+        Self { js, mongo, metrics }
+    }
+}
+
+#[async_trait]
+impl History for Tiered {
+    async fn read(&self, query: ReadQuery) -> Result<Page, StoreError> {
+        let (first, head) = self.js.state().await?;
+        if query.after >= head {
+            return Ok(Page {
+                events: Vec::new(),
+                next_after: query.after,
+                end: true,
+            });
+        }
+        if query.after + 1 >= first {
+            let page = self
+                .js
+                .read(&query.filter, query.after, query.limit, head)
+                .await?;
+            self.metrics
+                .replay_read("jetstream", page.events.len() as u64);
+            return Ok(page);
+        }
+        // Below JetStream's first sequence: MongoDB, up to where JetStream takes over.
+        let upper = (first - 1).min(head);
+        let events = self
+            .mongo
+            .read(&query.filter, query.after, upper, query.limit)
+            .await?;
+        self.metrics.replay_read("mongodb", events.len() as u64);
+        let full = events.len() >= query.limit;
+        let next_after = match events.last() {
+            Some(last) if full => last.seq,
+            _ => upper,
+        };
+        Ok(Page {
+            events,
+            next_after,
+            end: !full && upper >= head,
+        })
+    }
+
+    async fn latest(&self, topic: &Topic, limit: usize) -> Result<Vec<Arc<Event>>, StoreError> {
+        let (_, head) = self.js.state().await?;
+        self.mongo.latest(topic, limit, head).await
+    }
+
+    async fn bounds(&self) -> Result<Bounds, StoreError> {
+        let (first, head) = self.js.state().await?;
+        let earliest = match self.mongo.earliest().await {
+            Ok(Some(m)) => m.min(first),
+            Ok(None) => first,
+            Err(e) => {
+                // Judge by JetStream alone: an older id gets `expired` rather than no answer.
+                tracing::warn!(error = %e, "reading MongoDB's earliest sequence failed");
+                first
+            }
+        };
+        Ok(Bounds {
+            epoch: self.js.epoch(),
+            earliest,
+            head,
+        })
+    }
+}

@@ -1,0 +1,83 @@
+//! Serving a router until shutdown, then draining it: shared by every Herald binary.
+
+use std::{future::Future, sync::Arc, time::Duration};
+
+use anyhow::Context;
+use axum::{
+    Router,
+    http::{StatusCode, header},
+    response::IntoResponse,
+    routing::get,
+};
+use tokio::net::TcpListener;
+
+use crate::{ApiError, Drain, Health, health, listener::TimedListener};
+
+/// How a server is run and drained.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    /// A connection whose peer accepts no bytes for this long is closed.
+    pub write_timeout: Duration,
+    /// Time allowed, once a drain starts, for streams to end and requests to finish.
+    pub drain_deadline: Duration,
+}
+
+/// Serves `router` on `listener` until `shutdown` resolves, then drains: readiness fails and no
+/// new connection is accepted, every stream ends (the routes watch the drain), in-flight requests
+/// finish, all under the drain deadline. `on_write_timeout` runs for each connection cut off by the
+/// write timeout. Returns when the server has stopped.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    drain: &Drain,
+    options: &ServeOptions,
+    on_write_timeout: Arc<dyn Fn() + Send + Sync>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let listener = TimedListener::new(listener, options.write_timeout, on_write_timeout);
+    let watch = drain.watch();
+    let server =
+        axum::serve(listener, router).with_graceful_shutdown(async move { watch.started().await });
+    let mut server = tokio::spawn(async move { server.await });
+    tokio::select! {
+        () = shutdown => {}
+        result = &mut server => return result.context("server task")?.context("serving"),
+    }
+    let deadline = options.drain_deadline;
+    tracing::info!(deadline = ?deadline, "draining");
+    drain.start();
+    match tokio::time::timeout(deadline, &mut server).await {
+        Ok(result) => result.context("server task")?.context("serving")?,
+        Err(_) => {
+            tracing::warn!(deadline = ?deadline, "drain deadline passed; closing the remaining connections");
+            server.abort();
+        }
+    }
+    Ok(())
+}
+
+/// `/healthz`, `/readyz` and `/metrics` (rendered by `metrics`), plus a JSON 404 for anything else.
+pub fn ops_routes(health: Health, metrics: Arc<dyn Fn() -> String + Send + Sync>) -> Router {
+    Router::new()
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(move || std::future::ready(health.readyz())))
+        .route(
+            "/metrics",
+            get(move || {
+                let body = metrics();
+                async move {
+                    (
+                        [(
+                            header::CONTENT_TYPE,
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        )],
+                        body,
+                    )
+                        .into_response()
+                }
+            }),
+        )
+        .fallback(|| async {
+            ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+        })
+}

@@ -1,0 +1,112 @@
+//! `herald-ingest`: the publish API of the distributed mode. Each publish is committed to NATS
+//! JetStream (the commit point) and written to MongoDB before it is answered `201`; an archiver
+//! writes to MongoDB whatever a crash left out.
+
+use std::{process::ExitCode, sync::Arc};
+
+use anyhow::Context;
+use clap::{ArgAction, Parser};
+use herald_cluster::{
+    Archiver, ClusterLog, ClusterOptions,
+    service::{Service, ServiceOptions, trim_periodically},
+};
+use herald_core::Topic;
+use herald_ingest::IngestConfig;
+use herald_runtime::{Drain, config::parse_bytes};
+use herald_telemetry::Metrics;
+
+/// Every option can also be set with its `HERALD_*` environment variable.
+#[derive(Debug, Parser)]
+#[command(
+    name = "herald-ingest",
+    version,
+    about = "Herald ingest: the publish API, committing events to NATS JetStream and MongoDB.",
+    long_about = "Herald ingest: the publish API (POST /v1/topics/{topic}/events, POST /v1/events, \
+        PUT /api/post-update). A publish is answered 201 once JetStream has acknowledged it (the \
+        commit point: it has its sequence and reaches every gateway) and MongoDB holds it. Every \
+        option can also be set with the HERALD_* variable shown."
+)]
+struct Options {
+    #[command(flatten)]
+    service: ServiceOptions,
+    #[command(flatten)]
+    cluster: ClusterOptions,
+    /// Largest request body; 413 past it.
+    #[arg(long, env = "HERALD_MAX_BODY", value_name = "SIZE", default_value = "64KiB", value_parser = parse_bytes)]
+    max_body: u64,
+    /// Most events in one batch publish; 413 past it (JetStream's atomic batches allow 1000).
+    #[arg(
+        long,
+        env = "HERALD_MAX_BATCH",
+        value_name = "N",
+        default_value_t = 100
+    )]
+    max_batch: usize,
+    /// Topic behind the article's PUT /api/post-update.
+    #[arg(
+        long,
+        env = "HERALD_COMPAT_TOPIC",
+        value_name = "TOPIC",
+        default_value = "updates"
+    )]
+    compat_topic: String,
+    /// Run the archiver in this process (turn off to run it elsewhere).
+    #[arg(long, env = "HERALD_ARCHIVER", value_name = "BOOL", default_value_t = true, action = ArgAction::Set)]
+    archiver: bool,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let options = Options::parse();
+    if let Err(e) = herald_telemetry::init_tracing(&options.service.log, options.service.log_format)
+    {
+        eprintln!("herald-ingest: {e}");
+        return ExitCode::from(2);
+    }
+    match run(options).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = ?e, "herald-ingest stopped");
+            eprintln!("herald-ingest: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(options: Options) -> anyhow::Result<()> {
+    if options.max_batch == 0 || options.max_batch > 1000 {
+        anyhow::bail!("--max-batch must be 1 to 1000");
+    }
+    let ingest = IngestConfig {
+        max_body_bytes: usize::try_from(options.max_body).context("--max-body")?,
+        max_batch: options.max_batch,
+        compat_topic: Topic::new(&options.compat_topic).context("--compat-topic")?,
+    };
+    let cluster = options.cluster.resolve()?;
+    let (js, mongo) = herald_cluster::connect(&cluster, "herald-ingest").await?;
+    let metrics = Arc::new(Metrics::new());
+    let (drain, _watch) = Drain::new();
+    let log = Arc::new(ClusterLog::new(js.clone(), mongo.clone()));
+    let mut tasks = vec![tokio::spawn(trim_periodically(
+        mongo.clone(),
+        cluster.trim_interval,
+    ))];
+    if options.archiver {
+        let archiver = Archiver::new(&js, &cluster.stream, mongo.clone(), Arc::clone(&metrics));
+        tasks.push(tokio::spawn(archiver.run()));
+    }
+    let service = Service {
+        router: herald_ingest::router(ingest, log, Arc::clone(&metrics)),
+        tasks,
+    };
+    service
+        .run(
+            "herald-ingest",
+            &options.service,
+            &js,
+            &mongo,
+            metrics,
+            drain,
+        )
+        .await
+}
