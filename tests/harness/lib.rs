@@ -2,10 +2,12 @@
 //!
 //! - [`Herald`]: a `herald` process on a free loopback port with its own data directory, killed
 //!   on drop.
+//! - [`cluster`]: real NATS, MongoDB(-wire) and nginx servers, and the distributed services.
 //! - [`Api`]: the publish and history endpoints.
 //! - [`SseStream`]: an event stream read through the WHATWG decoder in `herald-core`, so tests see
 //!   exactly what a browser would.
 
+pub mod cluster;
 pub mod process;
 mod sse;
 

@@ -22,19 +22,28 @@ pub enum LogFormat {
     Json,
 }
 
-/// Installs the global subscriber. `filter` uses `RUST_LOG` syntax (`info,herald_gateway=debug`).
-/// Returns an error if the filter does not parse or a subscriber is already installed.
+/// Installs the global subscriber, writing to stderr (stdout carries only the `listening on` line
+/// scripts read). `filter` uses `RUST_LOG` syntax (`info,herald_gateway=debug`). Returns an error
+/// if the filter does not parse or a subscriber is already installed.
 pub fn init_tracing(filter: &str, format: LogFormat) -> Result<(), String> {
     let filter = EnvFilter::try_new(filter).map_err(|e| format!("invalid log filter: {e}"))?;
     let registry = tracing_subscriber::registry().with(filter);
     let result = match format {
-        LogFormat::Text => registry.with(fmt::layer().with_target(true)).try_init(),
+        LogFormat::Text => registry
+            .with(
+                fmt::layer()
+                    .with_target(true)
+                    .with_writer(std::io::stderr)
+                    .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())),
+            )
+            .try_init(),
         LogFormat::Json => registry
             .with(
                 fmt::layer()
                     .json()
                     .flatten_event(true)
-                    .with_current_span(false),
+                    .with_current_span(false)
+                    .with_writer(std::io::stderr),
             )
             .try_init(),
     };

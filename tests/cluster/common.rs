@@ -1,0 +1,294 @@
+//! A deployment for one test, subscribers that resume like a browser, and the checks.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use herald_core::TopicFilter;
+use herald_tests::{
+    Api,
+    cluster::{Deployment, Mongo, Nats, Nginx, Service},
+    seq_of,
+};
+use serde_json::{Value, json};
+use tokio::{sync::watch, task::JoinHandle};
+
+/// Servers and processes of one test.
+#[derive(Debug)]
+pub(crate) struct Cluster {
+    pub(crate) nats: Nats,
+    pub(crate) mongo: Mongo,
+    pub(crate) deployment: Deployment,
+    pub(crate) ingests: Vec<Service>,
+    pub(crate) gateways: Vec<Service>,
+}
+
+impl Cluster {
+    /// NATS, MongoDB, then `ingests` ingests and `gateways` gateways sharing `shared` flags.
+    pub(crate) async fn start(ingests: usize, gateways: usize, shared: &[&str]) -> Self {
+        Self::start_on(Mongo::start().await.unwrap(), ingests, gateways, shared).await
+    }
+
+    /// The same over a given MongoDB.
+    pub(crate) async fn start_on(
+        mongo: Mongo,
+        ingests: usize,
+        gateways: usize,
+        shared: &[&str],
+    ) -> Self {
+        let nats = Nats::start().await.unwrap();
+        let deployment = Deployment::new(&nats, &mongo, shared);
+        let mut cluster = Self {
+            nats,
+            mongo,
+            deployment,
+            ingests: Vec::new(),
+            gateways: Vec::new(),
+        };
+        for _ in 0..ingests {
+            cluster
+                .ingests
+                .push(cluster.deployment.ingest(&[], &[]).await.unwrap());
+        }
+        for _ in 0..gateways {
+            cluster
+                .gateways
+                .push(cluster.deployment.gateway(&[]).await.unwrap());
+        }
+        cluster
+    }
+
+    /// nginx over every gateway and ingest.
+    pub(crate) async fn nginx(&self) -> Nginx {
+        let gateways: Vec<&str> = self.gateways.iter().map(Service::addr).collect();
+        let ingests: Vec<&str> = self.ingests.iter().map(Service::addr).collect();
+        Nginx::start(&gateways, &ingests).await.unwrap()
+    }
+}
+
+/// The acknowledged publishes of a test: topic and sequence of each.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Acked(pub(crate) Arc<Mutex<Vec<(String, u64)>>>);
+
+impl Acked {
+    pub(crate) fn add(&self, topic: &str, id: &str) {
+        self.0.lock().unwrap().push((topic.to_owned(), seq_of(id)));
+    }
+
+    /// The sequences after `after` a filter should see, in order.
+    pub(crate) fn expected(&self, filter: &[&str], after: u64) -> Vec<u64> {
+        let filter = TopicFilter::parse(filter.iter().copied()).unwrap();
+        let mut seqs: Vec<u64> = self
+            .0
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|&(t, s)| *s > after && filter.matches(t))
+            .map(|&(_, s)| s)
+            .collect();
+        seqs.sort_unstable();
+        seqs
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.0.lock().unwrap().len()
+    }
+}
+
+/// Publishes `{"data": data}` on `topic` with an Idempotency-Key, retrying (same key) through
+/// 503s and connection failures until it is acknowledged. Answers the id and how many attempts
+/// failed.
+pub(crate) async fn publish_until_acked(
+    api: &Api,
+    topic: &str,
+    key: &str,
+    data: Value,
+) -> (String, usize) {
+    let body = json!({ "data": data }).to_string();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let mut failures = 0;
+    loop {
+        match api.publish_raw(topic, body.clone(), Some(key)).await {
+            Ok(p) if p.status.as_u16() == 201 => return (p.id(), failures),
+            Ok(p) => assert!(
+                p.status.as_u16() == 503 || p.status.as_u16() == 502,
+                "publish answered {} {}",
+                p.status,
+                p.body
+            ),
+            Err(_) => {}
+        }
+        failures += 1;
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "publish of {key} never acknowledged"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// What a subscriber saw.
+#[derive(Debug, Default)]
+pub(crate) struct Seen {
+    pub(crate) seqs: Vec<u64>,
+    pub(crate) reconnects: usize,
+    pub(crate) verdicts: Vec<String>,
+}
+
+/// A subscriber that behaves like EventSource: on any end or error it reconnects (through the
+/// same base URL) with the last id it saw, until it has `target` events.
+#[derive(Debug)]
+pub(crate) struct Subscriber {
+    pub(crate) filter: Vec<&'static str>,
+    after: u64,
+    task: JoinHandle<Seen>,
+    target: watch::Sender<Option<usize>>,
+}
+
+/// Streams opened by all subscribers (for checking reconnections happened).
+pub(crate) static OPENED: AtomicUsize = AtomicUsize::new(0);
+
+impl Subscriber {
+    /// Starts following `filter` through `api`, resuming after `from`.
+    pub(crate) fn start(api: Api, filter: Vec<&'static str>, from: String) -> Self {
+        let after = seq_of(&from);
+        let (target, mut target_rx) = watch::channel(None::<usize>);
+        let path = format!(
+            "/v1/stream?{}",
+            filter
+                .iter()
+                .map(|t| format!("topic={t}"))
+                .collect::<Vec<_>>()
+                .join("&")
+        );
+        let task = tokio::spawn(async move {
+            let mut seen = Seen::default();
+            let mut last = from;
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+            'connect: loop {
+                if let Some(t) = *target_rx.borrow()
+                    && seen.seqs.len() >= t
+                {
+                    return seen;
+                }
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "subscriber timed out with {} events",
+                    seen.seqs.len()
+                );
+                OPENED.fetch_add(1, Ordering::Relaxed);
+                let mut stream = match api.stream(&path, Some(&last)).await {
+                    Ok(s) => s,
+                    Err(_) => {
+                        seen.reconnects += 1;
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                };
+                loop {
+                    let next = tokio::select! {
+                        n = stream.next_within(Duration::from_secs(30)) => n,
+                        _ = target_rx.changed() => continue 'connect,
+                    };
+                    match next {
+                        Ok(Some(ev)) if ev.event == "herald.resume" => seen.verdicts.push(ev.data),
+                        Ok(Some(ev)) if ev.event.starts_with("herald.") => {}
+                        Ok(Some(ev)) => {
+                            seen.seqs.push(seq_of(&ev.id));
+                            last = ev.id;
+                            if let Some(t) = *target_rx.borrow()
+                                && seen.seqs.len() >= t
+                            {
+                                return seen;
+                            }
+                        }
+                        Ok(None) | Err(_) => {
+                            seen.reconnects += 1;
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            continue 'connect;
+                        }
+                    }
+                }
+            }
+        });
+        Self {
+            filter,
+            after,
+            task,
+            target,
+        }
+    }
+
+    /// Tells the subscriber how many events it should end with, and waits for it.
+    pub(crate) async fn finish(self, acked: &Acked) -> (Vec<u64>, Seen) {
+        let expected = acked.expected(&self.filter, self.after);
+        self.target.send(Some(expected.len())).unwrap();
+        let seen = self.task.await.unwrap();
+        (expected, seen)
+    }
+}
+
+/// Checks every subscriber got exactly its events, in one strictly increasing order.
+pub(crate) async fn check_all(subscribers: Vec<Subscriber>, acked: &Acked) -> usize {
+    let mut reconnects = 0;
+    let mut per_filter: HashMap<String, usize> = HashMap::new();
+    for sub in subscribers {
+        let name = sub.filter.join(",");
+        let (expected, seen) = sub.finish(acked).await;
+        assert!(
+            seen.seqs.windows(2).all(|w| w[0] < w[1]),
+            "{name}: ids not strictly increasing"
+        );
+        assert_eq!(
+            seen.seqs.len(),
+            expected.len(),
+            "{name}: wrong number of events"
+        );
+        assert_eq!(seen.seqs, expected, "{name}: not exactly its events");
+        assert!(
+            seen.verdicts
+                .iter()
+                .all(|v| v.contains("\"recovered\":true")),
+            "{name}: a resume was not recovered: {:?}",
+            seen.verdicts
+        );
+        reconnects += seen.reconnects;
+        *per_filter.entry(name).or_default() += 1;
+    }
+    reconnects
+}
+
+/// The head id now, from a throwaway publish (subscribers resume after it).
+pub(crate) async fn head_id(api: &Api, acked: &Acked) -> String {
+    let (id, _) =
+        publish_until_acked(api, "warmup", &format!("warmup-{}", fastrand()), json!(0)).await;
+    acked.add("warmup", &id);
+    id
+}
+
+fn fastrand() -> u64 {
+    use std::hash::{BuildHasher, RandomState};
+    RandomState::new().hash_one(std::time::Instant::now())
+}
+
+/// Topic sets for subscribers: exact topics, several topics, and patterns.
+pub(crate) const FILTERS: &[&[&str]] = &[
+    &["a"],
+    &["b"],
+    &["a", "b"],
+    &["c.*"],
+    &["c.>"],
+    &["c.x", "d"],
+    &["d"],
+    &["a", "c.y"],
+    &[">"],
+    &["b", "d", "c.x"],
+];
+
+/// Topics publishers use.
+pub(crate) const TOPICS: &[&str] = &["a", "b", "c.x", "c.y", "d"];

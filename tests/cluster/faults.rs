@@ -1,0 +1,103 @@
+//! An ingest killed between the JetStream ack and the MongoDB write: the archiver writes the
+//! event to MongoDB, and a resume from before it, beyond JetStream's retention, gets it.
+
+use std::time::Duration;
+
+use herald_tests::{epoch_of, seq_of};
+use serde_json::json;
+
+use crate::common::{Cluster, publish_until_acked};
+
+/// JetStream keeps only this much, so a few hundred events push the first ones out.
+const SHARED: &[&str] = &["--stream-max-bytes", "16KiB"];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_archiver_repairs_an_ingest_killed_between_its_two_writes() {
+    // A healthy ingest (with the archiver) and a gateway.
+    let cluster = Cluster::start(1, 1, SHARED).await;
+    let healthy = cluster.ingests[0].api();
+    let gateway = cluster.gateways[0].api();
+    // A faulty ingest: it stops after the JetStream ack, before MongoDB. No archiver of its own.
+    let mut faulty = cluster
+        .deployment
+        .ingest(
+            &["--archiver", "false"],
+            &[("HERALD_FAULT", "pause-after-jetstream-ack")],
+        )
+        .await
+        .unwrap();
+
+    let (before, _) = publish_until_acked(&healthy, "orders", "before", json!("before")).await;
+    let lost = tokio::spawn({
+        let api = faulty.api();
+        async move { api.publish("orders", json!("in-between")).await }
+    });
+    let notice = faulty
+        .wait_stderr("fault: paused after the JetStream ack")
+        .await
+        .unwrap();
+    let orphan_seq = seq_of(&before) + 1;
+    assert!(notice.contains(&format!("[{orphan_seq}]")), "{notice}");
+    faulty.kill9().await;
+    let answer = lost.await.unwrap();
+    assert!(
+        answer.is_err() || !answer.unwrap().status.is_success(),
+        "the killed publish was acknowledged"
+    );
+
+    // Push the orphan out of JetStream's retention.
+    let filler = "x".repeat(200);
+    let mut last = before.clone();
+    for i in 0..200 {
+        let (id, _) =
+            publish_until_acked(&healthy, "orders", &format!("fill{i}"), json!(filler)).await;
+        last = id;
+    }
+    let (status, first) = gateway
+        .get_json("/v1/topics/orders/events?limit=1")
+        .await
+        .unwrap();
+    assert!(status.is_success());
+    let tiers_before = gateway
+        .metric("herald_replay_reads_total{tier=\"mongodb\"}")
+        .await
+        .unwrap();
+
+    // Resume from before the orphan: JetStream no longer has it, MongoDB does (the archiver).
+    let mut stream = gateway
+        .stream("/v1/stream?topic=orders", Some(&before))
+        .await
+        .unwrap();
+    let verdict = stream.next().await.unwrap().unwrap();
+    assert_eq!(verdict.event, "herald.resume");
+    assert_eq!(
+        verdict.data, r#"{"recovered":true}"#,
+        "first retained: {first}"
+    );
+    let (events, _) = stream.collect(201).await.unwrap();
+    assert_eq!(seq_of(&events[0].id), orphan_seq);
+    assert_eq!(events[0].data, r#""in-between""#);
+    assert_eq!(epoch_of(&events[0].id), epoch_of(&before));
+    assert_eq!(events.last().unwrap().id, last);
+    let seqs: Vec<u64> = events.iter().map(|e| seq_of(&e.id)).collect();
+    assert!(
+        seqs.windows(2).all(|w| w[1] == w[0] + 1),
+        "a gap or a duplicate in the replay"
+    );
+    let tiers_after = gateway
+        .metric("herald_replay_reads_total{tier=\"mongodb\"}")
+        .await
+        .unwrap();
+    assert!(
+        tiers_after > tiers_before,
+        "the replay did not read MongoDB"
+    );
+
+    // The archiver counted it (on the healthy ingest).
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let archived = healthy
+        .metric("herald_events_archived_total")
+        .await
+        .unwrap();
+    assert!(archived >= 1.0);
+}

@@ -1,0 +1,11 @@
+//! The distributed mode against real servers: nats-server with JetStream, the MongoDB-wire server
+//! (or a real MongoDB at `$HERALD_TEST_MONGODB_URI`), nginx, and Herald's own ingest and gateway
+//! processes.
+
+mod common;
+mod fanout;
+mod faults;
+mod mongo;
+mod restarts;
+mod rolling;
+mod tiers;

@@ -1,0 +1,526 @@
+//! Real servers for the distributed tests, each on a free loopback port with its own data
+//! directory, killed and removed on drop: `nats-server -js`, the MongoDB-wire server
+//! `secantusd-rs` (or the real MongoDB at `$HERALD_TEST_MONGODB_URI`), nginx, and Herald's
+//! `herald-ingest` and `herald-gateway`.
+//!
+//! The servers come from `tests/servers/install` (run by `tests/run`), found through
+//! `$HERALD_NATS_SERVER`, `$HERALD_SECANTUSD`, `$HERALD_NGINX`, or their default install places.
+
+use std::{
+    net::TcpListener,
+    path::{Path, PathBuf},
+    process::Stdio,
+    time::Duration,
+};
+
+use anyhow::{Context, bail};
+use tempfile::TempDir;
+use tokio::{
+    io::{AsyncBufReadExt, BufReader},
+    process::{Child, Command},
+    sync::mpsc,
+};
+
+use crate::{Api, PATIENCE};
+
+/// A free loopback port (bound and released; the server binds it next).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+fn cache_dir() -> PathBuf {
+    std::env::var_os("HERALD_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/herald")
+        })
+}
+
+/// A server binary from the environment or its install place.
+fn server_bin(var: &str, default: PathBuf) -> PathBuf {
+    let bin = std::env::var_os(var).map(PathBuf::from).unwrap_or(default);
+    assert!(
+        bin.exists(),
+        "{} is missing: run tests/servers/install (tests/run does), or set {var}",
+        bin.display()
+    );
+    bin
+}
+
+/// One of Herald's binaries, beside the test binary's `deps/` directory.
+pub fn herald_binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let bin = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .join(name);
+    assert!(
+        bin.exists(),
+        "{} is missing: build it first (tests/run does)",
+        bin.display()
+    );
+    bin
+}
+
+async fn wait_port(port: u16) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while tokio::time::Instant::now() < deadline {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    bail!("nothing listens on port {port}")
+}
+
+fn kill(child: &mut Child) {
+    let _ = child.start_kill();
+}
+
+/// `nats-server -js` with its own store directory.
+#[derive(Debug)]
+pub struct Nats {
+    child: Child,
+    /// The client port.
+    pub port: u16,
+    dir: TempDir,
+}
+
+impl Nats {
+    /// Starts a server.
+    pub async fn start() -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let port = free_port();
+        let child = Self::spawn(port, dir.path()).await?;
+        Ok(Self { child, port, dir })
+    }
+
+    async fn spawn(port: u16, dir: &Path) -> anyhow::Result<Child> {
+        let bin = server_bin(
+            "HERALD_NATS_SERVER",
+            cache_dir().join("venv/bin/nats-server"),
+        );
+        let child = Command::new(bin)
+            .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+            .arg(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting nats-server")?;
+        wait_port(port).await?;
+        Ok(child)
+    }
+
+    /// `nats://127.0.0.1:PORT`
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// `kill -9`, then a new server on the same port and store directory.
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        self.stop().await;
+        self.resume().await
+    }
+
+    /// A new server on the same port and store directory (after [`Self::stop`]).
+    pub async fn resume(&mut self) -> anyhow::Result<()> {
+        self.child = Self::spawn(self.port, self.dir.path()).await?;
+        Ok(())
+    }
+
+    /// `kill -9`, and waits for it to be gone.
+    pub async fn stop(&mut self) {
+        kill(&mut self.child);
+        let _ = self.child.wait().await;
+    }
+}
+
+/// A MongoDB for one test: a `secantusd-rs` of its own, or a fresh database on the real server
+/// at `$HERALD_TEST_MONGODB_URI`.
+#[derive(Debug)]
+pub struct Mongo {
+    server: Option<(Child, TempDir)>,
+    /// The connection string.
+    pub uri: String,
+    /// The database this test owns.
+    pub database: String,
+    port: u16,
+}
+
+impl Mongo {
+    /// The real MongoDB when `$HERALD_TEST_MONGODB_URI` is set, else a `secantusd-rs`.
+    pub async fn start() -> anyhow::Result<Self> {
+        match std::env::var("HERALD_TEST_MONGODB_URI") {
+            Ok(uri) if !uri.is_empty() => Ok(Self {
+                server: None,
+                uri,
+                database: format!("herald_test_{:016x}", rand_u64()),
+                port: 0,
+            }),
+            _ => Self::start_local().await,
+        }
+    }
+
+    /// Always a `secantusd-rs` of this test's own (for tests that restart the server).
+    pub async fn start_local() -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let (child, port) = Self::spawn(dir.path(), 0).await?;
+        Ok(Self {
+            server: Some((child, dir)),
+            uri: format!("mongodb://127.0.0.1:{port}/?directConnection=true"),
+            database: "herald".to_owned(),
+            port,
+        })
+    }
+
+    async fn spawn(dir: &Path, port: u16) -> anyhow::Result<(Child, u16)> {
+        let bin = server_bin(
+            "HERALD_SECANTUSD",
+            cache_dir().join("secantus/bin/secantusd-rs"),
+        );
+        let mut child = Command::new(bin)
+            .args(["--port", &port.to_string(), "--storage-path"])
+            .arg(dir)
+            .args(["--cache-size", "256M"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting secantusd-rs")?;
+        let mut lines = BufReader::new(child.stdout.take().context("stdout")?).lines();
+        let port = loop {
+            let line = tokio::time::timeout(PATIENCE, lines.next_line())
+                .await
+                .context("secantusd-rs did not start in time")??
+                .context("secantusd-rs exited before listening")?;
+            if let Some(addr) = line.split("listening on ").nth(1) {
+                break addr.trim().rsplit(':').next().context("port")?.parse()?;
+            }
+        };
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        wait_port(port).await?;
+        Ok((child, port))
+    }
+
+    /// `kill -9` the server, then a new one on the same port and storage.
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        self.stop().await?;
+        self.resume().await
+    }
+
+    /// `kill -9` the server, and waits for it to be gone.
+    pub async fn stop(&mut self) -> anyhow::Result<()> {
+        let (child, _) = self
+            .server
+            .as_mut()
+            .context("cannot stop an external MongoDB")?;
+        kill(child);
+        let _ = child.wait().await;
+        Ok(())
+    }
+
+    /// A new server on the same port and storage (after [`Self::stop`]).
+    pub async fn resume(&mut self) -> anyhow::Result<()> {
+        let (child, dir) = self
+            .server
+            .as_mut()
+            .context("cannot resume an external MongoDB")?;
+        let mut last = None;
+        for _ in 0..50 {
+            match Self::spawn(dir.path(), self.port).await {
+                Ok((next, _)) => {
+                    *child = next;
+                    return Ok(());
+                }
+                Err(e) => last = Some(e),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Err(last.expect("tried"))
+    }
+}
+
+fn rand_u64() -> u64 {
+    use std::hash::{BuildHasher, RandomState};
+    RandomState::new().hash_one(std::time::SystemTime::now())
+}
+
+/// The shared options of a deployment's processes.
+#[derive(Debug, Clone)]
+pub struct Deployment {
+    /// `--nats-url`
+    pub nats_url: String,
+    /// `--mongodb-uri`
+    pub mongodb_uri: String,
+    /// `--mongodb-database`
+    pub database: String,
+    /// Flags every process gets (retention and so on: the stream's settings must agree).
+    pub shared: Vec<String>,
+}
+
+impl Deployment {
+    /// A deployment over these servers.
+    pub fn new(nats: &Nats, mongo: &Mongo, shared: &[&str]) -> Self {
+        Self {
+            nats_url: nats.url(),
+            mongodb_uri: mongo.uri.clone(),
+            database: mongo.database.clone(),
+            shared: shared.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    /// Starts a `herald-ingest`.
+    pub async fn ingest(&self, extra: &[&str], env: &[(&str, &str)]) -> anyhow::Result<Service> {
+        Service::start("herald-ingest", self, extra, env).await
+    }
+
+    /// Starts a `herald-gateway`.
+    pub async fn gateway(&self, extra: &[&str]) -> anyhow::Result<Service> {
+        Service::start("herald-gateway", self, extra, &[]).await
+    }
+}
+
+/// A running `herald-ingest` or `herald-gateway`, killed on drop.
+#[derive(Debug)]
+pub struct Service {
+    child: Child,
+    name: &'static str,
+    /// `http://127.0.0.1:PORT`
+    pub base: String,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+    /// Lines the process wrote to stderr (logs, fault-injection notices).
+    pub stderr: mpsc::UnboundedReceiver<String>,
+}
+
+impl Service {
+    async fn start(
+        name: &'static str,
+        deployment: &Deployment,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
+        let mut args = vec![
+            "--nats-url".to_owned(),
+            deployment.nats_url.clone(),
+            "--mongodb-uri".to_owned(),
+            deployment.mongodb_uri.clone(),
+            "--mongodb-database".to_owned(),
+            deployment.database.clone(),
+        ];
+        args.extend(deployment.shared.iter().cloned());
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Self::spawn(name, "127.0.0.1:0", args, env).await
+    }
+
+    async fn spawn(
+        name: &'static str,
+        listen: &str,
+        args: Vec<String>,
+        env: Vec<(String, String)>,
+    ) -> anyhow::Result<Self> {
+        let mut child = Command::new(herald_binary(name))
+            .arg("--listen")
+            .arg(listen)
+            .args(&args)
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .env(
+                "HERALD_LOG",
+                std::env::var("HERALD_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("spawning {name}"))?;
+        let (tx, stderr) = mpsc::unbounded_channel();
+        let mut err_lines = BufReader::new(child.stderr.take().context("stderr")?).lines();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = err_lines.next_line().await {
+                eprintln!("[{name}] {line}");
+                let _ = tx.send(line);
+            }
+        });
+        let mut lines = BufReader::new(child.stdout.take().context("stdout")?).lines();
+        let line = tokio::time::timeout(PATIENCE, lines.next_line())
+            .await
+            .with_context(|| format!("{name} did not start in time"))??
+            .with_context(|| format!("{name} exited before listening"))?;
+        let Some(base) = line.strip_prefix(&format!("{name} listening on ")) else {
+            bail!("unexpected first line from {name}: {line:?}");
+        };
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Ok(Self {
+            child,
+            name,
+            base: base.to_owned(),
+            args,
+            env,
+            stderr,
+        })
+    }
+
+    /// A client for this process.
+    pub fn api(&self) -> Api {
+        Api::new(self.base.clone())
+    }
+
+    /// `HOST:PORT`
+    pub fn addr(&self) -> &str {
+        self.base.trim_start_matches("http://")
+    }
+
+    /// `kill -9`, and waits for the process to be gone.
+    pub async fn kill9(&mut self) {
+        kill(&mut self.child);
+        let _ = self.child.wait().await;
+    }
+
+    /// Sends SIGTERM.
+    pub fn sigterm(&self) {
+        let pid = self.child.id().expect("running").to_string();
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill -TERM");
+        assert!(status.success());
+    }
+
+    /// Waits for the process to exit, at most `within`.
+    pub async fn wait_exit(
+        &mut self,
+        within: Duration,
+    ) -> anyhow::Result<std::process::ExitStatus> {
+        tokio::time::timeout(within, self.child.wait())
+            .await
+            .with_context(|| format!("{} did not exit in time", self.name))?
+            .context("waiting for the process")
+    }
+
+    /// Starts the process again on the same port with the same flags (after it exited or was
+    /// killed).
+    pub async fn restart_same_port(&mut self) -> anyhow::Result<()> {
+        self.kill9().await;
+        let listen = self.addr().to_owned();
+        let mut last = None;
+        for _ in 0..50 {
+            match Self::spawn(self.name, &listen, self.args.clone(), self.env.clone()).await {
+                Ok(next) => {
+                    *self = next;
+                    return Ok(());
+                }
+                Err(e) => last = Some(e),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Err(last.expect("tried"))
+    }
+
+    /// Waits for a stderr line containing `needle`.
+    pub async fn wait_stderr(&mut self, needle: &str) -> anyhow::Result<String> {
+        tokio::time::timeout(PATIENCE, async {
+            while let Some(line) = self.stderr.recv().await {
+                if line.contains(needle) {
+                    return Ok(line);
+                }
+            }
+            bail!("{} ended without writing {needle:?}", self.name)
+        })
+        .await
+        .with_context(|| format!("no {needle:?} from {} in time", self.name))?
+    }
+}
+
+/// nginx in front of the gateways and ingests, with `deploy/nginx/herald.conf` rendered.
+#[derive(Debug)]
+pub struct Nginx {
+    child: Child,
+    /// `http://127.0.0.1:PORT`
+    pub base: String,
+    _dir: TempDir,
+}
+
+impl Nginx {
+    /// Starts nginx balancing over `gateways` and `ingests` (`HOST:PORT` each).
+    pub async fn start(gateways: &[&str], ingests: &[&str]) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        // nginx's workers drop root: let them reach their temp directories.
+        std::fs::set_permissions(
+            dir.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )?;
+        let port = free_port();
+        let template = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/nginx/herald.conf"),
+        )?;
+        let servers = |addrs: &[&str]| {
+            addrs
+                .iter()
+                .map(|a| format!("server {a} max_fails=1 fail_timeout=2s;"))
+                .collect::<Vec<_>>()
+                .join("\n    ")
+        };
+        let site = template
+            .replace("{{listen}}", &format!("127.0.0.1:{port}"))
+            .replace("{{gateways}}", &servers(gateways))
+            .replace("{{ingests}}", &servers(ingests));
+        std::fs::write(dir.path().join("herald.conf"), site)?;
+        let main = format!(
+            "worker_processes 1;\npid {pid};\nerror_log stderr crit;\nevents {{ worker_connections 4096; }}\nhttp {{\n  access_log off;\n  include {site};\n}}\n",
+            pid = dir.path().join("nginx.pid").display(),
+            site = dir.path().join("herald.conf").display(),
+        );
+        std::fs::write(dir.path().join("nginx.conf"), main)?;
+        let bin = server_bin("HERALD_NGINX", PathBuf::from("/usr/sbin/nginx"));
+        let child = Command::new(bin)
+            .arg("-p")
+            .arg(dir.path())
+            .arg("-c")
+            .arg(dir.path().join("nginx.conf"))
+            .args(["-e", "stderr", "-g", "daemon off;"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting nginx")?;
+        wait_port(port).await?;
+        Ok(Self {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+            _dir: dir,
+        })
+    }
+
+    /// A client through the load balancer.
+    pub fn api(&self) -> Api {
+        Api::new(self.base.clone())
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        // A SIGKILL of the master leaves its worker behind: ask for a fast shutdown and wait.
+        let Some(pid) = self.child.id() else { return };
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status();
+        for _ in 0..100 {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
