@@ -68,6 +68,8 @@ async fn nats_and_mongodb_restarts_lose_and_double_nothing() {
 
     wait_for(100).await;
     cluster.nats.stop().await;
+    let gateway = cluster.gateways[0].api();
+    not_ready_within(&gateway, "nats").await;
     tokio::time::sleep(OUTAGE).await;
     cluster.nats.resume().await.unwrap();
     let n = count.load(Ordering::Relaxed);
@@ -77,6 +79,7 @@ async fn nats_and_mongodb_restarts_lose_and_double_nothing() {
     assert!(after_nats > 0, "no publish failed while NATS was down");
 
     cluster.mongo.stop().await.unwrap();
+    not_ready_within(&gateway, "mongodb").await;
     tokio::time::sleep(OUTAGE).await;
     cluster.mongo.resume().await.unwrap();
     let n = count.load(Ordering::Relaxed);
@@ -105,4 +108,28 @@ async fn nats_and_mongodb_restarts_lose_and_double_nothing() {
         "restarts: {published} events, {} publish attempts failed and were retried",
         failed.load(Ordering::Relaxed)
     );
+}
+
+/// Readiness turns 503 naming the failing check, within 3 s.
+async fn not_ready_within(api: &herald_tests::Api, check: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+    loop {
+        let (status, body) = api.get_json("/readyz").await.unwrap();
+        if status.as_u16() == 503 {
+            assert!(
+                body["failing"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|c| c == check),
+                "{body}"
+            );
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still ready with {check} down: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

@@ -297,3 +297,32 @@ async fn health_metrics_and_the_demo_page() {
         assert!(text.contains(name), "{name} missing from /metrics");
     }
 }
+
+#[tokio::test]
+async fn a_publish_token_is_required_when_configured() {
+    let (node, _dir) = node(&["--publish-token", "s3cret"]).await;
+    let api = node.api();
+    let url = format!("{}/v1/topics/t/events", api.base);
+    let send = |auth: Option<&'static str>| {
+        let mut req = api.http.post(&url).body(r#"{"data":1}"#);
+        if let Some(auth) = auth {
+            req = req.header("authorization", auth);
+        }
+        req.send()
+    };
+    assert_eq!(send(None).await.unwrap().status(), 401);
+    assert_eq!(send(Some("Bearer wrong")).await.unwrap().status(), 401);
+    assert_eq!(send(Some("s3cret")).await.unwrap().status(), 401);
+    assert_eq!(send(Some("Bearer s3cret")).await.unwrap().status(), 201);
+    // The compatibility endpoint is guarded too; reading is not.
+    let compat = api
+        .http
+        .put(format!("{}/api/post-update", api.base))
+        .body("1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(compat.status(), 401);
+    let (status, _) = api.get_json("/v1/topics/t/events").await.unwrap();
+    assert!(status.is_success());
+}

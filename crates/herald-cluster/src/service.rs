@@ -89,7 +89,7 @@ impl Service {
         println!("{name} listening on http://{addr}");
         let served = serve(
             listener,
-            router.layer(tower_http::trace::TraceLayer::new_for_http()),
+            router,
             &drain,
             &ServeOptions {
                 write_timeout: options.write_timeout,

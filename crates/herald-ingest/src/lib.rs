@@ -2,9 +2,11 @@
 //!
 //! - [`publish`]: `POST /v1/topics/{topic}/events`, `POST /v1/events` (a batch, all or nothing)
 //!   and the article's `PUT /api/post-update`, with validation, limits and idempotency keys.
+//! - [`auth`]: the authorization hook ([`Authorize`]) and its two built-in answers.
 //! - [`log`]: [`EventLog`], what a publish is committed to. The standalone node's is
 //!   [`StoreLog`]: the durable store, then the in-process bus.
 
+pub mod auth;
 pub mod log;
 pub mod publish;
 
@@ -17,6 +19,7 @@ use axum::{
 use herald_core::Topic;
 use herald_telemetry::Metrics;
 
+pub use auth::{AllowAll, Authorize, BearerToken};
 pub use log::{EventLog, StoreLog};
 
 /// The ingest service's settings.
@@ -28,6 +31,8 @@ pub struct IngestConfig {
     pub max_batch: usize,
     /// The topic behind the article's `PUT /api/post-update`.
     pub compat_topic: Topic,
+    /// Who may publish.
+    pub auth: Arc<dyn Authorize>,
 }
 
 impl Default for IngestConfig {
@@ -36,6 +41,7 @@ impl Default for IngestConfig {
             max_body_bytes: 64 * 1024,
             max_batch: 100,
             compat_topic: Topic::new("updates").expect("valid topic"),
+            auth: Arc::new(AllowAll),
         }
     }
 }

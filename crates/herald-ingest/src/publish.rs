@@ -153,6 +153,7 @@ async fn commit(
     events: Vec<NewEvent>,
     headers: &HeaderMap,
 ) -> Result<Appended, ApiError> {
+    state.config.auth.publish(headers, &events)?;
     let idempotency = idempotency(headers, &events)?;
     state
         .log

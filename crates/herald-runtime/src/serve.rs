@@ -10,6 +10,7 @@ use axum::{
     routing::get,
 };
 use tokio::net::TcpListener;
+use tower_http::trace::{DefaultOnFailure, TraceLayer};
 
 use crate::{ApiError, Drain, Health, health, listener::TimedListener};
 
@@ -22,7 +23,7 @@ pub struct ServeOptions {
     pub drain_deadline: Duration,
 }
 
-/// Serves `router` on `listener` until `shutdown` resolves, then drains: readiness fails and no
+/// Serves `router` (with request tracing) on `listener` until `shutdown` resolves, then drains: readiness fails and no
 /// new connection is accepted, every stream ends (the routes watch the drain), in-flight requests
 /// finish, all under the drain deadline. `on_write_timeout` runs for each connection cut off by the
 /// write timeout. Returns when the server has stopped.
@@ -35,6 +36,11 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let listener = TimedListener::new(listener, options.write_timeout, on_write_timeout);
+    // Request spans and logs; 5xx answers are deliberate (limits, drain, a backend down) and
+    // logged where they are decided, so the layer reports them only at DEBUG.
+    let router = router.layer(
+        TraceLayer::new_for_http().on_failure(DefaultOnFailure::new().level(tracing::Level::DEBUG)),
+    );
     let watch = drain.watch();
     let server =
         axum::serve(listener, router).with_graceful_shutdown(async move { watch.started().await });

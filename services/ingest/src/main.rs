@@ -11,7 +11,7 @@ use herald_cluster::{
     service::{Service, ServiceOptions, trim_periodically},
 };
 use herald_core::Topic;
-use herald_ingest::IngestConfig;
+use herald_ingest::{AllowAll, BearerToken, IngestConfig};
 use herald_runtime::{Drain, config::parse_bytes};
 use herald_telemetry::Metrics;
 
@@ -50,6 +50,14 @@ struct Options {
         default_value = "updates"
     )]
     compat_topic: String,
+    /// Publishes must send `Authorization: Bearer TOKEN`; 401 otherwise (unset: open).
+    #[arg(
+        long,
+        env = "HERALD_PUBLISH_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    publish_token: Option<String>,
     /// Run the archiver in this process (turn off to run it elsewhere).
     #[arg(long, env = "HERALD_ARCHIVER", value_name = "BOOL", default_value_t = true, action = ArgAction::Set)]
     archiver: bool,
@@ -81,6 +89,11 @@ async fn run(options: Options) -> anyhow::Result<()> {
         max_body_bytes: usize::try_from(options.max_body).context("--max-body")?,
         max_batch: options.max_batch,
         compat_topic: Topic::new(&options.compat_topic).context("--compat-topic")?,
+        auth: match options.publish_token {
+            Some(token) if token.is_empty() => anyhow::bail!("--publish-token must not be empty"),
+            Some(token) => Arc::new(BearerToken::new(token)),
+            None => Arc::new(AllowAll),
+        },
     };
     let cluster = options.cluster.resolve()?;
     let (js, mongo) = herald_cluster::connect(&cluster, "herald-ingest").await?;

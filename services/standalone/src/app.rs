@@ -14,7 +14,6 @@ use herald_runtime::{
 use herald_store::{EmbeddedStore, History, MemoryStore, Store};
 use herald_telemetry::Metrics;
 use tokio::net::TcpListener;
-use tower_http::trace::TraceLayer;
 
 use crate::{Config, StoreKind};
 
@@ -67,8 +66,7 @@ impl App {
             .merge(ops_routes(Health::new(watch), {
                 let metrics = Arc::clone(&metrics);
                 Arc::new(move || metrics.render())
-            }))
-            .layer(TraceLayer::new_for_http());
+            }));
         Ok(Self {
             config,
             router,

@@ -2,13 +2,13 @@
 //! environment variables, then flags. Every option has all three spellings: the flag
 //! `--max-body`, the variable `HERALD_MAX_BODY`, the file key `max_body`.
 
-use std::{net::SocketAddr, path::PathBuf, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::{Context, bail};
 use clap::Parser;
 use herald_core::Topic;
 use herald_gateway::GatewayConfig;
-use herald_ingest::IngestConfig;
+use herald_ingest::{BearerToken, IngestConfig};
 use herald_runtime::config::{self, parse_bytes, parse_duration};
 use herald_store::StoreOptions;
 use herald_telemetry::LogFormat;
@@ -112,6 +112,14 @@ pub struct Options {
     /// Topic behind the article's PUT /api/post-update and GET /api/updates [default: updates].
     #[arg(long, env = "HERALD_COMPAT_TOPIC", value_name = "TOPIC")]
     pub compat_topic: Option<String>,
+    /// Publishes must send `Authorization: Bearer TOKEN`; 401 otherwise [default: none, open].
+    #[arg(
+        long,
+        env = "HERALD_PUBLISH_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    pub publish_token: Option<String>,
     /// Log filter, RUST_LOG syntax [default: info].
     #[arg(long, env = "HERALD_LOG", value_name = "FILTER")]
     pub log: Option<String>,
@@ -168,6 +176,7 @@ impl Options {
             trim_interval,
             demo_topic,
             compat_topic,
+            publish_token,
             log,
             log_format,
         ))
@@ -256,6 +265,11 @@ impl Config {
                 .map_or(ingest_default.max_body_bytes, |b| b as usize),
             max_batch: positive(o.max_batch, ingest_default.max_batch, "max-batch")?,
             compat_topic,
+            auth: match o.publish_token {
+                Some(token) if token.is_empty() => bail!("--publish-token must not be empty"),
+                Some(token) => Arc::new(BearerToken::new(token)),
+                None => ingest_default.auth,
+            },
         };
         let store_options = StoreOptions {
             max_age: off_or(o.retention_age, store_default.max_age, |s| {
