@@ -56,6 +56,17 @@ async fn resumes_read_jetstream_then_mongodb_then_say_expired() {
         .await
         .unwrap();
     assert!(after >= before + 9.0);
+    // Overlapping topics and patterns (JetStream refuses overlapping consumer filters).
+    let mut s = gateway
+        .stream("/v1/stream?topic=t&topic=*", Some(recent))
+        .await
+        .unwrap();
+    assert_eq!(
+        s.next().await.unwrap().unwrap().data,
+        r#"{"recovered":true}"#
+    );
+    let (events, _) = s.collect(9).await.unwrap();
+    assert_eq!(events[8].id, ids[299]);
 
     // Beyond JetStream's retention (16 KiB keeps well under 100 of these), inside MongoDB's.
     let old = &ids[10];

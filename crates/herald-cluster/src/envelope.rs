@@ -19,18 +19,41 @@ pub fn subject(topic: &Topic) -> String {
 }
 
 /// The subjects a connection's filter reads. Herald's patterns are NATS's (`*` one level, a final
-/// `>` the rest), so they map one to one.
+/// `>` the rest), so they map one to one. JetStream refuses a consumer whose filters overlap, so a
+/// topic or pattern that another pattern already covers is left out.
 pub fn filter_subjects(filter: &TopicFilter) -> Vec<String> {
-    if filter.patterns().iter().any(|p| p.as_str() == ">") {
-        return vec![ALL_SUBJECTS.to_owned()];
-    }
-    filter
-        .exact()
+    let mut kept: Vec<&str> = Vec::new();
+    let all: Vec<&str> = filter
+        .patterns()
         .iter()
-        .map(Topic::as_str)
-        .chain(filter.patterns().iter().map(|p| p.as_str()))
+        .map(|p| p.as_str())
+        .chain(filter.exact().iter().map(Topic::as_str))
+        .collect();
+    for (i, candidate) in all.iter().enumerate() {
+        let covered = all.iter().enumerate().any(|(j, other)| {
+            j != i && covers(other, candidate) && (!covers(candidate, other) || j < i)
+        });
+        if !covered {
+            kept.push(candidate);
+        }
+    }
+    kept.iter()
         .map(|t| format!("{SUBJECT_PREFIX}{t}"))
         .collect()
+}
+
+/// Whether every subject `narrow` matches is matched by `wide` (both NATS-style, `*` and `>`).
+fn covers(wide: &str, narrow: &str) -> bool {
+    let (mut w, mut n) = (wide.split('.'), narrow.split('.'));
+    loop {
+        match (w.next(), n.next()) {
+            (Some(">"), Some(_)) => return true,
+            (Some("*"), Some(level)) if level != ">" => {}
+            (Some(a), Some(b)) if a == b => {}
+            (None, None) => return true,
+            _ => return false,
+        }
+    }
 }
 
 /// Encodes a new event for the bus.
@@ -130,9 +153,18 @@ mod tests {
         let f = TopicFilter::parse(["a", "b.*", "c.>"]).unwrap();
         assert_eq!(
             filter_subjects(&f),
-            ["herald.events.a", "herald.events.b.*", "herald.events.c.>"]
+            ["herald.events.b.*", "herald.events.c.>", "herald.events.a"]
         );
         let all = TopicFilter::parse(["a", ">"]).unwrap();
         assert_eq!(filter_subjects(&all), ["herald.events.>"]);
+        // Overlaps are left out (JetStream refuses overlapping filters).
+        let f = TopicFilter::parse(["c.x", "c.*", "c.>", "d", "*", "d"]).unwrap();
+        assert_eq!(
+            filter_subjects(&f),
+            ["herald.events.c.>", "herald.events.*"]
+        );
+        let f = TopicFilter::parse(["a.*.c", "a.b.c", "a.*.*"]).unwrap();
+        assert_eq!(filter_subjects(&f), ["herald.events.a.*.*"]);
+        assert!(covers("a.>", "a.*.c") && !covers("a.*", "a.>") && !covers("a.b", "a"));
     }
 }
