@@ -45,6 +45,28 @@ async fn the_archiver_repairs_an_ingest_killed_between_its_two_writes() {
         "the killed publish was acknowledged"
     );
 
+    // The archiver (in the healthy ingest) writes the orphan to MongoDB by itself.
+    let mongo = herald_cluster::Mongo::connect(&mongo_config(&cluster))
+        .await
+        .unwrap();
+    let orphan_filter = herald_core::TopicFilter::parse(["orders"]).unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let found = mongo
+            .read(&orphan_filter, orphan_seq - 1, orphan_seq, 1)
+            .await
+            .unwrap();
+        if let Some(event) = found.first() {
+            assert_eq!(event.data.get(), r#""in-between""#);
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the archiver never wrote the orphan to MongoDB"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
     // Push the orphan out of JetStream's retention.
     let filler = "x".repeat(200);
     let mut last = before.clone();
@@ -100,4 +122,21 @@ async fn the_archiver_repairs_an_ingest_killed_between_its_two_writes() {
         .await
         .unwrap();
     assert!(archived >= 1.0);
+}
+
+fn mongo_config(cluster: &Cluster) -> herald_cluster::ClusterConfig {
+    herald_cluster::ClusterConfig {
+        nats_url: cluster.deployment.nats_url.clone(),
+        mongodb_uri: cluster.deployment.mongodb_uri.clone(),
+        mongodb_database: cluster.deployment.database.clone(),
+        stream: "HERALD".into(),
+        stream_max_age: None,
+        stream_max_bytes: None,
+        stream_replicas: 1,
+        duplicate_window: Duration::from_secs(120),
+        retention_age: None,
+        idempotency_window: Duration::from_secs(3600),
+        trim_interval: Duration::from_secs(10),
+        backend_timeout: Duration::from_secs(5),
+    }
 }

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use herald_tests::seq_of;
+use herald_tests::{Api, seq_of};
 use serde_json::{Value, json};
 
 use crate::common::{Cluster, publish_until_acked};
@@ -37,63 +37,26 @@ async fn resumes_read_jetstream_then_mongodb_then_say_expired() {
 
     // Inside JetStream's retention: the newest events.
     let recent = &ids[290];
-    let before = gateway
-        .metric("herald_replay_reads_total{tier=\"jetstream\"}")
-        .await
-        .unwrap();
-    let mut s = gateway
-        .stream("/v1/stream?topic=t", Some(recent))
-        .await
-        .unwrap();
-    assert_eq!(
-        s.next().await.unwrap().unwrap().data,
-        r#"{"recovered":true}"#
-    );
-    let (events, _) = s.collect(9).await.unwrap();
-    assert_eq!(events[0].id, ids[291]);
-    let after = gateway
-        .metric("herald_replay_reads_total{tier=\"jetstream\"}")
-        .await
-        .unwrap();
-    assert!(after >= before + 9.0);
+    let before = tier_reads(&gateway, "jetstream").await;
+    let events = resume(&gateway, "/v1/stream?topic=t", recent, 9).await;
+    assert_eq!(events[0], seq_of(&ids[291]));
+    assert!(tier_reads(&gateway, "jetstream").await >= before + 9.0);
     // Overlapping topics and patterns (JetStream refuses overlapping consumer filters).
-    let mut s = gateway
-        .stream("/v1/stream?topic=t&topic=*", Some(recent))
-        .await
-        .unwrap();
-    assert_eq!(
-        s.next().await.unwrap().unwrap().data,
-        r#"{"recovered":true}"#
-    );
-    let (events, _) = s.collect(9).await.unwrap();
-    assert_eq!(events[8].id, ids[299]);
+    let events = resume(&gateway, "/v1/stream?topic=t&topic=*", recent, 9).await;
+    assert_eq!(events[8], seq_of(&ids[299]));
 
     // Beyond JetStream's retention (16 KiB keeps well under 100 of these), inside MongoDB's.
-    let old = &ids[10];
-    let before = gateway
-        .metric("herald_replay_reads_total{tier=\"mongodb\"}")
-        .await
-        .unwrap();
-    let mut s = gateway
-        .stream("/v1/stream?topic=t", Some(old))
-        .await
-        .unwrap();
-    assert_eq!(
-        s.next().await.unwrap().unwrap().data,
-        r#"{"recovered":true}"#
-    );
-    let (events, _) = s.collect(289).await.unwrap();
+    let before = tier_reads(&gateway, "mongodb").await;
+    let got = resume(&gateway, "/v1/stream?topic=t", &ids[10], 289).await;
     let expected: Vec<u64> = ids[11..].iter().map(|i| seq_of(i)).collect();
-    let got: Vec<u64> = events.iter().map(|e| seq_of(&e.id)).collect();
     assert_eq!(
         got, expected,
         "the replay across both tiers has a gap or a duplicate"
     );
-    let after = gateway
-        .metric("herald_replay_reads_total{tier=\"mongodb\"}")
-        .await
-        .unwrap();
-    assert!(after > before, "nothing was read from MongoDB");
+    assert!(
+        tier_reads(&gateway, "mongodb").await > before,
+        "nothing was read from MongoDB"
+    );
 
     // Older than MongoDB's retention: an honest verdict.
     let mut s = gateway
@@ -104,4 +67,19 @@ async fn resumes_read_jetstream_then_mongodb_then_say_expired() {
     assert_eq!(verdict["recovered"], false, "{verdict}");
     assert_eq!(verdict["reason"], "expired", "{verdict}");
     assert!(seq_of(verdict["earliest"].as_str().unwrap()) > seq_of(&ancient) + 1);
+}
+
+/// Resumes after `from`, expects `recovered:true`, and answers the sequences of `n` events.
+async fn resume(gateway: &Api, path: &str, from: &str, n: usize) -> Vec<u64> {
+    let mut s = gateway.stream(path, Some(from)).await.unwrap();
+    let verdict = s.next().await.unwrap().unwrap();
+    assert_eq!(verdict.data, r#"{"recovered":true}"#);
+    let (events, _) = s.collect(n).await.unwrap();
+    events.iter().map(|e| seq_of(&e.id)).collect()
+}
+
+/// Events the gateway has read back from a tier.
+async fn tier_reads(gateway: &Api, tier: &str) -> f64 {
+    let sample = format!("herald_replay_reads_total{{tier=\"{tier}\"}}");
+    gateway.metric(&sample).await.unwrap()
 }

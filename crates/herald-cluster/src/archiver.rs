@@ -21,7 +21,7 @@ use crate::{
 
 /// The durable consumer's name.
 pub const CONSUMER: &str = "herald-archiver";
-/// Events per fetch.
+/// The most events written to MongoDB at once.
 const BATCH: usize = 512;
 /// Wait after a failure.
 const BACKOFF: Duration = Duration::from_secs(1);
@@ -73,16 +73,18 @@ impl Archiver {
                 },
             )
             .await?;
-        loop {
-            let mut messages = consumer
-                .batch()
-                .max_messages(BATCH)
-                .expires(Duration::from_secs(1))
-                .messages()
-                .await?;
-            let mut events: Vec<Arc<Event>> = Vec::new();
+        // A continuous pull; whatever has arrived is written at once, up to BATCH at a time, so
+        // the archiver trails JetStream by one MongoDB write, not by a batch timeout.
+        let mut chunks = consumer
+            .stream()
+            .max_messages_per_batch(BATCH)
+            .messages()
+            .await?
+            .ready_chunks(BATCH);
+        while let Some(chunk) = chunks.next().await {
+            let mut events: Vec<Arc<Event>> = Vec::with_capacity(chunk.len());
             let mut last = None;
-            while let Some(message) = messages.next().await {
+            for message in chunk {
                 let message = message.map_err(|e| anyhow::anyhow!(e))?;
                 let Ok(info) = message.info() else { continue };
                 let seq = info.stream_sequence;
@@ -97,8 +99,9 @@ impl Archiver {
             let Some(last) = last else { continue };
             self.mongo.insert(&events).await?;
             self.metrics.events_archived.inc_by(events.len() as u64);
-            // AckPolicy::All: this acknowledges the whole batch.
+            // AckPolicy::All: this acknowledges everything up to it.
             last.ack().await.map_err(|e| anyhow::anyhow!(e))?;
         }
+        anyhow::bail!("the archiver's consumer ended")
     }
 }

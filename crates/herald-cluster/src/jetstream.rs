@@ -277,25 +277,31 @@ impl JetStream {
         let mut last_seq = after;
         let mut read = 0usize;
         if want > 0 {
-            let mut messages = consumer
-                .fetch()
-                .max_messages(want)
-                .messages()
-                .await
-                .map_err(unavailable)?;
-            while let Some(message) = messages.next().await {
-                let message = message.map_err(unavailable)?;
-                let Ok(info) = message.info() else { continue };
-                let seq = info.stream_sequence;
-                last_seq = seq;
-                read += 1;
-                match decode(&message.payload, seq) {
-                    Ok(d) => events.push(d.event),
-                    Err(e) => {
-                        tracing::warn!(seq, error = %e, "skipping a message that is not a Herald event")
+            let fetch = async {
+                let mut messages = consumer
+                    .fetch()
+                    .max_messages(want)
+                    .messages()
+                    .await
+                    .map_err(unavailable)?;
+                while let Some(message) = messages.next().await {
+                    let message = message.map_err(unavailable)?;
+                    let Ok(info) = message.info() else { continue };
+                    let seq = info.stream_sequence;
+                    last_seq = seq;
+                    read += 1;
+                    match decode(&message.payload, seq) {
+                        Ok(d) => events.push(d.event),
+                        Err(e) => {
+                            tracing::warn!(seq, error = %e, "skipping a message that is not a Herald event")
+                        }
                     }
                 }
-            }
+                Ok::<(), StoreError>(())
+            };
+            tokio::time::timeout(self.timeout, fetch)
+                .await
+                .map_err(|_| unavailable("JetStream did not deliver the replay page in time"))??;
         }
         tokio::spawn(async move {
             let _ = stream.delete_consumer(&name).await;

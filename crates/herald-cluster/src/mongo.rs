@@ -10,11 +10,12 @@
 //! Every range read is bounded on both sides (`_id > after and _id <= upper`).
 
 use std::{
+    future::Future,
     sync::{
-        Arc, Mutex,
+        Arc,
         atomic::{AtomicBool, Ordering},
     },
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use futures_util::TryStreamExt;
@@ -31,11 +32,6 @@ use crate::ClusterConfig;
 
 /// MongoDB's duplicate-key error.
 const DUPLICATE_KEY: i32 = 11000;
-/// How long the earliest retained sequence is cached (it only grows).
-const EARLIEST_TTL: Duration = Duration::from_secs(1);
-
-/// When the earliest sequence was read, and what it was.
-type Cached = (Instant, Option<u64>);
 
 /// A handle on Herald's MongoDB database. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -46,7 +42,7 @@ pub struct Mongo {
     meta: Collection<Document>,
     retention: Option<Duration>,
     idempotency_window: Duration,
-    earliest: Arc<Mutex<Option<Cached>>>,
+    timeout: Duration,
     healthy: Arc<AtomicBool>,
 }
 
@@ -66,7 +62,7 @@ impl Mongo {
             client,
             retention: config.retention_age,
             idempotency_window: config.idempotency_window,
-            earliest: Arc::default(),
+            timeout: config.backend_timeout,
             healthy: Arc::new(AtomicBool::new(true)),
         };
         mongo.create_indexes().await?;
@@ -116,6 +112,10 @@ impl Mongo {
 
     /// Writes events; those already there are left as they are (the write is idempotent).
     pub async fn insert(&self, events: &[Arc<Event>]) -> Result<(), StoreError> {
+        self.bounded("insert", self.insert_once(events)).await
+    }
+
+    async fn insert_once(&self, events: &[Arc<Event>]) -> Result<(), StoreError> {
         if events.is_empty() {
             return Ok(());
         }
@@ -138,8 +138,28 @@ impl Mongo {
         }
     }
 
-    /// Events matching `filter` with `after < seq <= upper`, at most `limit`, in order.
+    /// Events matching `filter` with `after < seq <= upper`, at most `limit`, in order. A read that
+    /// gets no answer within the backend timeout is tried once more on another connection.
     pub async fn read(
+        &self,
+        filter: &TopicFilter,
+        after: u64,
+        upper: u64,
+        limit: usize,
+    ) -> Result<Vec<Arc<Event>>, StoreError> {
+        match self
+            .bounded("read", self.read_once(filter, after, upper, limit))
+            .await
+        {
+            Err(StoreError::Unavailable(e)) if e.is::<TimedOut>() => {
+                self.bounded("read", self.read_once(filter, after, upper, limit))
+                    .await
+            }
+            other => other,
+        }
+    }
+
+    async fn read_once(
         &self,
         filter: &TopicFilter,
         after: u64,
@@ -171,6 +191,16 @@ impl Mongo {
         limit: usize,
         head: u64,
     ) -> Result<Vec<Arc<Event>>, StoreError> {
+        self.bounded("latest", self.latest_once(topic, limit, head))
+            .await
+    }
+
+    async fn latest_once(
+        &self,
+        topic: &Topic,
+        limit: usize,
+        head: u64,
+    ) -> Result<Vec<Arc<Event>>, StoreError> {
         let query = doc! { "topic": topic.as_str(), "_id": { "$gt": 0_i64, "$lte": seq(head) } };
         let cursor = self
             .events
@@ -185,16 +215,11 @@ impl Mongo {
         Ok(events)
     }
 
-    /// The first sequence MongoDB still holds, if any (cached for a second).
+    /// The first sequence MongoDB still holds, if any. Read every time: it moves both ways (trim
+    /// raises it, the archiver's repair of an old event lowers it), and a stale value would turn
+    /// into a wrong verdict.
     pub async fn earliest(&self) -> Result<Option<u64>, StoreError> {
-        if let Some((at, value)) = *self.earliest.lock().expect("earliest cache")
-            && at.elapsed() < EARLIEST_TTL
-        {
-            return Ok(value);
-        }
-        let value = self.edge(1).await?;
-        *self.earliest.lock().expect("earliest cache") = Some((Instant::now(), value));
-        Ok(value)
+        self.edge(1).await
     }
 
     /// The last sequence MongoDB holds, or 0.
@@ -203,6 +228,10 @@ impl Mongo {
     }
 
     async fn edge(&self, direction: i32) -> Result<Option<u64>, StoreError> {
+        self.bounded("edge", self.edge_once(direction)).await
+    }
+
+    async fn edge_once(&self, direction: i32) -> Result<Option<u64>, StoreError> {
         let found = self
             .events
             .find_one(doc! { "_id": { "$gt": 0_i64, "$lte": i64::MAX } })
@@ -240,6 +269,11 @@ impl Mongo {
 
     /// The first answer to an idempotency key: its sequences and request fingerprint.
     pub async fn idempotency(&self, key: &str) -> Result<Option<(Vec<u64>, u64)>, StoreError> {
+        self.bounded("idempotency", self.idempotency_once(key))
+            .await
+    }
+
+    async fn idempotency_once(&self, key: &str) -> Result<Option<(Vec<u64>, u64)>, StoreError> {
         let found = self
             .idempotency
             .find_one(doc! { "_id": key, "expires": { "$gt": DateTime::now() } })
@@ -264,6 +298,16 @@ impl Mongo {
         seqs: &[u64],
         fingerprint: u64,
     ) -> Result<(), StoreError> {
+        self.bounded("remember", self.remember_once(key, seqs, fingerprint))
+            .await
+    }
+
+    async fn remember_once(
+        &self,
+        key: &str,
+        seqs: &[u64],
+        fingerprint: u64,
+    ) -> Result<(), StoreError> {
         let expires = DateTime::from_millis(
             DateTime::now().timestamp_millis() + self.idempotency_window.as_millis() as i64,
         );
@@ -282,6 +326,10 @@ impl Mongo {
     /// Removes events past retention and expired idempotency records. The TTL indexes do the
     /// same on MongoDB's own schedule (once a minute); this makes retention exact.
     pub async fn trim(&self) -> Result<(), StoreError> {
+        self.bounded("trim", self.trim_once()).await
+    }
+
+    async fn trim_once(&self) -> Result<(), StoreError> {
         if let Some(retention) = self.retention {
             let cutoff = DateTime::from_millis(
                 DateTime::now().timestamp_millis() - retention.as_millis() as i64,
@@ -296,6 +344,30 @@ impl Mongo {
             .await
             .map_err(|e| self.failed(e))?;
         Ok(())
+    }
+
+    /// Runs `op`, failing it as unavailable if MongoDB does not answer within the backend timeout:
+    /// the driver has no overall operation timeout, and a connection must never wait for ever.
+    async fn bounded<T>(
+        &self,
+        what: &'static str,
+        op: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        tracing::trace!(operation = what, "mongodb operation");
+        match tokio::time::timeout(self.timeout, op).await {
+            Ok(result) => {
+                tracing::trace!(
+                    operation = what,
+                    ok = result.is_ok(),
+                    "mongodb operation done"
+                );
+                result
+            }
+            Err(_) => {
+                tracing::warn!(operation = what, timeout = ?self.timeout, "mongodb did not answer in time");
+                Err(StoreError::Unavailable(Box::new(TimedOut)))
+            }
+        }
     }
 
     /// Asks the server for a ping; records the answer for readiness.
@@ -329,6 +401,11 @@ impl Mongo {
         StoreError::Unavailable(Box::new(e))
     }
 }
+
+/// A MongoDB operation got no answer within the backend timeout.
+#[derive(Debug, thiserror::Error)]
+#[error("mongodb did not answer within the backend timeout")]
+struct TimedOut;
 
 fn seq(s: u64) -> i64 {
     i64::try_from(s).unwrap_or(i64::MAX)

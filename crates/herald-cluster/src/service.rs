@@ -1,7 +1,7 @@
 //! What `herald-ingest` and `herald-gateway` share as processes: listening, logging, the ops
 //! routes with NATS and MongoDB readiness, background tasks, and the drain.
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{future::Future, net::SocketAddr, process::ExitCode, sync::Arc, time::Duration};
 
 use anyhow::Context;
 use axum::Router;
@@ -112,6 +112,27 @@ impl Service {
         }
         tracing::info!("drained");
         served
+    }
+}
+
+/// The body of both binaries' `main`: starts logging as `options` say, runs `run`, and turns its
+/// outcome into the exit code (2 for a bad log setting, 1 for a failure, said on stderr).
+pub async fn main(
+    name: &str,
+    options: &ServiceOptions,
+    run: impl Future<Output = anyhow::Result<()>>,
+) -> ExitCode {
+    if let Err(e) = herald_telemetry::init_tracing(&options.log, options.log_format) {
+        eprintln!("{name}: {e}");
+        return ExitCode::from(2);
+    }
+    match run.await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = ?e, "{name} stopped");
+            eprintln!("{name}: {e:#}");
+            ExitCode::FAILURE
+        }
     }
 }
 

@@ -46,10 +46,12 @@ impl History for Tiered {
         }
         // Below JetStream's first sequence: MongoDB, up to where JetStream takes over.
         let upper = (first - 1).min(head);
+        tracing::debug!(after = query.after, upper, head, "replay page from mongodb");
         let events = self
             .mongo
             .read(&query.filter, query.after, upper, query.limit)
             .await?;
+        tracing::debug!(events = events.len(), "replay page from mongodb read");
         self.metrics.replay_read("mongodb", events.len() as u64);
         let full = events.len() >= query.limit;
         let next_after = match events.last() {

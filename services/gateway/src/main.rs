@@ -97,19 +97,8 @@ struct Options {
 #[tokio::main]
 async fn main() -> ExitCode {
     let options = Options::parse();
-    if let Err(e) = herald_telemetry::init_tracing(&options.service.log, options.service.log_format)
-    {
-        eprintln!("herald-gateway: {e}");
-        return ExitCode::from(2);
-    }
-    match run(options).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!(error = ?e, "herald-gateway stopped");
-            eprintln!("herald-gateway: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    let service = options.service.clone();
+    herald_cluster::service::main("herald-gateway", &service, Box::pin(run(options))).await
 }
 
 async fn run(options: Options) -> anyhow::Result<()> {
