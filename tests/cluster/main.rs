@@ -2,6 +2,7 @@
 //! (or a real MongoDB at `$HERALD_TEST_MONGODB_URI`), nginx, and Herald's own ingest and gateway
 //! processes.
 
+mod api;
 mod cli;
 mod common;
 mod fanout;

@@ -1,0 +1,106 @@
+//! The HTTP API of the distributed services matches standalone: batches are all or nothing with
+//! consecutive ids, idempotency keys answer the first result (or 422), limits hold, and the
+//! gateway serves history and the demo page.
+
+use herald_tests::seq_of;
+use serde_json::json;
+
+use crate::common::Cluster;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_keys_limits_history_and_the_demo_page() {
+    let cluster = Cluster::start(1, 1, &[]).await;
+    let ingest = cluster.ingests[0].api();
+    let gateway = cluster.gateways[0].api();
+
+    let batch = json!([
+        { "topic": "a", "data": 1 },
+        { "topic": "b.x", "type": "goal", "data": { "n": 2 } },
+        { "topic": "a", "data": "three" },
+    ]);
+    let first = ingest.publish_batch(batch.clone()).await.unwrap();
+    assert_eq!(first.status, 201, "{}", first.body);
+    let ids: Vec<u64> = first.body["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| seq_of(e["id"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        ids,
+        [ids[0], ids[0] + 1, ids[0] + 2],
+        "a batch holds consecutive ids"
+    );
+
+    // The same batch with a key, twice: one set of events, the same ids.
+    let keyed = |body: serde_json::Value| {
+        ingest
+            .http
+            .post(format!("{}/v1/events", ingest.base))
+            .header("idempotency-key", "batch-1")
+            .json(&body)
+            .send()
+    };
+    let a = keyed(batch.clone()).await.unwrap();
+    assert_eq!(a.status(), 201);
+    let a: serde_json::Value = a.json().await.unwrap();
+    let b = keyed(batch.clone()).await.unwrap();
+    assert_eq!(b.status(), 201);
+    assert_eq!(b.headers()["idempotent-replayed"], "true");
+    let b: serde_json::Value = b.json().await.unwrap();
+    assert_eq!(a, b);
+    let conflict = keyed(json!([{ "topic": "a", "data": 9 }])).await.unwrap();
+    assert_eq!(conflict.status(), 422);
+
+    // Single events: the same key twice is one event; reused for another body, 422.
+    let one = ingest
+        .publish_raw("a", r#"{"data":5}"#.into(), Some("k1"))
+        .await
+        .unwrap();
+    let again = ingest
+        .publish_raw("a", r#"{"data":5}"#.into(), Some("k1"))
+        .await
+        .unwrap();
+    assert_eq!(one.id(), again.id());
+    assert!(again.replayed);
+    let other = ingest
+        .publish_raw("a", r#"{"data":6}"#.into(), Some("k1"))
+        .await
+        .unwrap();
+    assert_eq!(other.status, 422);
+
+    // Limits and validation, exactly as standalone.
+    let bad = ingest
+        .publish_raw("a%0Ab", r#"{"data":1}"#.into(), None)
+        .await
+        .unwrap();
+    assert_eq!(bad.status, 400);
+    let too_many: Vec<_> = (0..101)
+        .map(|i| json!({ "topic": "a", "data": i }))
+        .collect();
+    let big = ingest.publish_batch(json!(too_many)).await.unwrap();
+    assert_eq!(big.status, 413);
+    let large = ingest
+        .publish_raw("a", json!({ "data": "x".repeat(70_000) }).to_string(), None)
+        .await
+        .unwrap();
+    assert_eq!(large.status, 413);
+
+    // History and the demo page on the gateway.
+    let (status, history) = gateway
+        .get_json("/v1/topics/a/events?limit=10")
+        .await
+        .unwrap();
+    assert!(status.is_success());
+    let data: Vec<String> = history["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["data"].to_string())
+        .collect();
+    assert_eq!(data, ["1", "\"three\"", "1", "\"three\"", "5"]);
+    let page = gateway.get_text("/").await.unwrap();
+    assert!(page.contains("EventSource"));
+    let (status, _) = gateway.get_json("/readyz").await.unwrap();
+    assert!(status.is_success());
+}
