@@ -5,6 +5,7 @@
 mod api;
 mod cli;
 mod common;
+mod epoch;
 mod fanout;
 mod faults;
 mod mongo;

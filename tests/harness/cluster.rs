@@ -141,6 +141,21 @@ impl Nats {
         kill(&mut self.child);
         let _ = self.child.wait().await;
     }
+
+    /// `kill -9`, deletes everything JetStream stored, and starts again on the same port: a NATS
+    /// that lost its disk.
+    pub async fn restart_empty(&mut self) -> anyhow::Result<()> {
+        self.stop().await;
+        for entry in std::fs::read_dir(self.dir.path())? {
+            let path = entry?.path();
+            if path.is_dir() {
+                std::fs::remove_dir_all(path)?;
+            } else {
+                std::fs::remove_file(path)?;
+            }
+        }
+        self.resume().await
+    }
 }
 
 /// A MongoDB for one test: a `secantusd-rs` of its own, or a fresh database on the real server
