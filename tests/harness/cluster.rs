@@ -483,7 +483,7 @@ impl Nginx {
         let servers = |addrs: &[&str]| {
             addrs
                 .iter()
-                .map(|a| format!("server {a} max_fails=1 fail_timeout=2s;"))
+                .map(|a| format!("server {a} max_fails=0;"))
                 .collect::<Vec<_>>()
                 .join("\n    ")
         };
