@@ -36,15 +36,52 @@ impl History for Tiered {
             });
         }
         if query.after + 1 >= first {
+            tracing::debug!(
+                after = query.after,
+                first,
+                head,
+                "replay page from jetstream"
+            );
             let page = self
                 .js
                 .read(&query.filter, query.after, query.limit, head)
                 .await?;
+            // JetStream may have dropped the start of the range (retention) between reading its
+            // first sequence and starting the read; the consumer then starts later without a
+            // word. When the page starts late, check, and read that range from MongoDB instead.
+            let starts_late = page.events.first().is_none_or(|e| e.seq > query.after + 1);
+            if starts_late {
+                let (now_first, _) = self.js.state().await?;
+                if now_first > query.after + 1 {
+                    return self.mongodb_page(&query, now_first, head).await;
+                }
+            }
             self.metrics
                 .replay_read("jetstream", page.events.len() as u64);
             return Ok(page);
         }
-        // Below JetStream's first sequence: MongoDB, up to where JetStream takes over.
+        self.mongodb_page(&query, first, head).await
+    }
+
+    async fn latest(&self, topic: &Topic, limit: usize) -> Result<Vec<Arc<Event>>, StoreError> {
+        let (_, head) = self.js.state().await?;
+        self.mongo.latest(topic, limit, head).await
+    }
+
+    async fn bounds(&self) -> Result<Bounds, StoreError> {
+        self.bounds_now().await
+    }
+}
+
+impl Tiered {
+    /// A page from MongoDB for what lies below JetStream's `first` sequence, up to where JetStream
+    /// takes over.
+    async fn mongodb_page(
+        &self,
+        query: &ReadQuery,
+        first: u64,
+        head: u64,
+    ) -> Result<Page, StoreError> {
         let upper = (first - 1).min(head);
         tracing::debug!(after = query.after, upper, head, "replay page from mongodb");
         let events = self
@@ -65,12 +102,8 @@ impl History for Tiered {
         })
     }
 
-    async fn latest(&self, topic: &Topic, limit: usize) -> Result<Vec<Arc<Event>>, StoreError> {
-        let (_, head) = self.js.state().await?;
-        self.mongo.latest(topic, limit, head).await
-    }
-
-    async fn bounds(&self) -> Result<Bounds, StoreError> {
+    /// The epoch, the smaller of MongoDB's and JetStream's first sequences, and the head.
+    async fn bounds_now(&self) -> Result<Bounds, StoreError> {
         let (first, head) = self.js.state().await?;
         let earliest = match self.mongo.earliest().await {
             Ok(Some(m)) => m.min(first),
