@@ -21,7 +21,10 @@ use tokio::{
     sync::mpsc,
 };
 
-use crate::{Api, PATIENCE};
+use crate::{
+    Api, PATIENCE,
+    process::{retry_on_port, send_sigterm},
+};
 
 /// A free loopback port (bound and released; the server binds it next).
 pub fn free_port() -> u16 {
@@ -248,18 +251,9 @@ impl Mongo {
             .server
             .as_mut()
             .context("cannot resume an external MongoDB")?;
-        let mut last = None;
-        for _ in 0..50 {
-            match Self::spawn(dir.path(), self.port).await {
-                Ok((next, _)) => {
-                    *child = next;
-                    return Ok(());
-                }
-                Err(e) => last = Some(e),
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        Err(last.expect("tried"))
+        let port = self.port;
+        *child = retry_on_port(|| Self::spawn(dir.path(), port)).await?.0;
+        Ok(())
     }
 }
 
@@ -405,12 +399,10 @@ impl Service {
 
     /// Sends SIGTERM.
     pub fn sigterm(&self) {
-        let pid = self.child.id().expect("running").to_string();
-        let status = std::process::Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .expect("kill -TERM");
-        assert!(status.success());
+        assert!(
+            send_sigterm(self.child.id().expect("running")),
+            "kill -TERM failed"
+        );
     }
 
     /// Waits for the process to exit, at most `within`.
@@ -429,18 +421,10 @@ impl Service {
     pub async fn restart_same_port(&mut self) -> anyhow::Result<()> {
         self.kill9().await;
         let listen = self.addr().to_owned();
-        let mut last = None;
-        for _ in 0..50 {
-            match Self::spawn(self.name, &listen, self.args.clone(), self.env.clone()).await {
-                Ok(next) => {
-                    *self = next;
-                    return Ok(());
-                }
-                Err(e) => last = Some(e),
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        Err(last.expect("tried"))
+        *self =
+            retry_on_port(|| Self::spawn(self.name, &listen, self.args.clone(), self.env.clone()))
+                .await?;
+        Ok(())
     }
 
     /// Waits for a stderr line containing `needle`.
@@ -528,9 +512,7 @@ impl Drop for Nginx {
     fn drop(&mut self) {
         // A SIGKILL of the master leaves its worker behind: ask for a fast shutdown and wait.
         let Some(pid) = self.child.id() else { return };
-        let _ = std::process::Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
-            .status();
+        send_sigterm(pid);
         for _ in 0..100 {
             if matches!(self.child.try_wait(), Ok(Some(_))) {
                 return;

@@ -115,11 +115,7 @@ impl Herald {
 
     /// Sends SIGTERM.
     pub fn sigterm(&self) {
-        let status = std::process::Command::new("kill")
-            .args(["-TERM", &self.pid().to_string()])
-            .status()
-            .expect("kill -TERM");
-        assert!(status.success());
+        assert!(send_sigterm(self.pid()), "kill -TERM failed");
     }
 
     /// Waits for the process to exit, at most `within`.
@@ -145,17 +141,34 @@ impl Herald {
     pub async fn restart_same_port(&mut self) -> anyhow::Result<()> {
         self.kill9().await;
         let listen = self.base.trim_start_matches("http://").to_owned();
-        let mut last = None;
-        for _ in 0..50 {
-            match Self::spawn(self.data_dir.clone(), &listen, self.args.clone()).await {
-                Ok(next) => {
-                    *self = next;
-                    return Ok(());
-                }
-                Err(e) => last = Some(e),
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        Err(last.expect("tried at least once"))
+        *self = retry_on_port(|| Self::spawn(self.data_dir.clone(), &listen, self.args.clone()))
+            .await?;
+        Ok(())
     }
+}
+
+/// Sends SIGTERM to `pid`; whether `kill` succeeded.
+pub(crate) fn send_sigterm(pid: u32) -> bool {
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Runs `spawn` until it succeeds, up to 50 times 100 ms apart: a port a killed process just
+/// released may not be free yet.
+pub(crate) async fn retry_on_port<T, F, Fut>(mut spawn: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<T>>,
+{
+    let mut last = None;
+    for _ in 0..50 {
+        match spawn().await {
+            Ok(next) => return Ok(next),
+            Err(e) => last = Some(e),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Err(last.expect("tried at least once"))
 }

@@ -173,10 +173,20 @@ impl Mongo {
         if let Some(topics) = topic_condition(filter) {
             query.insert("topic", topics);
         }
+        self.find_events(query, doc! { "_id": 1 }, limit).await
+    }
+
+    /// The events a query finds, in `sort` order, at most `limit`.
+    async fn find_events(
+        &self,
+        query: Document,
+        sort: Document,
+        limit: usize,
+    ) -> Result<Vec<Arc<Event>>, StoreError> {
         let cursor = self
             .events
             .find(query)
-            .sort(doc! { "_id": 1 })
+            .sort(sort)
             .limit(limit as i64)
             .await
             .map_err(|e| self.failed(e))?;
@@ -202,15 +212,9 @@ impl Mongo {
         head: u64,
     ) -> Result<Vec<Arc<Event>>, StoreError> {
         let query = doc! { "topic": topic.as_str(), "_id": { "$gt": 0_i64, "$lte": seq(head) } };
-        let cursor = self
-            .events
-            .find(query)
-            .sort(doc! { "topic": 1, "_id": -1 })
-            .limit(limit as i64)
-            .await
-            .map_err(|e| self.failed(e))?;
-        let docs: Vec<Document> = cursor.try_collect().await.map_err(|e| self.failed(e))?;
-        let mut events: Vec<_> = docs.iter().filter_map(from_doc).collect();
+        let mut events = self
+            .find_events(query, doc! { "topic": 1, "_id": -1 }, limit)
+            .await?;
         events.reverse();
         Ok(events)
     }
