@@ -1,7 +1,8 @@
 //! One SSE connection.
 //!
 //! Order of a connection's life:
-//! 1. `retry:`; register with the hub (live events queue from now on).
+//! 1. Register with the hub (live events queue from now on) and read the store's bounds, both
+//!    before answering; then `retry:`.
 //! 2. With a Last-Event-ID: `event: herald.resume` with the verdict; if recovered, replay the
 //!    store after the id page by page, then `event: herald.live` with the count replayed.
 //! 3. Live: queued events with a sequence above the last one sent (so nothing at the seam is sent
@@ -23,7 +24,7 @@ use axum::{
 };
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
-use herald_core::{EventId, ResumeVerdict, TopicFilter, sse};
+use herald_core::{Bounds, EventId, ResumeVerdict, TopicFilter, sse};
 use herald_runtime::{ApiError, drain::jitter};
 use herald_store::ReadQuery;
 use herald_telemetry::CloseReason;
@@ -64,7 +65,7 @@ pub(crate) async fn v1(
         .iter()
         .find(|(k, _)| k == "lastEventId")
         .map(|(_, v)| v.clone());
-    open(gw, filter, last_event_id(&headers, query_id))
+    open(gw, filter, last_event_id(&headers, query_id)).await
 }
 
 /// `GET /api/updates`: the article's stream, on the compatibility topic.
@@ -73,7 +74,7 @@ pub(crate) async fn compat(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let filter = TopicFilter::topics([gw.config.compat_topic.clone()]);
-    open(gw, filter, last_event_id(&headers, None))
+    open(gw, filter, last_event_id(&headers, None)).await
 }
 
 /// The header wins over the query (the browser sets it on reconnect); empty means none. A header
@@ -86,7 +87,7 @@ fn last_event_id(headers: &HeaderMap, query: Option<String>) -> Option<String> {
         .filter(|s| !s.is_empty())
 }
 
-fn open(
+async fn open(
     gw: Arc<GatewayState>,
     filter: TopicFilter,
     last_event_id: Option<String>,
@@ -110,8 +111,15 @@ fn open(
             5,
         )
     })?;
+    // Register first, then read the head, both before the answer: every event committed after the
+    // client has the response headers is either at or below this head (and committed before it)
+    // or above it (and queued), so "live from now" means from the moment the client connected.
     let subscription = gw.hub.subscribe(filter.clone());
-    let stream = connection(gw, subscription, filter, last_event_id, guard);
+    let bounds = gw.store.bounds().await.map_err(|e| {
+        tracing::warn!(error = %e, "stream: reading the store bounds failed");
+        ApiError::unavailable("unavailable", "the event history is unavailable; retry", 1)
+    })?;
+    let stream = connection(gw, subscription, filter, last_event_id, bounds, guard);
     let mut response = Body::from_stream(stream.map(Ok::<_, Infallible>)).into_response();
     let h = response.headers_mut();
     h.insert(
@@ -174,19 +182,12 @@ fn connection(
     mut sub: Subscription,
     filter: TopicFilter,
     last_event_id: Option<String>,
+    bounds: Bounds,
     mut guard: ConnectionGuard,
 ) -> impl Stream<Item = Bytes> {
     async_stream::stream! {
         let config = &gw.config;
         yield sse::retry(config.retry.as_millis() as u64);
-        let bounds = match gw.store.bounds().await {
-            Ok(b) => b,
-            Err(e) => {
-                tracing::warn!(error = %e, "stream: reading the store bounds failed");
-                guard.ending(CloseReason::Error);
-                return;
-            }
-        };
         // The last sequence this connection has covered: sent, or known not to match.
         let mut last = bounds.head;
         let mut catch_up = false;
