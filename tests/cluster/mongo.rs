@@ -5,7 +5,7 @@
 use std::{sync::Arc, time::Duration};
 
 use herald_cluster::{ClusterConfig, Mongo};
-use herald_core::{Epoch, Event, EventType, Topic, TopicFilter, event::parse_data};
+use herald_core::{Epoch, Event, EventType, Topic, TopicFilter, TraceContext, event::parse_data};
 use herald_tests::cluster;
 
 fn config(server: &cluster::Mongo, retention: Option<Duration>) -> ClusterConfig {
@@ -25,6 +25,8 @@ fn config(server: &cluster::Mongo, retention: Option<Duration>) -> ClusterConfig
     }
 }
 
+const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
 fn event(seq: u64, topic: &str, time_ms: u64) -> Arc<Event> {
     Arc::new(Event {
         seq,
@@ -37,6 +39,10 @@ fn event(seq: u64, topic: &str, time_ms: u64) -> Arc<Event> {
         .unwrap(),
         data: parse_data(format!(r#"{{"seq": {seq}, "s": "a\nb"}}"#)).unwrap(),
         time_ms,
+        // The publish's trace context is stored with the event where there was one.
+        trace: seq
+            .is_multiple_of(5)
+            .then(|| TraceContext::parse(TRACEPARENT).unwrap()),
     })
 }
 
@@ -71,6 +77,11 @@ async fn writes_are_idempotent_and_reads_bounded_by_topic_and_pattern() {
     assert_eq!(read[9].data.get(), all[9].data.get());
     assert_eq!(read[9].event_type.as_str(), "even");
     assert_eq!(read[9].time_ms, now);
+    assert_eq!(
+        read[9].trace.map(|t| t.to_string()).as_deref(),
+        Some(TRACEPARENT)
+    );
+    assert_eq!(read[8].trace, None);
 
     let a = TopicFilter::parse(["a"]).unwrap();
     assert_eq!(

@@ -66,6 +66,7 @@ mod tests {
             event_type: EventType::default(),
             data: parse_data("1".into()).unwrap(),
             time_ms: 0,
+            trace: None,
         })
     }
 

@@ -17,6 +17,7 @@ use herald_telemetry::Metrics;
 use crate::{
     Mongo,
     envelope::{ALL_SUBJECTS, decode},
+    jetstream::traceparent,
 };
 
 /// The durable consumer's name.
@@ -88,7 +89,8 @@ impl Archiver {
                 let message = message.map_err(|e| anyhow::anyhow!(e))?;
                 let Ok(info) = message.info() else { continue };
                 let seq = info.stream_sequence;
-                match decode(&message.payload, seq) {
+                self.metrics.consumer_pending("archiver", info.pending);
+                match decode(&message.payload, seq, traceparent(message.headers.as_ref())) {
                     Ok(d) => events.push(d.event),
                     Err(e) => {
                         tracing::warn!(seq, error = %e, "not archiving a message that is not a Herald event")
@@ -97,7 +99,10 @@ impl Archiver {
                 last = Some(message);
             }
             let Some(last) = last else { continue };
-            self.mongo.insert(&events).await?;
+            if let Err(e) = self.mongo.insert(&events).await {
+                self.metrics.store_error("archive");
+                return Err(e.into());
+            }
             self.metrics.events_archived.inc_by(events.len() as u64);
             // AckPolicy::All: this acknowledges everything up to it.
             last.ack().await.map_err(|e| anyhow::anyhow!(e))?;

@@ -4,7 +4,9 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use herald_core::{Epoch, Event, EventType, NewEvent, Topic, TopicFilter, event::parse_data};
+use herald_core::{
+    Epoch, Event, EventType, NewEvent, Topic, TopicFilter, TraceContext, event::parse_data,
+};
 use herald_proto::{Envelope, Origin};
 use prost::Message as _;
 
@@ -100,8 +102,12 @@ pub struct Decoded {
     pub epoch: Epoch,
 }
 
-/// Decodes a bus message stored at `seq`.
-pub fn decode(payload: &[u8], seq: u64) -> Result<Decoded, DecodeError> {
+/// Decodes a bus message stored at `seq`, published in the trace `trace` (its `traceparent`).
+pub fn decode(
+    payload: &[u8],
+    seq: u64,
+    trace: Option<TraceContext>,
+) -> Result<Decoded, DecodeError> {
     let envelope = Envelope::decode(payload)?;
     let data = String::from_utf8(envelope.data).map_err(|_| DecodeError::Utf8)?;
     let event_type = if envelope.r#type.is_empty() {
@@ -116,6 +122,7 @@ pub fn decode(payload: &[u8], seq: u64) -> Result<Decoded, DecodeError> {
             event_type,
             data: parse_data(data)?,
             time_ms: envelope.time_ms,
+            trace,
         }),
         fingerprint: envelope.fingerprint,
         epoch: Epoch(envelope.epoch),
@@ -136,7 +143,7 @@ mod tests {
             data: RawValue::from_string(r#"{"a": [1, 2]}"#.into()).unwrap(),
         };
         let bytes = encode(&new, Epoch(7), 1234, 99);
-        let d = decode(&bytes, 42).unwrap();
+        let d = decode(&bytes, 42, None).unwrap();
         assert_eq!(d.event.seq, 42);
         assert_eq!(d.event.topic.as_str(), "scores.home");
         assert_eq!(d.event.event_type.as_str(), "goal");
@@ -145,7 +152,7 @@ mod tests {
             (d.event.time_ms, d.fingerprint, d.epoch),
             (1234, 99, Epoch(7))
         );
-        assert!(decode(b"\xff\xff", 1).is_err());
+        assert!(decode(b"\xff\xff", 1, None).is_err());
     }
 
     #[test]

@@ -15,8 +15,9 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use herald_bus::{Bus, BusError, Feed};
-use herald_core::{Epoch, Event, NewEvent, TopicFilter};
+use herald_core::{Epoch, Event, EventId, NewEvent, TopicFilter, TraceContext};
 use herald_store::{Page, StoreError};
+use herald_telemetry::{Metrics, otel};
 use serde_json::Value;
 
 use crate::{
@@ -27,6 +28,8 @@ use crate::{
 
 /// Wait between attempts to re-open the live feed.
 const FEED_RETRY: Duration = Duration::from_millis(500);
+/// The message header carrying the publish's W3C trace context.
+pub const TRACEPARENT: &str = "traceparent";
 /// How long an abandoned replay consumer lives on the server.
 const READ_CONSUMER_TTL: Duration = Duration::from_secs(30);
 
@@ -38,6 +41,7 @@ pub struct JetStream {
     stream: Arc<str>,
     epoch: Epoch,
     timeout: Duration,
+    metrics: Arc<Metrics>,
 }
 
 /// What a publish got from JetStream.
@@ -56,6 +60,7 @@ impl JetStream {
         config: &ClusterConfig,
         name: &str,
         mongo: &Mongo,
+        metrics: Arc<Metrics>,
     ) -> anyhow::Result<Self> {
         let client = async_nats::ConnectOptions::new()
             .name(name)
@@ -77,6 +82,7 @@ impl JetStream {
             stream: config.stream.as_str().into(),
             epoch,
             timeout: config.backend_timeout,
+            metrics,
         })
     }
 
@@ -115,14 +121,18 @@ impl JetStream {
         key: Option<&str>,
         fingerprint: u64,
         time_ms: u64,
+        trace: Option<TraceContext>,
     ) -> Result<Published, StoreError> {
         match batch {
             [] => Ok(Published {
                 seqs: Vec::new(),
                 duplicate: false,
             }),
-            [event] => self.publish_one(event, key, fingerprint, time_ms).await,
-            _ => self.publish_batch(batch, fingerprint, time_ms).await,
+            [event] => {
+                self.publish_one(event, key, fingerprint, time_ms, trace)
+                    .await
+            }
+            _ => self.publish_batch(batch, fingerprint, time_ms, trace).await,
         }
     }
 
@@ -132,11 +142,15 @@ impl JetStream {
         key: Option<&str>,
         fingerprint: u64,
         time_ms: u64,
+        trace: Option<TraceContext>,
     ) -> Result<Published, StoreError> {
         let mut message =
             PublishMessage::build().payload(encode(event, self.epoch, time_ms, fingerprint));
         if let Some(key) = key {
             message = message.message_id(key);
+        }
+        if let Some(trace) = trace {
+            message = message.header(TRACEPARENT, trace.to_string().as_str());
         }
         let ack = self
             .js
@@ -166,7 +180,9 @@ impl JetStream {
         batch: &[NewEvent],
         fingerprint: u64,
         time_ms: u64,
+        trace: Option<TraceContext>,
     ) -> Result<Published, StoreError> {
+        let traceparent = trace.map(|t| t.to_string());
         let batch_id = format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..));
         let last = batch.len();
         let mut commit = None;
@@ -177,6 +193,9 @@ impl JetStream {
             headers.insert("Nats-Batch-Sequence", n.to_string().as_str());
             if n == last {
                 headers.insert("Nats-Batch-Commit", "1");
+            }
+            if let Some(traceparent) = &traceparent {
+                headers.insert(TRACEPARENT, traceparent.as_str());
             }
             let payload = encode(event, self.epoch, time_ms, fingerprint);
             let subject = subject(&event.topic);
@@ -223,7 +242,7 @@ impl JetStream {
             .await
             .map_err(unavailable)?;
         let message = stream.direct_get(seq).await.map_err(unavailable)?;
-        decode(&message.payload, seq)
+        decode(&message.payload, seq, None)
             .map(|d| d.fingerprint)
             .map_err(|e| StoreError::Backend(Box::new(e)))
     }
@@ -290,7 +309,7 @@ impl JetStream {
                     let seq = info.stream_sequence;
                     last_seq = seq;
                     read += 1;
-                    match decode(&message.payload, seq) {
+                    match decode(&message.payload, seq, traceparent(message.headers.as_ref())) {
                         Ok(d) => events.push(d.event),
                         Err(e) => {
                             tracing::warn!(seq, error = %e, "skipping a message that is not a Herald event")
@@ -343,7 +362,10 @@ impl Bus for JetStream {
                             tracing::info!(after = last, "live feed re-opened");
                             messages = Some(m);
                         }
-                        Err(e) => tracing::warn!(error = %e, "re-opening the live feed failed; retrying"),
+                        Err(e) => {
+                            this.metrics.bus_error("feed");
+                            tracing::warn!(error = %e, "re-opening the live feed failed; retrying");
+                        }
                     }
                     continue;
                 };
@@ -355,12 +377,14 @@ impl Bus for JetStream {
                             continue;
                         }
                         last = seq;
-                        match decode(&message.payload, seq) {
-                            Ok(d) => yield d.event,
+                        this.metrics.consumer_pending("live", info.pending);
+                        match this.receive(&message, seq) {
+                            Ok(event) => yield event,
                             Err(e) => tracing::warn!(seq, error = %e, "skipping a message that is not a Herald event"),
                         }
                     }
                     Some(Err(e)) => {
+                        this.metrics.bus_error("feed");
                         tracing::warn!(error = %e, after = last, "live feed failed; re-opening it");
                         messages = None;
                     }
@@ -372,6 +396,36 @@ impl Bus for JetStream {
 }
 
 impl JetStream {
+    /// Decodes a live message. When its publish was traced and sampled, the decode runs in a
+    /// CONSUMER `process` span, a child of (and linked to) the producer span, and the event
+    /// carries that span's context on to the hub's fan-out.
+    fn receive(
+        &self,
+        message: &jetstream::Message,
+        seq: u64,
+    ) -> Result<Arc<Event>, crate::envelope::DecodeError> {
+        let trace = traceparent(message.headers.as_ref());
+        let Some(producer) = otel::sampled(trace) else {
+            return decode(&message.payload, seq, trace).map(|d| d.event);
+        };
+        let process = tracing::info_span!(
+            "process",
+            otel.name = %format_args!("process {}", message.subject),
+            otel.kind = "consumer",
+            messaging.system = "nats",
+            messaging.operation.type = "process",
+            messaging.operation.name = "process",
+            messaging.destination.name = message.subject.as_str(),
+            messaging.message.id = %EventId::new(self.epoch, seq),
+            messaging.consumer.group.name = "live",
+        );
+        otel::set_parent(&process, producer);
+        otel::add_link(&process, producer);
+        let own = otel::trace_of(&process).or(trace);
+        let _decode = tracing::info_span!(parent: &process, "decode").entered();
+        decode(&message.payload, seq, own).map(|d| d.event)
+    }
+
     async fn live_from(&self, start: u64) -> Result<pull::Ordered, BusError> {
         let stream = self
             .js
@@ -393,6 +447,13 @@ impl JetStream {
             .await
             .map_err(|e| BusError::Backend(Box::new(e)))
     }
+}
+
+/// The W3C trace context a message was published in.
+pub(crate) fn traceparent(headers: Option<&HeaderMap>) -> Option<TraceContext> {
+    headers?
+        .get(TRACEPARENT)
+        .and_then(|v| TraceContext::parse(v.as_str()))
 }
 
 /// A request's reply: nothing (an intermediate ack), a PubAck, or an API error.

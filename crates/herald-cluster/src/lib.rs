@@ -32,10 +32,19 @@ pub use mongo::Mongo;
 pub use options::{ClusterConfig, ClusterOptions};
 pub use tiered::Tiered;
 
+use std::sync::Arc;
+
+use herald_telemetry::Metrics;
+
 /// Connects to NATS and MongoDB and makes sure the stream exists: what both services do first.
-pub async fn connect(config: &ClusterConfig, name: &str) -> anyhow::Result<(JetStream, Mongo)> {
+/// `metrics` counts the live feed's errors and the consumers' pending messages.
+pub async fn connect(
+    config: &ClusterConfig,
+    name: &str,
+    metrics: Arc<Metrics>,
+) -> anyhow::Result<(JetStream, Mongo)> {
     let mongo = Mongo::connect(config).await?;
-    let js = JetStream::connect(config, name, &mongo).await?;
+    let js = JetStream::connect(config, name, &mongo, metrics).await?;
     Ok((js, mongo))
 }
 

@@ -14,11 +14,13 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use herald_core::{Event, NewEvent};
+use herald_core::{Event, EventId, NewEvent};
 use herald_ingest::EventLog;
 use herald_store::{Appended, Idempotency, StoreError};
+use herald_telemetry::{otel, traces_enabled};
+use tracing::{Instrument, Span, field::Empty};
 
-use crate::{JetStream, Mongo, now_ms};
+use crate::{JetStream, Mongo, envelope::subject, now_ms};
 
 /// The distributed event log: JetStream, then MongoDB.
 #[derive(Debug, Clone)]
@@ -42,8 +44,9 @@ impl EventLog for ClusterLog {
         idempotency: Option<Idempotency>,
     ) -> Result<Appended, StoreError> {
         let this = self.clone();
-        // Its own task: a client hanging up cannot stop a publish between the two writes.
-        tokio::spawn(async move { this.commit(batch, idempotency).await })
+        // Its own task: a client hanging up cannot stop a publish between the two writes. It
+        // carries the request's span, so its spans are the request's children.
+        tokio::spawn(async move { this.commit(batch, idempotency).await }.in_current_span())
             .await
             .map_err(|e| StoreError::Backend(Box::new(e)))?
     }
@@ -72,7 +75,22 @@ impl ClusterLog {
         }
         let time_ms = now_ms();
         let key = idempotency.as_ref().map(|i| i.key.as_str());
-        let published = self.js.publish(&batch, key, fingerprint, time_ms).await?;
+        let span = publish_span(&batch);
+        // The producer span's context travels in the message headers and is stored with the
+        // events: the gateways' delivery spans are its children.
+        let trace = otel::trace_of(&span);
+        let published = self
+            .js
+            .publish(&batch, key, fingerprint, time_ms, trace)
+            .instrument(span.clone())
+            .await?;
+        if let Some(&first) = published.seqs.first() {
+            span.record(
+                "messaging.message.id",
+                EventId::new(epoch, first).to_string(),
+            );
+        }
+        drop(span);
         fault_point(&published.seqs);
         let events: Vec<Arc<Event>> = batch
             .into_iter()
@@ -84,13 +102,18 @@ impl ClusterLog {
                     event_type: e.event_type,
                     data: e.data,
                     time_ms,
+                    trace,
                 })
             })
             .collect();
-        self.mongo.insert(&events).await?;
+        self.mongo
+            .insert(&events)
+            .instrument(self.mongo.span("insert", "events"))
+            .await?;
         if let Some(idem) = &idempotency {
             self.mongo
                 .remember(&idem.key, &published.seqs, idem.fingerprint)
+                .instrument(self.mongo.span("update", "idempotency"))
                 .await?;
         }
         Ok(Appended {
@@ -104,6 +127,29 @@ impl ClusterLog {
             duplicate: published.duplicate,
         })
     }
+}
+
+/// The PRODUCER span of a JetStream publish, by the messaging conventions (when traces are
+/// exported). A batch over several topics names the stream's subject root.
+fn publish_span(batch: &[NewEvent]) -> Span {
+    if !traces_enabled() {
+        return Span::none();
+    }
+    let destination = match batch {
+        [first, rest @ ..] if rest.iter().all(|e| e.topic == first.topic) => subject(&first.topic),
+        _ => "herald.events".to_owned(),
+    };
+    tracing::info_span!(
+        "publish",
+        otel.name = %format_args!("send {destination}"),
+        otel.kind = "producer",
+        messaging.system = "nats",
+        messaging.operation.type = "send",
+        messaging.operation.name = "publish",
+        messaging.destination.name = destination.as_str(),
+        messaging.batch.message_count = batch.len(),
+        messaging.message.id = Empty,
+    )
 }
 
 /// With the `fault-injection` feature and `HERALD_FAULT=pause-after-jetstream-ack`, a publish

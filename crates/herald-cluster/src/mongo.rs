@@ -19,7 +19,7 @@ use std::{
 };
 
 use futures_util::TryStreamExt;
-use herald_core::{Epoch, Event, EventType, Topic, TopicFilter, event::parse_data};
+use herald_core::{Epoch, Event, EventType, Topic, TopicFilter, TraceContext, event::parse_data};
 use herald_store::StoreError;
 use mongodb::{
     Client, Collection, IndexModel,
@@ -108,6 +108,23 @@ impl Mongo {
             )
             .await?;
         Ok(())
+    }
+
+    /// A CLIENT span for an operation on a collection, by the database conventions (when traces
+    /// are exported).
+    pub fn span(&self, operation: &'static str, collection: &'static str) -> tracing::Span {
+        if !herald_telemetry::traces_enabled() {
+            return tracing::Span::none();
+        }
+        tracing::info_span!(
+            "mongodb",
+            otel.name = %format_args!("{operation} {collection}"),
+            otel.kind = "client",
+            db.system.name = "mongodb",
+            db.operation.name = operation,
+            db.collection.name = collection,
+            db.namespace = self.events.namespace().db.as_str(),
+        )
     }
 
     /// Writes events; those already there are left as they are (the write is idempotent).
@@ -416,13 +433,17 @@ fn seq(s: u64) -> i64 {
 }
 
 fn to_doc(e: &Event) -> Document {
-    doc! {
+    let mut d = doc! {
         "_id": seq(e.seq),
         "topic": e.topic.as_str(),
         "type": e.event_type.as_str(),
         "data": e.data.get(),
         "ts": DateTime::from_millis(e.time_ms as i64),
+    };
+    if let Some(trace) = e.trace {
+        d.insert("traceparent", trace.to_string());
     }
+    d
 }
 
 fn from_doc(d: &Document) -> Option<Arc<Event>> {
@@ -433,6 +454,7 @@ fn from_doc(d: &Document) -> Option<Arc<Event>> {
             event_type: EventType::new(d.get_str("type").ok()?).ok()?,
             data: parse_data(d.get_str("data").ok()?.to_owned()).ok()?,
             time_ms: d.get_datetime("ts").ok()?.timestamp_millis() as u64,
+            trace: d.get_str("traceparent").ok().and_then(TraceContext::parse),
         })
     })();
     if event.is_none() {

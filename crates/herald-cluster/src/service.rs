@@ -10,7 +10,7 @@ use herald_runtime::{
     config::parse_duration,
     serve::{ServeOptions, ops_routes, serve},
 };
-use herald_telemetry::{LogFormat, Metrics};
+use herald_telemetry::{LogFormat, Metrics, TracesMode};
 use tokio::task::JoinHandle;
 
 use crate::{
@@ -49,6 +49,10 @@ pub struct ServiceOptions {
     /// Log format.
     #[arg(long, env = "HERALD_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
+    /// Export spans over OTLP: `auto` when OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT is set, `otlp`,
+    /// or `off`; the OTEL_* environment configures the rest (service name, sampler, headers).
+    #[arg(long, env = "HERALD_TRACES", value_enum, default_value = "auto")]
+    pub traces: TracesMode,
 }
 
 /// A service ready to run: its routes and the background tasks that live as long as it.
@@ -115,18 +119,25 @@ impl Service {
     }
 }
 
-/// The body of both binaries' `main`: starts logging as `options` say, runs `run`, and turns its
-/// outcome into the exit code (2 for a bad log setting, 1 for a failure, said on stderr).
+/// The body of both binaries' `main`: starts logging and trace export as `options` say, runs
+/// `run`, flushes the spans, and turns the outcome into the exit code (2 for a bad log or trace
+/// setting, 1 for a failure, said on stderr).
 pub async fn main(
     name: &str,
     options: &ServiceOptions,
     run: impl Future<Output = anyhow::Result<()>>,
 ) -> ExitCode {
-    if let Err(e) = herald_telemetry::init_tracing(&options.log, options.log_format) {
-        eprintln!("{name}: {e}");
-        return ExitCode::from(2);
-    }
-    match run.await {
+    let telemetry =
+        match herald_telemetry::init(&options.log, options.log_format, options.traces, name) {
+            Ok(telemetry) => telemetry,
+            Err(e) => {
+                eprintln!("{name}: {e}");
+                return ExitCode::from(2);
+            }
+        };
+    let outcome = run.await;
+    telemetry.shutdown().await;
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = ?e, "{name} stopped");

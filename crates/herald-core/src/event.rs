@@ -5,7 +5,7 @@ use std::{fmt, sync::Arc};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::value::RawValue;
 
-use crate::{Topic, ValidationError};
+use crate::{Topic, TraceContext, ValidationError};
 
 /// The longest event type accepted, in bytes.
 pub const MAX_TYPE_LEN: usize = 64;
@@ -101,6 +101,8 @@ pub struct Event {
     pub data: Box<RawValue>,
     /// When it was accepted, in milliseconds since the Unix epoch.
     pub time_ms: u64,
+    /// The trace context of its publish, where it was traced: delivery spans continue it.
+    pub trace: Option<TraceContext>,
 }
 
 impl Event {
@@ -112,6 +114,7 @@ impl Event {
             event_type: new.event_type,
             data: new.data,
             time_ms,
+            trace: None,
         }
     }
 

@@ -10,6 +10,7 @@
 //!   verdict sent as `event: herald.resume`.
 //! - [`sse`]: the one encoder that owns the wire format, and a WHATWG-conformant decoder used by
 //!   tests and the load generator.
+//! - [`trace`]: the W3C [`TraceContext`] an event carries from its publish to its delivery.
 //! - [`error`]: [`ValidationError`], the reasons input is refused.
 
 pub mod error;
@@ -17,8 +18,10 @@ pub mod event;
 pub mod id;
 pub mod sse;
 pub mod topic;
+pub mod trace;
 
 pub use error::ValidationError;
 pub use event::{Event, EventType, NewEvent};
 pub use id::{Bounds, Epoch, EventId, ResumeReason, ResumeVerdict};
 pub use topic::{Topic, TopicFilter, TopicPattern};
+pub use trace::TraceContext;

@@ -25,6 +25,8 @@ const TEMPLATE: &str = include_str!("demo.html");
 #[derive(Debug, Deserialize)]
 pub(crate) struct Params {
     topic: Option<String>,
+    /// The share of events whose publish→render delay the page reports (0 to 1; default 0.1).
+    lag_sample: Option<f64>,
 }
 
 pub(crate) async fn page(
@@ -57,6 +59,14 @@ pub(crate) async fn page(
             .replace("{{topic}}", topic.as_str())
             .replace("{{resume_from}}", &resume_from.to_string())
             .replace("{{rendered}}", &events.len().to_string())
+            .replace(
+                "{{lag_sample}}",
+                &params
+                    .lag_sample
+                    .filter(|s| s.is_finite())
+                    .map_or(0.1, |s| s.clamp(0.0, 1.0))
+                    .to_string(),
+            )
             .replace("{{items}}", &items),
     ))
 }

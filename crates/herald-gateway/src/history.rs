@@ -96,11 +96,10 @@ pub(crate) async fn read(
     after: Option<&str>,
     limit: usize,
 ) -> Result<(Bounds, Vec<Arc<Event>>), ApiError> {
-    let bounds = gw
-        .store
-        .bounds()
-        .await
-        .map_err(|e| ApiError::internal(&e))?;
+    let bounds = gw.store.bounds().await.map_err(|e| {
+        gw.metrics.store_error("bounds");
+        ApiError::internal(&e)
+    })?;
     let events = match after {
         None => gw.store.latest(topic, limit).await,
         Some(after) => {
@@ -122,7 +121,11 @@ pub(crate) async fn read(
             gw.store.read(query).await.map(|page| page.events)
         }
     };
-    Ok((bounds, events.map_err(|e| ApiError::internal(&e))?))
+    let events = events.map_err(|e| {
+        gw.metrics.store_error("read");
+        ApiError::internal(&e)
+    })?;
+    Ok((bounds, events))
 }
 
 fn refused(reason: ResumeReason, earliest: EventId, head: EventId) -> ApiError {

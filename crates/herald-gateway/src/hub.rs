@@ -22,16 +22,19 @@ use std::{
 use bytes::Bytes;
 use futures_util::StreamExt;
 use herald_bus::Feed;
-use herald_core::{Epoch, Event, EventId, Topic, TopicFilter, sse};
+use herald_core::{Epoch, Event, EventId, Topic, TopicFilter, TraceContext, sse};
 use herald_store::{History, ReadQuery};
-use herald_telemetry::Metrics;
+use herald_telemetry::{Metrics, otel};
 use tokio::{
     sync::mpsc::{self, error::TrySendError},
     time::Instant,
 };
+use tracing::field::Empty;
 
 /// The most events held while waiting for a gap to fill before the store is asked at once.
 const MAX_PENDING: usize = 4096;
+/// How many recent events' publish times the hub remembers (for browser lag reports).
+const RECENT: usize = 1 << 16;
 
 /// One event, encoded, on its way to a subscriber.
 #[derive(Debug, Clone)]
@@ -40,6 +43,46 @@ pub struct Delivery {
     pub seq: u64,
     /// Its SSE frame, shared by every subscriber.
     pub frame: Bytes,
+    /// For one subscriber of a sampled trace: the fan-out span its socket write continues.
+    pub trace: Option<Box<TraceContext>>,
+}
+
+/// The publish times of the last [`RECENT`] events, by sequence: one writer (the hub task),
+/// lock-free readers.
+struct Recent {
+    slots: Box<[(AtomicU64, AtomicU64)]>,
+}
+
+impl Recent {
+    fn new() -> Self {
+        Self {
+            slots: (0..RECENT)
+                .map(|_| (AtomicU64::new(0), AtomicU64::new(0)))
+                .collect(),
+        }
+    }
+
+    fn record(&self, seq: u64, time_ms: u64) {
+        let (s, t) = &self.slots[seq as usize % RECENT];
+        s.store(0, Ordering::Release);
+        t.store(time_ms, Ordering::Release);
+        s.store(seq, Ordering::Release);
+    }
+
+    fn time_of(&self, seq: u64) -> Option<u64> {
+        let (s, t) = &self.slots[seq as usize % RECENT];
+        if seq == 0 || s.load(Ordering::Acquire) != seq {
+            return None;
+        }
+        let time = t.load(Ordering::Acquire);
+        (s.load(Ordering::Acquire) == seq).then_some(time)
+    }
+}
+
+impl std::fmt::Debug for Recent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Recent")
+    }
 }
 
 #[derive(Debug)]
@@ -65,6 +108,7 @@ struct Inner {
     next_id: AtomicU64,
     queue_capacity: usize,
     metrics: Arc<Metrics>,
+    recent: Recent,
 }
 
 /// A cheap handle on the hub.
@@ -91,6 +135,14 @@ impl Hub {
             next_id: AtomicU64::new(0),
             queue_capacity: queue_capacity.max(1),
             metrics,
+            recent: Recent::new(),
+        });
+        // Queued frames are summed when /metrics is read, not tracked per delivery.
+        let weak = Arc::downgrade(&inner);
+        inner.metrics.on_render(move || {
+            if let Some(inner) = weak.upgrade() {
+                inner.metrics.queued_frames.set(inner.queued_frames());
+            }
         });
         let sequencer = Sequencer {
             inner: Arc::clone(&inner),
@@ -125,6 +177,7 @@ impl Hub {
         } else {
             registry.patterned.push(Arc::clone(&slot));
         }
+        self.inner.metrics.subscribers.inc();
         Subscription {
             slot,
             rx,
@@ -139,18 +192,41 @@ impl Hub {
             registry.by_topic.values().flatten().map(|s| s.id).collect();
         exact.len() + registry.patterned.len()
     }
+
+    /// When the event at `seq` was published (ms since the Unix epoch), if it is recent.
+    pub fn published_at(&self, seq: u64) -> Option<u64> {
+        self.inner.recent.time_of(seq)
+    }
+
+    /// The hub's epoch.
+    pub fn epoch(&self) -> Epoch {
+        self.inner.epoch
+    }
 }
 
 impl Inner {
     fn fan_out(&self, event: &Event) {
+        let id = EventId::new(self.epoch, event.seq);
         let delivery = Delivery {
             seq: event.seq,
-            frame: sse::event(
-                EventId::new(self.epoch, event.seq),
-                &event.event_type,
-                event.data.get(),
-            ),
+            frame: sse::event(id, &event.event_type, event.data.get()),
+            trace: None,
         };
+        self.recent.record(event.seq, event.time_ms);
+        let lag_ms = now_ms().saturating_sub(event.time_ms);
+        self.metrics.delivery_lag.observe(lag_ms as f64 / 1000.0);
+        // A sampled trace gets a fan-out span, and one subscriber's socket write continues it.
+        let span = otel::sampled(event.trace).map(|parent| {
+            let span = tracing::info_span!(
+                "fan-out",
+                messaging.message.id = %id,
+                herald.subscribers = Empty,
+            );
+            otel::set_parent(&span, parent);
+            span
+        });
+        let _entered = span.as_ref().map(|s| s.enter());
+        let mut write_trace = span.as_ref().and_then(otel::trace_of).map(Box::new);
         let topic = event.topic.as_str();
         let registry = self.registry.read().expect("hub registry");
         let exact = registry.by_topic.get(topic).into_iter().flatten();
@@ -163,13 +239,35 @@ impl Inner {
             if slot.lagged.load(Ordering::Acquire) {
                 continue;
             }
-            match slot.tx.try_send(delivery.clone()) {
+            let mut d = delivery.clone();
+            d.trace = write_trace.take();
+            match slot.tx.try_send(d) {
                 Ok(()) => delivered += 1,
-                Err(TrySendError::Full(_)) => slot.lagged.store(true, Ordering::Release),
-                Err(TrySendError::Closed(_)) => {}
+                Err(TrySendError::Full(d)) => {
+                    slot.lagged.store(true, Ordering::Release);
+                    write_trace = d.trace;
+                }
+                Err(TrySendError::Closed(d)) => write_trace = d.trace,
             }
         }
+        if let Some(span) = &span {
+            span.record("herald.subscribers", delivered);
+        }
         self.metrics.events_delivered.inc_by(delivered);
+    }
+
+    /// Frames queued for every subscriber now.
+    fn queued_frames(&self) -> i64 {
+        let registry = self.registry.read().expect("hub registry");
+        let mut seen = std::collections::HashSet::new();
+        registry
+            .by_topic
+            .values()
+            .flatten()
+            .chain(&registry.patterned)
+            .filter(|s| seen.insert(s.id))
+            .map(|s| (s.tx.max_capacity() - s.tx.capacity()) as i64)
+            .sum()
     }
 
     fn mark_all_lagged(&self) {
@@ -183,6 +281,13 @@ impl Inner {
             slot.lagged.store(true, Ordering::Release);
         }
     }
+}
+
+/// Milliseconds since the Unix epoch.
+pub(crate) fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// The hub task's state: puts the feed in sequence order.
@@ -213,6 +318,10 @@ impl Sequencer {
                 Some(None) => break,
                 None => self.fill_gap().await,
             }
+            self.inner
+                .metrics
+                .hub_pending
+                .set(self.pending.len() as i64);
             if self.pending.is_empty() {
                 deadline = None;
             } else if deadline.is_none() || self.expected != before {
@@ -272,6 +381,7 @@ impl Sequencer {
                     }
                 }
                 Err(e) => {
+                    self.inner.metrics.store_error("read");
                     tracing::warn!(error = %e, expected = self.expected, first_pending, "gap fill failed; subscribers catch up from the store");
                     break;
                 }
@@ -318,6 +428,7 @@ impl Subscription {
 
 impl Drop for Subscription {
     fn drop(&mut self) {
+        self.hub.metrics.subscribers.dec();
         let mut registry = self.hub.registry.write().expect("hub registry");
         let id = self.slot.id;
         if self.slot.filter.patterns().is_empty() {

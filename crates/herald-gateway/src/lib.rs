@@ -6,12 +6,15 @@
 //!   seam), catches up in place when it falls behind, sends heartbeats and ends on drain.
 //! - [`history`]: `GET /v1/topics/{topic}/events`, the same events as JSON.
 //! - [`demo`]: the demo page at `/`.
+//! - [`lag`]: browser-observed delivery latency, reported by pages to `POST /v1/telemetry/lag`,
+//!   and the helper script `/herald-lag.js`.
 //!
 //! [`Gateway::start`] wires a store (for replay) and a bus (for live events) into a router.
 
 pub mod demo;
 pub mod history;
 pub mod hub;
+pub mod lag;
 pub mod stream;
 
 use std::{
@@ -20,7 +23,10 @@ use std::{
 };
 
 use anyhow::Context;
-use axum::{Router, routing::get};
+use axum::{
+    Router,
+    routing::{get, post},
+};
 use herald_bus::Bus;
 use herald_core::Topic;
 use herald_runtime::DrainWatch;
@@ -136,6 +142,8 @@ impl Gateway {
             .route("/v1/stream", get(stream::v1))
             .route("/v1/topics/{topic}/events", get(history::list))
             .route("/api/updates", get(stream::compat))
+            .route("/v1/telemetry/lag", post(lag::report))
+            .route("/herald-lag.js", get(lag::script))
             .with_state(Arc::clone(&self.state))
     }
 }

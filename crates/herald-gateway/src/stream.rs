@@ -27,7 +27,7 @@ use futures_util::{Stream, StreamExt};
 use herald_core::{Bounds, EventId, ResumeVerdict, TopicFilter, sse};
 use herald_runtime::{ApiError, drain::jitter};
 use herald_store::ReadQuery;
-use herald_telemetry::CloseReason;
+use herald_telemetry::{CloseReason, otel};
 use tokio::time::{Instant, Sleep, sleep};
 
 use crate::{GatewayState, hub::Subscription};
@@ -116,6 +116,7 @@ async fn open(
     // or above it (and queued), so "live from now" means from the moment the client connected.
     let subscription = gw.hub.subscribe(filter.clone());
     let bounds = gw.store.bounds().await.map_err(|e| {
+        gw.metrics.store_error("bounds");
         tracing::warn!(error = %e, "stream: reading the store bounds failed");
         ApiError::unavailable("unavailable", "the event history is unavailable; retry", 1)
     })?;
@@ -216,6 +217,7 @@ fn connection(
                     let page = match gw.store.read(query).await {
                         Ok(page) => page,
                         Err(e) => {
+                            gw.metrics.store_error("read");
                             tracing::warn!(error = %e, after = last, "stream: replay read failed; the client will resume");
                             guard.ending(CloseReason::Error);
                             return;
@@ -255,6 +257,13 @@ fn connection(
                     if d.seq > last {
                         last = d.seq;
                         heartbeat.as_mut().reset(Instant::now() + config.heartbeat);
+                        // Sampled: the span lasts until the body asks for the next chunk, that
+                        // is, until this frame has been handed to the socket.
+                        let _write = d.trace.map(|parent| {
+                            let span = tracing::info_span!("sse write", messaging.message.id = %EventId::new(bounds.epoch, d.seq));
+                            otel::set_parent(&span, *parent);
+                            span
+                        });
                         yield d.frame;
                     }
                 }

@@ -14,6 +14,7 @@ use herald_runtime::{ApiError, http::read_json};
 use herald_store::{Appended, Idempotency, StoreError};
 use serde::Deserialize;
 use serde_json::{json, value::RawValue};
+use tracing::{Instrument, Span};
 
 use crate::IngestState;
 
@@ -39,6 +40,28 @@ pub(crate) struct BatchItem {
     data: Box<RawValue>,
 }
 
+/// The span of reading and validating a publish body (only when traces are exported).
+fn validate_span() -> Span {
+    if herald_telemetry::traces_enabled() {
+        tracing::info_span!("validate")
+    } else {
+        Span::none()
+    }
+}
+
+/// Counts a publish request by outcome: `created`, `duplicate` (the Idempotency-Key was
+/// answered before), `rejected` (4xx) or `unavailable` (5xx).
+fn counted(state: &IngestState, result: Result<Response, ApiError>) -> Result<Response, ApiError> {
+    let outcome = match &result {
+        Ok(r) if r.headers().contains_key("idempotent-replayed") => "duplicate",
+        Ok(_) => "created",
+        Err(e) if e.status.is_server_error() => "unavailable",
+        Err(_) => "rejected",
+    };
+    state.metrics.publish_request(outcome);
+    result
+}
+
 /// `POST /v1/topics/{topic}/events`
 pub(crate) async fn one(
     State(state): State<Arc<IngestState>>,
@@ -47,9 +70,17 @@ pub(crate) async fn one(
     body: Body,
 ) -> Result<Response, ApiError> {
     let started = Instant::now();
-    let body: PublishBody = read_json(body, state.config.max_body_bytes).await?;
-    let event = new_event(&topic, body.event_type.as_deref(), body.data)?;
-    single(&state, started, event, &headers).await
+    let result = async {
+        let event = async {
+            let body: PublishBody = read_json(body, state.config.max_body_bytes).await?;
+            new_event(&topic, body.event_type.as_deref(), body.data)
+        }
+        .instrument(validate_span())
+        .await?;
+        single(&state, started, event, &headers).await
+    }
+    .await;
+    counted(&state, result)
 }
 
 /// `POST /v1/events`: all or nothing, ids in order.
@@ -59,26 +90,40 @@ pub(crate) async fn batch(
     body: Body,
 ) -> Result<Response, ApiError> {
     let started = Instant::now();
-    let items: Vec<BatchItem> = read_json(body, state.config.max_body_bytes).await?;
-    if items.is_empty() {
-        return Err(ApiError::bad_request(
-            "empty_batch",
-            "the batch has no events",
-        ));
+    let result = batch_inner(&state, started, &headers, body).await;
+    counted(&state, result)
+}
+
+async fn batch_inner(
+    state: &IngestState,
+    started: Instant,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let events = async {
+        let items: Vec<BatchItem> = read_json(body, state.config.max_body_bytes).await?;
+        if items.is_empty() {
+            return Err(ApiError::bad_request(
+                "empty_batch",
+                "the batch has no events",
+            ));
+        }
+        if items.len() > state.config.max_batch {
+            return Err(ApiError::too_large(format!(
+                "the batch has {} events; the limit is {}",
+                items.len(),
+                state.config.max_batch
+            )));
+        }
+        items
+            .into_iter()
+            .map(|i| new_event(&i.topic, i.event_type.as_deref(), i.data))
+            .collect::<Result<Vec<_>, _>>()
     }
-    if items.len() > state.config.max_batch {
-        return Err(ApiError::too_large(format!(
-            "the batch has {} events; the limit is {}",
-            items.len(),
-            state.config.max_batch
-        )));
-    }
-    let events = items
-        .into_iter()
-        .map(|i| new_event(&i.topic, i.event_type.as_deref(), i.data))
-        .collect::<Result<Vec<_>, _>>()?;
+    .instrument(validate_span())
+    .await?;
     let topics: Vec<Topic> = events.iter().map(|e| e.topic.clone()).collect();
-    let appended = commit(&state, events, &headers).await?;
+    let appended = commit(state, events, headers).await?;
     let listed: Vec<_> = appended
         .seqs
         .iter()
@@ -86,7 +131,7 @@ pub(crate) async fn batch(
         .map(|(&seq, topic)| json!({ "id": EventId::new(appended.epoch, seq), "topic": topic }))
         .collect();
     Ok(answer(
-        &state,
+        state,
         started,
         &appended,
         json!({ "events": listed }),
@@ -100,13 +145,19 @@ pub(crate) async fn compat(
     body: Body,
 ) -> Result<Response, ApiError> {
     let started = Instant::now();
-    let data: Box<RawValue> = read_json(body, state.config.max_body_bytes).await?;
-    let event = NewEvent {
-        topic: state.config.compat_topic.clone(),
-        event_type: EventType::default(),
-        data,
-    };
-    single(&state, started, event, &headers).await
+    let result = async {
+        let data: Box<RawValue> = read_json(body, state.config.max_body_bytes)
+            .instrument(validate_span())
+            .await?;
+        let event = NewEvent {
+            topic: state.config.compat_topic.clone(),
+            event_type: EventType::default(),
+            data,
+        };
+        single(&state, started, event, &headers).await
+    }
+    .await;
+    counted(&state, result)
 }
 
 /// Commits one event and answers `201 {"id", "topic"}`.
@@ -169,6 +220,7 @@ async fn commit(
                 ApiError::unavailable("draining", "this server is shutting down; retry", 1)
             }
             StoreError::Unavailable(_) => {
+                state.metrics.store_error("append");
                 tracing::warn!(error = %e, "publish failed: a backend is unavailable");
                 ApiError::unavailable(
                     "unavailable",
@@ -176,7 +228,10 @@ async fn commit(
                     1,
                 )
             }
-            StoreError::Backend(_) => ApiError::internal(&e),
+            StoreError::Backend(_) => {
+                state.metrics.store_error("append");
+                ApiError::internal(&e)
+            }
         })
 }
 

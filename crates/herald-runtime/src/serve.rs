@@ -5,12 +5,14 @@ use std::{future::Future, sync::Arc, time::Duration};
 use anyhow::Context;
 use axum::{
     Router,
+    extract::{MatchedPath, Request},
     http::{StatusCode, header},
-    response::IntoResponse,
+    response::{IntoResponse, Response},
     routing::get,
 };
 use tokio::net::TcpListener;
 use tower_http::trace::{DefaultOnFailure, TraceLayer};
+use tracing::{Span, field::Empty};
 
 use crate::{ApiError, Drain, Health, health, listener::TimedListener};
 
@@ -39,7 +41,16 @@ pub async fn serve(
     // Request spans and logs; 5xx answers are deliberate (limits, drain, a backend down) and
     // logged where they are decided, so the layer reports them only at DEBUG.
     let router = router.layer(
-        TraceLayer::new_for_http().on_failure(DefaultOnFailure::new().level(tracing::Level::DEBUG)),
+        TraceLayer::new_for_http()
+            .make_span_with(request_span)
+            .on_response(|response: &Response, _: Duration, span: &Span| {
+                let status = response.status();
+                span.record("http.response.status_code", status.as_u16());
+                if status.is_server_error() {
+                    span.record("otel.status_code", "error");
+                }
+            })
+            .on_failure(DefaultOnFailure::new().level(tracing::Level::DEBUG)),
     );
     let watch = drain.watch();
     let server =
@@ -60,6 +71,50 @@ pub async fn serve(
         }
     }
     Ok(())
+}
+
+/// A request's span. With trace export on, an HTTP server span by the OpenTelemetry conventions
+/// that continues the request's `traceparent`; otherwise the DEBUG span logs have always had.
+fn request_span(request: &Request) -> Span {
+    if !herald_telemetry::traces_enabled() {
+        return tracing::debug_span!(
+            "request",
+            method = %request.method(),
+            uri = %request.uri(),
+            version = ?request.version(),
+        );
+    }
+    let method = request.method().as_str();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("", MatchedPath::as_str);
+    let name = if route.is_empty() {
+        method.to_owned()
+    } else {
+        format!("{method} {route}")
+    };
+    let version = match request.version() {
+        axum::http::Version::HTTP_10 => "1.0",
+        axum::http::Version::HTTP_2 => "2",
+        _ => "1.1",
+    };
+    let span = tracing::info_span!(
+        "request",
+        otel.name = name.as_str(),
+        otel.kind = "server",
+        otel.status_code = Empty,
+        http.request.method = method,
+        http.route = route,
+        url.path = request.uri().path(),
+        url.scheme = "http",
+        network.protocol.version = version,
+        http.response.status_code = Empty,
+    );
+    if let Some(parent) = herald_telemetry::otel::parent_from_headers(request.headers()) {
+        herald_telemetry::otel::set_parent(&span, parent);
+    }
+    span
 }
 
 /// `/healthz`, `/readyz` and `/metrics` (rendered by `metrics`), plus a JSON 404 for anything else.

@@ -1,5 +1,7 @@
 //! The metrics Herald exports on `/metrics`.
 
+use std::sync::Mutex;
+
 use prometheus_client::{
     encoding::{EncodeLabelSet, text::encode},
     metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
@@ -43,13 +45,39 @@ struct TierLabel {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct OpLabel {
+    op: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ConsumerLabel {
+    consumer: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct OutcomeLabel {
+    outcome: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ResultLabel {
+    result: &'static str,
+}
+
+/// Latency buckets from 1 ms to 10 s.
+const LAG_BUCKETS: [f64; 13] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+type RenderHook = Box<dyn Fn() + Send + Sync>;
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct ResumeLabel {
     recovered: &'static str,
     reason: &'static str,
 }
 
 /// Every metric, registered in one registry.
-#[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
     /// Open SSE connections.
@@ -77,6 +105,29 @@ pub struct Metrics {
     replay_reads: Family<TierLabel, Counter>,
     /// Events written to MongoDB by the archiver (they had not been yet, or it could not tell).
     pub events_archived: Counter,
+    /// Subscribers registered with the hub (live connections of this gateway).
+    pub subscribers: Gauge,
+    /// Publish-to-fan-out lag: from the event's publish time to the hub handing it to subscriber
+    /// queues, once per event.
+    pub delivery_lag: Histogram,
+    /// Publish-to-render lag reported by browsers (sampled by the page).
+    pub browser_lag: Histogram,
+    browser_samples: Family<ResultLabel, Counter>,
+    /// Events held by the hub behind a gap in the sequence.
+    pub hub_pending: Gauge,
+    /// Frames queued for subscribers and not yet written (summed at scrape time).
+    pub queued_frames: Gauge,
+    bus_errors: Family<OpLabel, Counter>,
+    store_errors: Family<OpLabel, Counter>,
+    consumer_pending: Family<ConsumerLabel, Gauge>,
+    publish_requests: Family<OutcomeLabel, Counter>,
+    hooks: Mutex<Vec<RenderHook>>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
 }
 
 impl Default for Metrics {
@@ -106,6 +157,17 @@ impl Metrics {
             gap_fills: Counter::default(),
             replay_reads: Family::default(),
             events_archived: Counter::default(),
+            subscribers: Gauge::default(),
+            delivery_lag: Histogram::new(LAG_BUCKETS),
+            browser_lag: Histogram::new(LAG_BUCKETS),
+            browser_samples: Family::default(),
+            hub_pending: Gauge::default(),
+            queued_frames: Gauge::default(),
+            bus_errors: Family::default(),
+            store_errors: Family::default(),
+            consumer_pending: Family::default(),
+            publish_requests: Family::default(),
+            hooks: Mutex::default(),
         };
         let mut registry = Registry::with_prefix("herald");
         let r = &mut registry;
@@ -179,6 +241,56 @@ impl Metrics {
             "Gaps in the live feed filled from the store",
             m.gap_fills.clone(),
         );
+        r.register(
+            "subscribers",
+            "Subscribers registered with this gateway's hub",
+            m.subscribers.clone(),
+        );
+        r.register(
+            "delivery_lag_seconds",
+            "Time from an event's publish to this gateway handing it to its subscribers, per event",
+            m.delivery_lag.clone(),
+        );
+        r.register(
+            "browser_delivery_lag_seconds",
+            "Publish-to-render time reported by browsers (sampled)",
+            m.browser_lag.clone(),
+        );
+        r.register(
+            "browser_lag_samples",
+            "Browser lag samples received, by result (accepted, unknown, invalid)",
+            m.browser_samples.clone(),
+        );
+        r.register(
+            "hub_pending_events",
+            "Events the hub holds behind a gap in the sequence",
+            m.hub_pending.clone(),
+        );
+        r.register(
+            "subscriber_queued_frames",
+            "Frames queued for subscribers, not yet written",
+            m.queued_frames.clone(),
+        );
+        r.register(
+            "bus_errors",
+            "Bus failures, by operation (publish, announce, feed)",
+            m.bus_errors.clone(),
+        );
+        r.register(
+            "store_errors",
+            "Store failures, by operation (append, read, bounds, archive)",
+            m.store_errors.clone(),
+        );
+        r.register(
+            "jetstream_consumer_pending",
+            "Messages a JetStream consumer has yet to receive, by consumer (live, archiver)",
+            m.consumer_pending.clone(),
+        );
+        r.register(
+            "publish_requests",
+            "Publish requests, by outcome (created, duplicate, rejected, unavailable)",
+            m.publish_requests.clone(),
+        );
         m.registry = registry;
         m
     }
@@ -212,8 +324,50 @@ impl Metrics {
             .inc_by(events);
     }
 
+    /// Counts a bus failure (`publish`, `announce`, `feed`).
+    pub fn bus_error(&self, op: &'static str) {
+        self.bus_errors.get_or_create(&OpLabel { op }).inc();
+    }
+
+    /// Counts a store failure (`append`, `read`, `bounds`, `archive`).
+    pub fn store_error(&self, op: &'static str) {
+        self.store_errors.get_or_create(&OpLabel { op }).inc();
+    }
+
+    /// Sets how many messages a JetStream consumer (`live`, `archiver`) has yet to receive.
+    pub fn consumer_pending(&self, consumer: &'static str, pending: u64) {
+        self.consumer_pending
+            .get_or_create(&ConsumerLabel { consumer })
+            .set(i64::try_from(pending).unwrap_or(i64::MAX));
+    }
+
+    /// Counts a publish request's outcome (`created`, `duplicate`, `rejected`, `unavailable`).
+    pub fn publish_request(&self, outcome: &'static str) {
+        self.publish_requests
+            .get_or_create(&OutcomeLabel { outcome })
+            .inc();
+    }
+
+    /// Counts a browser lag sample (`accepted`, `unknown`, `invalid`).
+    pub fn browser_sample(&self, result: &'static str) {
+        self.browser_samples
+            .get_or_create(&ResultLabel { result })
+            .inc();
+    }
+
+    /// Runs `hook` before every render, to set gauges that are cheaper to read than to track.
+    pub fn on_render(&self, hook: impl Fn() + Send + Sync + 'static) {
+        self.hooks
+            .lock()
+            .expect("metrics hooks")
+            .push(Box::new(hook));
+    }
+
     /// The OpenMetrics text exposition.
     pub fn render(&self) -> String {
+        for hook in self.hooks.lock().expect("metrics hooks").iter() {
+            hook();
+        }
         let mut out = String::new();
         encode(&mut out, &self.registry).expect("writing to a String cannot fail");
         out

@@ -129,8 +129,9 @@ async fn run(options: Options) -> anyhow::Result<()> {
         ..GatewayConfig::default()
     };
     let cluster = options.cluster.resolve()?;
-    let (js, mongo) = herald_cluster::connect(&cluster, "herald-gateway").await?;
     let metrics = Arc::new(Metrics::new());
+    let (js, mongo) =
+        herald_cluster::connect(&cluster, "herald-gateway", Arc::clone(&metrics)).await?;
     let (drain, watch) = Drain::new();
     let history = Arc::new(Tiered::new(js.clone(), mongo.clone(), Arc::clone(&metrics)));
     let gateway = Gateway::start(config, history, &js, Arc::clone(&metrics), watch).await?;

@@ -85,8 +85,9 @@ async fn run(options: Options) -> anyhow::Result<()> {
         },
     };
     let cluster = options.cluster.resolve()?;
-    let (js, mongo) = herald_cluster::connect(&cluster, "herald-ingest").await?;
     let metrics = Arc::new(Metrics::new());
+    let (js, mongo) =
+        herald_cluster::connect(&cluster, "herald-ingest", Arc::clone(&metrics)).await?;
     let (drain, _watch) = Drain::new();
     let log = Arc::new(ClusterLog::new(js.clone(), mongo.clone()));
     let mut tasks = vec![tokio::spawn(trim_periodically(

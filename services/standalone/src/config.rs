@@ -11,7 +11,7 @@ use herald_gateway::GatewayConfig;
 use herald_ingest::{BearerToken, IngestConfig};
 use herald_runtime::config::{self, parse_bytes, parse_duration};
 use herald_store::StoreOptions;
-use herald_telemetry::LogFormat;
+use herald_telemetry::{LogFormat, TracesMode};
 use serde::Deserialize;
 
 /// Which store the node keeps events in.
@@ -126,6 +126,22 @@ pub struct Options {
     /// Log format [default: text].
     #[arg(long, env = "HERALD_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormatArg>,
+    /// Export spans over OTLP: `auto` when OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT is set, `otlp`,
+    /// or `off` (the OTEL_* environment configures the rest) [default: auto].
+    #[arg(long, env = "HERALD_TRACES", value_enum)]
+    pub traces: Option<TracesArg>,
+}
+
+/// `--traces`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum TracesArg {
+    /// On when an OTLP endpoint is configured.
+    Auto,
+    /// Never.
+    Off,
+    /// Always.
+    Otlp,
 }
 
 /// `--log-format`.
@@ -179,6 +195,7 @@ impl Options {
             publish_token,
             log,
             log_format,
+            traces,
         ))
     }
 }
@@ -208,6 +225,8 @@ pub struct Config {
     pub log: String,
     /// Log format.
     pub log_format: LogFormat,
+    /// Whether spans are exported.
+    pub traces: TracesMode,
 }
 
 impl Default for Config {
@@ -309,6 +328,11 @@ impl Config {
             log_format: match o.log_format {
                 Some(LogFormatArg::Json) => LogFormat::Json,
                 _ => LogFormat::Text,
+            },
+            traces: match o.traces {
+                Some(TracesArg::Off) => TracesMode::Off,
+                Some(TracesArg::Otlp) => TracesMode::Otlp,
+                Some(TracesArg::Auto) | None => TracesMode::Auto,
             },
         })
     }

@@ -16,11 +16,17 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if let Err(e) = herald_telemetry::init_tracing(&config.log, config.log_format) {
-        eprintln!("herald: {e}");
-        return ExitCode::from(2);
-    }
-    match run(config).await {
+    let telemetry =
+        match herald_telemetry::init(&config.log, config.log_format, config.traces, "herald") {
+            Ok(telemetry) => telemetry,
+            Err(e) => {
+                eprintln!("herald: {e}");
+                return ExitCode::from(2);
+            }
+        };
+    let outcome = run(config).await;
+    telemetry.shutdown().await;
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = ?e, "herald stopped");

@@ -43,6 +43,7 @@ pub(super) fn decode(seq: u64, bytes: &[u8]) -> Result<Event, StoreError> {
         event_type: EventType::new(kind).map_err(corrupt)?,
         data: parse_data(data.to_owned()).map_err(corrupt)?,
         time_ms,
+        trace: None,
     })
 }
 
@@ -78,6 +79,7 @@ mod tests {
             event_type: EventType::new("t").unwrap(),
             data: parse_data("{\"x\": [1, 2]}".into()).unwrap(),
             time_ms: 1234,
+            trace: None,
         };
         let bytes = encode(&event);
         let back = decode(5, &bytes).unwrap();

@@ -1,0 +1,104 @@
+//! Browser-observed delivery latency: `POST /v1/telemetry/lag` and the helper script that feeds it.
+//!
+//! A page (the demo, or any page with `herald-lag.js`) notes, for a sample of the events it shows,
+//! when it rendered each one, and now and then sends `{"samples": [{"id": "<epoch>-<seq>",
+//! "ago_ms": N}]}`: the event's id and how long ago, by the page's own monotonic clock, it was
+//! rendered. The gateway knows when each recent event was published (the hub remembers the last
+//! 65,536), so publish→render = (arrival of the report − `ago_ms`) − publish time, with no
+//! browser clock involved; the report's own trip to the server is counted in (it errs high by
+//! that much). Samples go to `herald_browser_delivery_lag_seconds`.
+//!
+//! The endpoint takes untrusted input: at most [`MAX_SAMPLES`] per request and [`MAX_BODY`]
+//! bytes; a sample with an id of another epoch, an unknown or old event, or an `ago_ms` above
+//! [`MAX_AGO_MS`] is counted as `unknown` or `invalid` and ignored.
+
+use std::sync::Arc;
+
+use axum::{
+    Json,
+    body::Body,
+    extract::State,
+    http::header,
+    response::{IntoResponse, Response},
+};
+use herald_core::EventId;
+use herald_runtime::{ApiError, http::read_json};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::GatewayState;
+
+/// The most samples one report may carry.
+pub const MAX_SAMPLES: usize = 100;
+/// The largest report body, in bytes.
+pub const MAX_BODY: usize = 16 * 1024;
+/// The oldest render a sample may describe.
+pub const MAX_AGO_MS: f64 = 10.0 * 60.0 * 1000.0;
+
+const SCRIPT: &str = include_str!("herald-lag.js");
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Report {
+    samples: Vec<Sample>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Sample {
+    id: String,
+    ago_ms: f64,
+}
+
+/// `POST /v1/telemetry/lag`
+pub(crate) async fn report(
+    State(gw): State<Arc<GatewayState>>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let arrived_ms = crate::hub::now_ms() as f64;
+    let report: Report = read_json(body, MAX_BODY).await?;
+    if report.samples.len() > MAX_SAMPLES {
+        return Err(ApiError::too_large(format!(
+            "the report has {} samples; the limit is {MAX_SAMPLES}",
+            report.samples.len()
+        )));
+    }
+    let (mut accepted, mut unknown, mut invalid) = (0u32, 0u32, 0u32);
+    for sample in &report.samples {
+        let id = sample.id.parse::<EventId>().ok();
+        if id.is_none() || !(0.0..=MAX_AGO_MS).contains(&sample.ago_ms) {
+            invalid += 1;
+            gw.metrics.browser_sample("invalid");
+            continue;
+        }
+        let published = id
+            .filter(|id| id.epoch == gw.hub.epoch())
+            .and_then(|id| gw.hub.published_at(id.seq));
+        let Some(published) = published else {
+            unknown += 1;
+            gw.metrics.browser_sample("unknown");
+            continue;
+        };
+        // A server clock a little behind the publisher's can make it negative: that is zero.
+        let lag_ms = (arrived_ms - sample.ago_ms - published as f64).max(0.0);
+        gw.metrics.browser_lag.observe(lag_ms / 1000.0);
+        gw.metrics.browser_sample("accepted");
+        accepted += 1;
+    }
+    Ok(
+        Json(json!({ "accepted": accepted, "unknown": unknown, "invalid": invalid }))
+            .into_response(),
+    )
+}
+
+/// `GET /herald-lag.js`
+pub(crate) async fn script() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+            (header::CACHE_CONTROL, "public, max-age=3600"),
+        ],
+        SCRIPT,
+    )
+        .into_response()
+}
