@@ -12,3 +12,4 @@ mod mongo;
 mod restarts;
 mod rolling;
 mod tiers;
+mod tracing;

@@ -187,6 +187,17 @@ impl Mongo {
         }
     }
 
+    /// A string field of the event document at `seq` in the `events` collection, if present.
+    pub async fn event_field(&self, seq: u64, field: &str) -> anyhow::Result<Option<String>> {
+        let client = mongodb::Client::with_uri_str(&self.uri).await?;
+        let doc = client
+            .database(&self.database)
+            .collection::<mongodb::bson::Document>("events")
+            .find_one(mongodb::bson::doc! { "_id": seq as i64 })
+            .await?;
+        Ok(doc.and_then(|d| d.get_str(field).ok().map(str::to_owned)))
+    }
+
     /// Always a `secantusd-rs` of this test's own (for tests that restart the server).
     pub async fn start_local() -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
@@ -294,6 +305,15 @@ impl Deployment {
     /// Starts a `herald-gateway`.
     pub async fn gateway(&self, extra: &[&str]) -> anyhow::Result<Service> {
         Service::start("herald-gateway", self, extra, &[]).await
+    }
+
+    /// Starts a `herald-gateway` with more environment.
+    pub async fn gateway_env(
+        &self,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Service> {
+        Service::start("herald-gateway", self, extra, env).await
     }
 }
 

@@ -3,11 +3,13 @@
 //! - [`Herald`]: a `herald` process on a free loopback port with its own data directory, killed
 //!   on drop.
 //! - [`cluster`]: real NATS, MongoDB(-wire) and nginx servers, and the distributed services.
+//! - [`otlp`]: an OTLP/HTTP receiver that decodes the spans services export.
 //! - [`Api`]: the publish and history endpoints.
 //! - [`SseStream`]: an event stream read through the WHATWG decoder in `herald-core`, so tests see
 //!   exactly what a browser would.
 
 pub mod cluster;
+pub mod otlp;
 pub mod process;
 mod sse;
 
