@@ -7,6 +7,7 @@ mod cli;
 mod common;
 mod epoch;
 mod fanout;
+mod metrics;
 mod faults;
 mod mongo;
 mod restarts;

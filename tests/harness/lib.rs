@@ -3,6 +3,7 @@
 //! - [`Herald`]: a `herald` process on a free loopback port with its own data directory, killed
 //!   on drop.
 //! - [`cluster`]: real NATS, MongoDB(-wire) and nginx servers, and the distributed services.
+//! - [`prometheus`]: Debian's Prometheus server scraping the services, and its query API.
 //! - [`otlp`]: an OTLP/HTTP receiver that decodes the spans services export.
 //! - [`Api`]: the publish and history endpoints.
 //! - [`SseStream`]: an event stream read through the WHATWG decoder in `herald-core`, so tests see
@@ -11,6 +12,7 @@
 pub mod cluster;
 pub mod otlp;
 pub mod process;
+pub mod prometheus;
 mod sse;
 
 use std::time::Duration;
