@@ -1,6 +1,7 @@
 //! The demo page in real headless Chromium, driven over WebDriver: the feed shows events published
 //! through the API and through its form, and after the server is killed and restarted the page
-//! catches up, through Last-Event-ID, the events published while it was disconnected.
+//! catches up, through Last-Event-ID, the events published while it was disconnected. The page
+//! also reports its publish→render delays to the gateway.
 
 use std::{process::Stdio, time::Duration};
 
@@ -200,4 +201,92 @@ async fn the_demo_page_shows_live_events_and_catches_up_after_a_restart() {
     assert_eq!(items[9].0, live);
     let _: Value = browser.execute("return 1;", vec![]).await.unwrap();
     browser.close().await.unwrap();
+}
+
+/// Browser-observed delivery latency: the demo page, sampling every event, reports each one's
+/// publish→render delay; the gateway turns the reports into a histogram, and refuses nonsense.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_reports_publish_to_render_lag() {
+    let dir = tempfile::tempdir().unwrap();
+    let profile = tempfile::tempdir().unwrap();
+    let herald = Herald::start(dir.path(), &[]).await.unwrap();
+    let api = herald.api();
+    let driver = ChromeDriver::start().await.unwrap();
+    let browser = driver.browser(profile.path()).await.unwrap();
+    browser
+        .goto(&format!("{}/?lag_sample=1", herald.base))
+        .await
+        .unwrap();
+    wait_until(&browser, "connected", |_, st| st == "caught up 0 events")
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut last = String::new();
+    for n in 0..5 {
+        last = api
+            .publish("scores", json!({"team": "Lag", "score": n}))
+            .await
+            .unwrap()
+            .id();
+    }
+    let epoch = herald_tests::epoch_of(&last).to_owned();
+    wait_until(&browser, "5 events", |items, _| items.len() == 5)
+        .await
+        .unwrap();
+    // The helper posts every 5 s.
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while api
+        .metric(r#"herald_browser_lag_samples_total{result="accepted"}"#)
+        .await
+        .unwrap()
+        < 5.0
+    {
+        assert!(tokio::time::Instant::now() < deadline, "no lag reports");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let count = api
+        .metric("herald_browser_delivery_lag_seconds_count")
+        .await
+        .unwrap();
+    let sum = api
+        .metric("herald_browser_delivery_lag_seconds_sum")
+        .await
+        .unwrap();
+    assert_eq!(count, 5.0);
+    // Each delay is real (above zero) and below the whole run's duration.
+    assert!(
+        sum > 0.0 && sum / 5.0 < started.elapsed().as_secs_f64(),
+        "mean {}",
+        sum / 5.0
+    );
+    browser.close().await.unwrap();
+
+    // Nonsense is counted and ignored; too much is refused.
+    let post = |body: Value| {
+        api.http
+            .post(format!("{}/v1/telemetry/lag", api.base))
+            .json(&body)
+            .send()
+    };
+    let other_epoch = if epoch == "00000001" { "00000002" } else { "00000001" };
+    let res = post(json!({"samples": [
+        {"id": "not-an-id", "ago_ms": 1},
+        {"id": last, "ago_ms": -5},
+        {"id": format!("{epoch}-999999"), "ago_ms": 1},
+        {"id": format!("{other_epoch}-1"), "ago_ms": 1},
+    ]}))
+    .await
+    .unwrap();
+    assert_eq!(res.status(), 200);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body, json!({"accepted": 0, "unknown": 2, "invalid": 2}));
+    let many: Vec<Value> = (0..101).map(|_| json!({"id": last, "ago_ms": 1})).collect();
+    assert_eq!(post(json!({ "samples": many })).await.unwrap().status(), 413);
+    assert_eq!(post(json!({"nope": 1})).await.unwrap().status(), 400);
+    assert_eq!(
+        api.metric("herald_browser_delivery_lag_seconds_count")
+            .await
+            .unwrap(),
+        5.0
+    );
 }
