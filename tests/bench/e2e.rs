@@ -5,7 +5,11 @@
 //! `cargo bench -p herald-tests --bench e2e` (after `tests/servers/install` and a build of the
 //! binaries; `tests/run` does both). Options through the environment: `BENCH_SUBSCRIBERS`
 //! (1000), `BENCH_RATE` (events/s in the latency phase, 50), `BENCH_LATENCY_EVENTS` (200),
-//! `BENCH_BURST_EVENTS` (500).
+//! `BENCH_BURST_EVENTS` (500), `BENCH_ROUNDS` (3).
+//!
+//! The distributed path runs `BENCH_ROUNDS` times with trace export off and as many with it on
+//! (OTLP to an in-process receiver, `parentbased_traceidratio` at 1%), alternating, each on
+//! fresh ingest and gateway processes; the medians and their ratio are printed.
 
 use std::{
     sync::{Arc, Mutex},
@@ -15,6 +19,7 @@ use std::{
 use herald_tests::{
     Api, Herald,
     cluster::{Deployment, Mongo, Nats},
+    otlp::Receiver,
 };
 use serde_json::json;
 use tokio::{sync::Barrier, task::JoinSet};
@@ -33,7 +38,7 @@ fn now_us() -> u64 {
         .as_micros() as u64
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Figures {
     p50_ms: f64,
     p99_ms: f64,
@@ -150,20 +155,44 @@ async fn measure(publish: Api, subscribe: Api, subscribers: usize) -> Figures {
     }
 }
 
+/// The run with the median deliveries/s.
+fn median(mut runs: Vec<Figures>) -> Figures {
+    runs.sort_by(|a, b| a.deliveries_per_s.total_cmp(&b.deliveries_per_s));
+    runs[runs.len() / 2].clone()
+}
+
 #[tokio::main]
 async fn main() {
     let subscribers = env("BENCH_SUBSCRIBERS", 1000);
 
+    let rounds = env("BENCH_ROUNDS", 3).max(1);
     let nats = Nats::start().await.unwrap();
     let mongo = Mongo::start_local().await.unwrap();
     let deployment = Deployment::new(&nats, &mongo, &[]);
-    let ingest = deployment.ingest(&[], &[]).await.unwrap();
-    let gateway = deployment
-        .gateway(&["--max-connections", "20000"])
-        .await
-        .unwrap();
-    let distributed = measure(ingest.api(), gateway.api(), subscribers).await;
-    drop((ingest, gateway));
+    let receiver = Receiver::start().await.unwrap();
+    let traced_env = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint.as_str()),
+        ("OTEL_TRACES_SAMPLER", "parentbased_traceidratio"),
+        ("OTEL_TRACES_SAMPLER_ARG", "0.01"),
+    ];
+    let (mut off, mut on) = (Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        for traced in [false, true] {
+            let env: &[(&str, &str)] = if traced { &traced_env } else { &[] };
+            let ingest = deployment.ingest(&[], env).await.unwrap();
+            let gateway = deployment
+                .gateway_env(&["--max-connections", "20000"], env)
+                .await
+                .unwrap();
+            let figures = measure(ingest.api(), gateway.api(), subscribers).await;
+            if traced { &mut on } else { &mut off }.push(figures);
+        }
+    }
+    // Let the last batch of spans arrive before counting them.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let spans = receiver.count();
+    let distributed = median(off);
+    let traced = median(on);
 
     let dir = tempfile::tempdir().unwrap();
     let herald = Herald::start(dir.path(), &["--max-connections", "20000"])
@@ -176,7 +205,11 @@ async fn main() {
         "{:<13} {:>9} {:>9} {:>9} {:>15} {:>12}",
         "path", "p50 ms", "p99 ms", "max ms", "deliveries/s", "delivered"
     );
-    for (name, f) in [("distributed", &distributed), ("standalone", &standalone)] {
+    for (name, f) in [
+        ("distributed", &distributed),
+        ("traced 1%", &traced),
+        ("standalone", &standalone),
+    ] {
         println!(
             "{name:<13} {:>9.2} {:>9.2} {:>9.2} {:>15.0} {:>12}",
             f.p50_ms,
@@ -186,11 +219,19 @@ async fn main() {
             format!("{}/{}", f.delivered, f.expected)
         );
     }
+    let overhead = traced.deliveries_per_s / distributed.deliveries_per_s;
+    println!(
+        "distributed with trace export on (1% sampled) / off, deliveries/s: {overhead:.3} \
+         (medians of {rounds} rounds each; {spans} spans exported)"
+    );
     println!(
         "{}",
         json!({
             "bench": "e2e",
             "subscribers": subscribers,
+            "rounds": rounds,
+            "traced_1pct": { "p50_ms": traced.p50_ms, "p99_ms": traced.p99_ms, "max_ms": traced.max_ms, "deliveries_per_s": traced.deliveries_per_s, "delivered": traced.delivered, "expected": traced.expected, "spans_exported": spans },
+            "tracing_overhead_ratio": overhead,
             "distributed": { "p50_ms": distributed.p50_ms, "p99_ms": distributed.p99_ms, "max_ms": distributed.max_ms, "deliveries_per_s": distributed.deliveries_per_s, "delivered": distributed.delivered, "expected": distributed.expected },
             "standalone": { "p50_ms": standalone.p50_ms, "p99_ms": standalone.p99_ms, "max_ms": standalone.max_ms, "deliveries_per_s": standalone.deliveries_per_s, "delivered": standalone.delivered, "expected": standalone.expected },
         })

@@ -268,7 +268,11 @@ async fn the_page_reports_publish_to_render_lag() {
             .json(&body)
             .send()
     };
-    let other_epoch = if epoch == "00000001" { "00000002" } else { "00000001" };
+    let other_epoch = if epoch == "00000001" {
+        "00000002"
+    } else {
+        "00000001"
+    };
     let res = post(json!({"samples": [
         {"id": "not-an-id", "ago_ms": 1},
         {"id": last, "ago_ms": -5},
@@ -281,7 +285,10 @@ async fn the_page_reports_publish_to_render_lag() {
     let body: Value = res.json().await.unwrap();
     assert_eq!(body, json!({"accepted": 0, "unknown": 2, "invalid": 2}));
     let many: Vec<Value> = (0..101).map(|_| json!({"id": last, "ago_ms": 1})).collect();
-    assert_eq!(post(json!({ "samples": many })).await.unwrap().status(), 413);
+    assert_eq!(
+        post(json!({ "samples": many })).await.unwrap().status(),
+        413
+    );
     assert_eq!(post(json!({"nope": 1})).await.unwrap().status(), 400);
     assert_eq!(
         api.metric("herald_browser_delivery_lag_seconds_count")

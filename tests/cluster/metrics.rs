@@ -29,10 +29,18 @@ async fn prometheus_sees_what_happened() {
         assert_eq!(res.status, 201);
         ids.push(res.id());
     }
-    let batch: Vec<_> = (0..BATCH).map(|n| json!({ "topic": "m", "data": n })).collect();
-    assert_eq!(ingest.publish_batch(json!(batch)).await.unwrap().status, 201);
+    let batch: Vec<_> = (0..BATCH)
+        .map(|n| json!({ "topic": "m", "data": n }))
+        .collect();
+    assert_eq!(
+        ingest.publish_batch(json!(batch)).await.unwrap().status,
+        201
+    );
     // A refused publish and an idempotent repeat.
-    assert_eq!(ingest.publish("bad topic", json!(1)).await.unwrap().status, 400);
+    assert_eq!(
+        ingest.publish("bad topic", json!(1)).await.unwrap().status,
+        400
+    );
     for _ in 0..2 {
         let res = ingest
             .publish_raw("m", r#"{"data":"keyed"}"#.into(), Some("key-1"))
@@ -53,7 +61,10 @@ async fn prometheus_sees_what_happened() {
     let replayed = published - RESUME_AFTER;
     let (events, _) = resumed.collect(replayed).await.unwrap();
     assert_eq!(events.len(), replayed);
-    let mut malformed = gateway.stream("/v1/stream?topic=m", Some("zz")).await.unwrap();
+    let mut malformed = gateway
+        .stream("/v1/stream?topic=m", Some("zz"))
+        .await
+        .unwrap();
     let resume = malformed.next().await.unwrap().unwrap();
     assert_eq!(resume.event, "herald.resume");
 
@@ -69,26 +80,106 @@ async fn prometheus_sees_what_happened() {
     let expected: Vec<(String, f64)> = [
         ("up", "ingest", "", 1.0),
         ("up", "gateway", "", 1.0),
-        ("herald_events_published_total", "ingest", "", published as f64),
-        ("herald_publish_requests_total", "ingest", r#"outcome="created""#, (SINGLE + 2) as f64),
-        ("herald_publish_requests_total", "ingest", r#"outcome="duplicate""#, 1.0),
-        ("herald_publish_requests_total", "ingest", r#"outcome="rejected""#, 1.0),
-        ("herald_publish_duration_seconds_count", "ingest", "", (SINGLE + 3) as f64),
-        ("herald_events_delivered_total", "gateway", "", delivered as f64),
-        ("herald_events_replayed_total", "gateway", "", replayed as f64),
-        ("herald_resumes_total", "gateway", r#"recovered="true""#, 1.0),
-        ("herald_resumes_total", "gateway", r#"recovered="false",reason="malformed""#, 1.0),
-        ("herald_replay_reads_total", "gateway", r#"tier="jetstream""#, replayed as f64),
-        ("herald_delivery_lag_seconds_count", "gateway", "", published as f64),
-        ("herald_delivery_lag_seconds_bucket", "gateway", r#"le="+Inf""#, published as f64),
+        (
+            "herald_events_published_total",
+            "ingest",
+            "",
+            published as f64,
+        ),
+        (
+            "herald_publish_requests_total",
+            "ingest",
+            r#"outcome="created""#,
+            (SINGLE + 2) as f64,
+        ),
+        (
+            "herald_publish_requests_total",
+            "ingest",
+            r#"outcome="duplicate""#,
+            1.0,
+        ),
+        (
+            "herald_publish_requests_total",
+            "ingest",
+            r#"outcome="rejected""#,
+            1.0,
+        ),
+        (
+            "herald_publish_duration_seconds_count",
+            "ingest",
+            "",
+            (SINGLE + 3) as f64,
+        ),
+        (
+            "herald_events_delivered_total",
+            "gateway",
+            "",
+            delivered as f64,
+        ),
+        (
+            "herald_events_replayed_total",
+            "gateway",
+            "",
+            replayed as f64,
+        ),
+        (
+            "herald_resumes_total",
+            "gateway",
+            r#"recovered="true""#,
+            1.0,
+        ),
+        (
+            "herald_resumes_total",
+            "gateway",
+            r#"recovered="false",reason="malformed""#,
+            1.0,
+        ),
+        (
+            "herald_replay_reads_total",
+            "gateway",
+            r#"tier="jetstream""#,
+            replayed as f64,
+        ),
+        (
+            "herald_delivery_lag_seconds_count",
+            "gateway",
+            "",
+            published as f64,
+        ),
+        (
+            "herald_delivery_lag_seconds_bucket",
+            "gateway",
+            r#"le="+Inf""#,
+            published as f64,
+        ),
         ("herald_connections_open", "gateway", "", open as f64),
-        ("herald_connections_accepted_total", "gateway", "", open as f64),
+        (
+            "herald_connections_accepted_total",
+            "gateway",
+            "",
+            open as f64,
+        ),
         ("herald_subscribers", "gateway", "", open as f64),
         ("herald_subscriber_queued_frames", "gateway", "", 0.0),
         ("herald_hub_pending_events", "gateway", "", 0.0),
-        ("herald_jetstream_consumer_pending", "ingest", r#"consumer="archiver""#, 0.0),
-        ("herald_jetstream_consumer_pending", "gateway", r#"consumer="live""#, 0.0),
-        ("herald_events_archived_total", "ingest", "", published as f64),
+        (
+            "herald_jetstream_consumer_pending",
+            "ingest",
+            r#"consumer="archiver""#,
+            0.0,
+        ),
+        (
+            "herald_jetstream_consumer_pending",
+            "gateway",
+            r#"consumer="live""#,
+            0.0,
+        ),
+        (
+            "herald_events_archived_total",
+            "ingest",
+            "",
+            published as f64,
+        ),
     ]
     .into_iter()
     .map(|(name, job, labels, want)| {
@@ -96,7 +187,10 @@ async fn prometheus_sees_what_happened() {
         (format!(r#"{name}{{job="{job}"{sep}{labels}}}"#), want)
     })
     .chain([
-        ("sum(herald_store_errors_total) or vector(0)".to_owned(), 0.0),
+        (
+            "sum(herald_store_errors_total) or vector(0)".to_owned(),
+            0.0,
+        ),
         ("sum(herald_bus_errors_total) or vector(0)".to_owned(), 0.0),
     ])
     .collect();
@@ -112,7 +206,11 @@ async fn prometheus_sees_what_happened() {
         if wrong.is_empty() {
             break;
         }
-        assert!(Instant::now() < deadline, "after the scrapes:\n{}", wrong.join("\n"));
+        assert!(
+            Instant::now() < deadline,
+            "after the scrapes:\n{}",
+            wrong.join("\n")
+        );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     // The publish latency histogram is cumulative and ends in +Inf (a real parser read it).
@@ -121,6 +219,10 @@ async fn prometheus_sees_what_happened() {
         .await
         .unwrap();
     assert!(buckets.len() > 5, "{buckets:?}");
-    assert!(buckets.iter().any(|(l, v)| l.contains(&"le=+Inf".to_owned()) && *v == (SINGLE + 3) as f64));
+    assert!(
+        buckets
+            .iter()
+            .any(|(l, v)| l.contains(&"le=+Inf".to_owned()) && *v == (SINGLE + 3) as f64)
+    );
     prometheus.stop().await;
 }

@@ -23,7 +23,10 @@ fn otel_env(receiver: &Receiver) -> Vec<(&'static str, String)> {
         ("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint.clone()),
         ("OTEL_BSP_SCHEDULE_DELAY", "100".into()),
         ("OTEL_TRACES_SAMPLER", "parentbased_always_on".into()),
-        ("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment.name=test".into()),
+        (
+            "OTEL_RESOURCE_ATTRIBUTES",
+            "deployment.environment.name=test".into(),
+        ),
     ]
 }
 
@@ -61,8 +64,14 @@ async fn a_publish_and_its_delivery_are_one_trace() {
     let (ingest_api, gateway_api) = (ingest.api(), gateway.api());
 
     // Two subscribers: one socket write is traced, not both.
-    let mut first = gateway_api.stream("/v1/stream?topic=scores", None).await.unwrap();
-    let mut second = gateway_api.stream("/v1/stream?topic=scores", None).await.unwrap();
+    let mut first = gateway_api
+        .stream("/v1/stream?topic=scores", None)
+        .await
+        .unwrap();
+    let mut second = gateway_api
+        .stream("/v1/stream?topic=scores", None)
+        .await
+        .unwrap();
     let traceparent = format!("00-{TRACE_ID}-{CALLER_SPAN}-01");
     let res = ingest_api
         .http
@@ -123,7 +132,10 @@ async fn a_publish_and_its_delivery_are_one_trace() {
     assert!(descends(&trace, producer, server));
     assert_eq!(producer.attr("messaging.system"), "nats");
     assert_eq!(producer.attr("messaging.operation.type"), "send");
-    assert_eq!(producer.attr("messaging.destination.name"), "herald.events.scores");
+    assert_eq!(
+        producer.attr("messaging.destination.name"),
+        "herald.events.scores"
+    );
     assert_eq!(producer.attr("messaging.message.id"), id);
 
     let insert = one(&trace, "mongodb insert", |s| {
@@ -145,7 +157,10 @@ async fn a_publish_and_its_delivery_are_one_trace() {
     );
     assert_eq!(process.attr("messaging.system"), "nats");
     assert_eq!(process.attr("messaging.operation.type"), "process");
-    assert_eq!(process.attr("messaging.destination.name"), "herald.events.scores");
+    assert_eq!(
+        process.attr("messaging.destination.name"),
+        "herald.events.scores"
+    );
     assert_eq!(process.attr("messaging.message.id"), id);
 
     let decode = one(&trace, "decode", |s| s.name == "decode");
@@ -183,9 +198,16 @@ async fn nothing_is_exported_without_an_endpoint_or_with_sampling_off() {
     let ingest = deployment.ingest(&[], &env).await.unwrap();
     // No endpoint: export is off.
     let gateway = deployment.gateway(&[]).await.unwrap();
-    let mut sub = gateway.api().stream("/v1/stream?topic=t", None).await.unwrap();
+    let mut sub = gateway
+        .api()
+        .stream("/v1/stream?topic=t", None)
+        .await
+        .unwrap();
     for n in 0..20 {
-        assert_eq!(ingest.api().publish("t", json!(n)).await.unwrap().status, 201);
+        assert_eq!(
+            ingest.api().publish("t", json!(n)).await.unwrap().status,
+            201
+        );
     }
     sub.collect(20).await.unwrap();
     tokio::time::sleep(Duration::from_millis(600)).await;

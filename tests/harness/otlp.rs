@@ -113,7 +113,12 @@ async fn export(
                     attributes: span
                         .attributes
                         .iter()
-                        .map(|kv| (kv.key.clone(), kv.value.as_ref().map(text).unwrap_or_default()))
+                        .map(|kv| {
+                            (
+                                kv.key.clone(),
+                                kv.value.as_ref().map(text).unwrap_or_default(),
+                            )
+                        })
                         .collect(),
                     links: span
                         .links

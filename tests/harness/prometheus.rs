@@ -30,7 +30,9 @@ impl Prometheus {
     /// Starts a server scraping each `(job, host:port)`.
     pub async fn start(targets: &[(&str, &str)]) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
-        let mut config = String::from("global:\n  scrape_interval: 500ms\n  scrape_timeout: 400ms\nscrape_configs:\n");
+        let mut config = String::from(
+            "global:\n  scrape_interval: 500ms\n  scrape_timeout: 400ms\nscrape_configs:\n",
+        );
         for (job, addr) in targets {
             config.push_str(&format!(
                 "  - job_name: {job}\n    static_configs:\n      - targets: ['{addr}']\n"
@@ -41,7 +43,10 @@ impl Prometheus {
         let port = free_port();
         let child = Command::new(binary())
             .arg(format!("--config.file={}", config_path.display()))
-            .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
             .arg(format!("--web.listen-address=127.0.0.1:{port}"))
             .arg("--log.level=warn")
             .stdout(Stdio::null())
@@ -57,7 +62,11 @@ impl Prometheus {
         };
         let deadline = tokio::time::Instant::now() + PATIENCE;
         loop {
-            let ready = server.http.get(format!("{}/-/ready", server.base)).send().await;
+            let ready = server
+                .http
+                .get(format!("{}/-/ready", server.base))
+                .send()
+                .await;
             if ready.is_ok_and(|r| r.status().is_success()) {
                 return Ok(server);
             }

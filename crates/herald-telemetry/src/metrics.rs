@@ -390,4 +390,40 @@ mod tests {
         assert!(text.contains(r#"herald_connections_closed_total{reason="drain"} 1"#));
         assert!(text.ends_with("# EOF\n"));
     }
+
+    /// Every metric the shipped Grafana dashboard queries exists (names drift otherwise).
+    #[test]
+    fn the_dashboard_queries_only_metrics_that_exist() {
+        let dashboard = include_str!("../../../deploy/grafana/herald-dashboard.json");
+        let m = Metrics::new();
+        // Families with labels appear once they have a sample.
+        m.connection_closed(CloseReason::Client);
+        m.connection_rejected("limit");
+        m.resume(true, "");
+        m.replay_read("jetstream", 1);
+        m.bus_error("feed");
+        m.store_error("read");
+        m.consumer_pending("live", 0);
+        m.publish_request("created");
+        m.browser_sample("accepted");
+        let text = m.render();
+        let mut used = 0;
+        for (start, _) in dashboard.match_indices("herald_") {
+            let name: String = dashboard[start..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            if name == "herald" || name.starts_with("herald_dashboard") {
+                continue;
+            }
+            used += 1;
+            assert!(
+                text.lines()
+                    .any(|l| l.starts_with(&format!("{name}{{"))
+                        || l.starts_with(&format!("{name} "))),
+                "the dashboard queries {name}, which /metrics does not export"
+            );
+        }
+        assert!(used > 20, "{used}");
+    }
 }
