@@ -191,6 +191,13 @@ async fn main() {
     // Let the last batch of spans arrive before counting them.
     tokio::time::sleep(Duration::from_secs(6)).await;
     let spans = receiver.count();
+    let per_round =
+        |runs: &[Figures]| -> Vec<u64> { runs.iter().map(|f| f.deliveries_per_s as u64).collect() };
+    println!(
+        "\ndistributed deliveries/s per round, trace export off: {:?}; on (1%): {:?}",
+        per_round(&off),
+        per_round(&on)
+    );
     let distributed = median(off);
     let traced = median(on);
 

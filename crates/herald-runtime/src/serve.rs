@@ -3,6 +3,7 @@
 use std::{future::Future, sync::Arc, time::Duration};
 
 use anyhow::Context;
+use axum::middleware::Next;
 use axum::{
     Router,
     extract::{MatchedPath, Request},
@@ -12,7 +13,7 @@ use axum::{
 };
 use tokio::net::TcpListener;
 use tower_http::trace::{DefaultOnFailure, TraceLayer};
-use tracing::{Span, field::Empty};
+use tracing::{Instrument, field::Empty};
 
 use crate::{ApiError, Drain, Health, health, listener::TimedListener};
 
@@ -42,16 +43,24 @@ pub async fn serve(
     // logged where they are decided, so the layer reports them only at DEBUG.
     let router = router.layer(
         TraceLayer::new_for_http()
-            .make_span_with(request_span)
-            .on_response(|response: &Response, _: Duration, span: &Span| {
-                let status = response.status();
-                span.record("http.response.status_code", status.as_u16());
-                if status.is_server_error() {
-                    span.record("otel.status_code", "error");
-                }
+            .make_span_with(|request: &Request| {
+                tracing::debug_span!(
+                    "request",
+                    method = %request.method(),
+                    uri = %request.uri(),
+                    version = ?request.version(),
+                )
             })
             .on_failure(DefaultOnFailure::new().level(tracing::Level::DEBUG)),
     );
+    // With trace export on, an HTTP server span per request. It covers the handler, up to the
+    // response head: for a stream, the time to open it, not its hour of life (entering a span on
+    // every poll of a stream's body would cost on every frame written).
+    let router = if herald_telemetry::traces_enabled() {
+        router.layer(axum::middleware::from_fn(server_span))
+    } else {
+        router
+    };
     let watch = drain.watch();
     let server =
         axum::serve(listener, router).with_graceful_shutdown(async move { watch.started().await });
@@ -73,24 +82,17 @@ pub async fn serve(
     Ok(())
 }
 
-/// A request's span. With trace export on, an HTTP server span by the OpenTelemetry conventions
-/// that continues the request's `traceparent`; otherwise the DEBUG span logs have always had.
-fn request_span(request: &Request) -> Span {
-    if !herald_telemetry::traces_enabled() {
-        return tracing::debug_span!(
-            "request",
-            method = %request.method(),
-            uri = %request.uri(),
-            version = ?request.version(),
-        );
-    }
-    let method = request.method().as_str();
+/// The HTTP server span, by the OpenTelemetry conventions, continuing the request's
+/// `traceparent`.
+async fn server_span(request: Request, next: Next) -> Response {
+    let method = request.method().as_str().to_owned();
     let route = request
         .extensions()
         .get::<MatchedPath>()
-        .map_or("", MatchedPath::as_str);
+        .map_or("", MatchedPath::as_str)
+        .to_owned();
     let name = if route.is_empty() {
-        method.to_owned()
+        method.clone()
     } else {
         format!("{method} {route}")
     };
@@ -104,8 +106,8 @@ fn request_span(request: &Request) -> Span {
         otel.name = name.as_str(),
         otel.kind = "server",
         otel.status_code = Empty,
-        http.request.method = method,
-        http.route = route,
+        http.request.method = method.as_str(),
+        http.route = route.as_str(),
         url.path = request.uri().path(),
         url.scheme = "http",
         network.protocol.version = version,
@@ -114,7 +116,13 @@ fn request_span(request: &Request) -> Span {
     if let Some(parent) = herald_telemetry::otel::parent_from_headers(request.headers()) {
         herald_telemetry::otel::set_parent(&span, parent);
     }
-    span
+    let response = next.run(request).instrument(span.clone()).await;
+    let status = response.status();
+    span.record("http.response.status_code", status.as_u16());
+    if status.is_server_error() {
+        span.record("otel.status_code", "error");
+    }
+    response
 }
 
 /// `/healthz`, `/readyz` and `/metrics` (rendered by `metrics`), plus a JSON 404 for anything else.

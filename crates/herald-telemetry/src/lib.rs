@@ -84,8 +84,15 @@ pub fn init(
                 .with_location(false)
                 .with_threads(false)
                 .with_target(false)
+                .with_tracked_inactivity(false)
                 .with_filter(filter_fn(|m| {
-                    m.target().starts_with("herald") && (m.is_span() || *m.level() <= Level::WARN)
+                    m.target().starts_with("herald")
+                        && *m.level()
+                            <= if m.is_span() {
+                                Level::INFO
+                            } else {
+                                Level::WARN
+                            }
                 }))
                 .boxed(),
         );
