@@ -42,16 +42,7 @@ pub async fn serve(
     // Request spans and logs; 5xx answers are deliberate (limits, drain, a backend down) and
     // logged where they are decided, so the layer reports them only at DEBUG.
     let router = router.layer(
-        TraceLayer::new_for_http()
-            .make_span_with(|request: &Request| {
-                tracing::debug_span!(
-                    "request",
-                    method = %request.method(),
-                    uri = %request.uri(),
-                    version = ?request.version(),
-                )
-            })
-            .on_failure(DefaultOnFailure::new().level(tracing::Level::DEBUG)),
+        TraceLayer::new_for_http().on_failure(DefaultOnFailure::new().level(tracing::Level::DEBUG)),
     );
     // With trace export on, an HTTP server span per request. It covers the handler, up to the
     // response head: for a stream, the time to open it, not its hour of life (entering a span on
