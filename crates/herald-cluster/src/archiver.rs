@@ -76,6 +76,7 @@ impl Archiver {
             .await?;
         // A continuous pull; whatever has arrived is written at once, up to BATCH at a time, so
         // the archiver trails JetStream by one MongoDB write, not by a batch timeout.
+        let pending = self.metrics.consumer_pending("archiver");
         let mut chunks = consumer
             .stream()
             .max_messages_per_batch(BATCH)
@@ -89,7 +90,7 @@ impl Archiver {
                 let message = message.map_err(|e| anyhow::anyhow!(e))?;
                 let Ok(info) = message.info() else { continue };
                 let seq = info.stream_sequence;
-                self.metrics.consumer_pending("archiver", info.pending);
+                pending.set(i64::try_from(info.pending).unwrap_or(i64::MAX));
                 match decode(&message.payload, seq, traceparent(message.headers.as_ref())) {
                     Ok(d) => events.push(d.event),
                     Err(e) => {

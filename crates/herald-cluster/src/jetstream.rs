@@ -351,6 +351,7 @@ impl Bus for JetStream {
             .map_err(|e| BusError::Backend(Box::new(e)))?;
         let messages = self.live_from(head + 1).await?;
         let this = self.clone();
+        let pending = self.metrics.consumer_pending("live");
         Ok(Box::pin(async_stream::stream! {
             let mut last = head;
             let mut messages = Some(messages);
@@ -377,7 +378,7 @@ impl Bus for JetStream {
                             continue;
                         }
                         last = seq;
-                        this.metrics.consumer_pending("live", info.pending);
+                        pending.set(i64::try_from(info.pending).unwrap_or(i64::MAX));
                         match this.receive(&message, seq) {
                             Ok(event) => yield event,
                             Err(e) => tracing::warn!(seq, error = %e, "skipping a message that is not a Herald event"),

@@ -47,11 +47,3 @@ pub async fn connect(
     let js = JetStream::connect(config, name, &mongo, metrics).await?;
     Ok((js, mongo))
 }
-
-/// Milliseconds since the Unix epoch.
-pub(crate) fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}

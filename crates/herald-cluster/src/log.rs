@@ -20,7 +20,9 @@ use herald_store::{Appended, Idempotency, StoreError};
 use herald_telemetry::{otel, traces_enabled};
 use tracing::{Instrument, Span, field::Empty};
 
-use crate::{JetStream, Mongo, envelope::subject, now_ms};
+use herald_core::event::now_ms;
+
+use crate::{JetStream, Mongo, envelope::subject};
 
 /// The distributed event log: JetStream, then MongoDB.
 #[derive(Debug, Clone)]

@@ -119,32 +119,13 @@ impl Service {
     }
 }
 
-/// The body of both binaries' `main`: starts logging and trace export as `options` say, runs
-/// `run`, flushes the spans, and turns the outcome into the exit code (2 for a bad log or trace
-/// setting, 1 for a failure, said on stderr).
+/// The body of both binaries' `main` ([`herald_runtime::serve::main`] with these options).
 pub async fn main(
     name: &str,
     options: &ServiceOptions,
     run: impl Future<Output = anyhow::Result<()>>,
 ) -> ExitCode {
-    let telemetry =
-        match herald_telemetry::init(&options.log, options.log_format, options.traces, name) {
-            Ok(telemetry) => telemetry,
-            Err(e) => {
-                eprintln!("{name}: {e}");
-                return ExitCode::from(2);
-            }
-        };
-    let outcome = run.await;
-    telemetry.shutdown().await;
-    match outcome {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!(error = ?e, "{name} stopped");
-            eprintln!("{name}: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    herald_runtime::serve::main(name, &options.log, options.log_format, options.traces, run).await
 }
 
 /// Removes expired MongoDB events and idempotency records every `every`.

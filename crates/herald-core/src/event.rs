@@ -77,6 +77,13 @@ pub fn parse_data(text: String) -> Result<Box<RawValue>, ValidationError> {
     RawValue::from_string(text).map_err(|e| ValidationError::Data(e.to_string()))
 }
 
+/// Now, in milliseconds since the Unix epoch (the unit of [`Event::time_ms`]).
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 /// An event before it has a sequence number.
 #[derive(Debug, Clone)]
 pub struct NewEvent {

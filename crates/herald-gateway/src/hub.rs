@@ -137,11 +137,13 @@ impl Hub {
             metrics,
             recent: Recent::new(),
         });
-        // Queued frames are summed when /metrics is read, not tracked per delivery.
+        // Subscribers and queued frames are counted when /metrics is read, not tracked.
         let weak = Arc::downgrade(&inner);
         inner.metrics.on_render(move || {
             if let Some(inner) = weak.upgrade() {
-                inner.metrics.queued_frames.set(inner.queued_frames());
+                let (subscribers, queued) = inner.census();
+                inner.metrics.subscribers.set(subscribers as i64);
+                inner.metrics.queued_frames.set(queued);
             }
         });
         let sequencer = Sequencer {
@@ -177,7 +179,6 @@ impl Hub {
         } else {
             registry.patterned.push(Arc::clone(&slot));
         }
-        self.inner.metrics.subscribers.inc();
         Subscription {
             slot,
             rx,
@@ -187,10 +188,7 @@ impl Hub {
 
     /// How many subscribers are registered.
     pub fn subscribers(&self) -> usize {
-        let registry = self.inner.registry.read().expect("hub registry");
-        let exact: std::collections::HashSet<u64> =
-            registry.by_topic.values().flatten().map(|s| s.id).collect();
-        exact.len() + registry.patterned.len()
+        self.inner.census().0
     }
 
     /// When the event at `seq` was published (ms since the Unix epoch), if it is recent.
@@ -213,7 +211,7 @@ impl Inner {
             trace: None,
         };
         self.recent.record(event.seq, event.time_ms);
-        let lag_ms = now_ms().saturating_sub(event.time_ms);
+        let lag_ms = herald_core::event::now_ms().saturating_sub(event.time_ms);
         self.metrics.delivery_lag.observe(lag_ms as f64 / 1000.0);
         // A sampled trace gets a fan-out span, and one subscriber's socket write continues it.
         let span = otel::sampled(event.trace).map(|parent| {
@@ -256,18 +254,22 @@ impl Inner {
         self.metrics.events_delivered.inc_by(delivered);
     }
 
-    /// Frames queued for every subscriber now.
-    fn queued_frames(&self) -> i64 {
+    /// How many subscribers are registered, and how many frames are queued for them all.
+    fn census(&self) -> (usize, i64) {
         let registry = self.registry.read().expect("hub registry");
         let mut seen = std::collections::HashSet::new();
-        registry
+        let mut queued = 0;
+        for slot in registry
             .by_topic
             .values()
             .flatten()
             .chain(&registry.patterned)
-            .filter(|s| seen.insert(s.id))
-            .map(|s| (s.tx.max_capacity() - s.tx.capacity()) as i64)
-            .sum()
+        {
+            if seen.insert(slot.id) {
+                queued += (slot.tx.max_capacity() - slot.tx.capacity()) as i64;
+            }
+        }
+        (seen.len(), queued)
     }
 
     fn mark_all_lagged(&self) {
@@ -281,13 +283,6 @@ impl Inner {
             slot.lagged.store(true, Ordering::Release);
         }
     }
-}
-
-/// Milliseconds since the Unix epoch.
-pub(crate) fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// The hub task's state: puts the feed in sequence order.
@@ -428,7 +423,6 @@ impl Subscription {
 
 impl Drop for Subscription {
     fn drop(&mut self) {
-        self.hub.metrics.subscribers.dec();
         let mut registry = self.hub.registry.write().expect("hub registry");
         let id = self.slot.id;
         if self.slot.filter.patterns().is_empty() {

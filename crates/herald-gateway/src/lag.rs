@@ -55,7 +55,7 @@ pub(crate) async fn report(
     State(gw): State<Arc<GatewayState>>,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let arrived_ms = crate::hub::now_ms() as f64;
+    let arrived_ms = herald_core::event::now_ms() as f64;
     let report: Report = read_json(body, MAX_BODY).await?;
     if report.samples.len() > MAX_SAMPLES {
         return Err(ApiError::too_large(format!(

@@ -1,6 +1,6 @@
 //! Serving a router until shutdown, then draining it: shared by every Herald binary.
 
-use std::{future::Future, sync::Arc, time::Duration};
+use std::{future::Future, process::ExitCode, sync::Arc, time::Duration};
 
 use anyhow::Context;
 use axum::middleware::Next;
@@ -24,6 +24,35 @@ pub struct ServeOptions {
     pub write_timeout: Duration,
     /// Time allowed, once a drain starts, for streams to end and requests to finish.
     pub drain_deadline: Duration,
+}
+
+/// The body of every binary's `main`: starts logging and trace export (`service` is the default
+/// `service.name`), runs `run`, flushes the spans, and turns the outcome into the exit code (2 for
+/// a bad log or trace setting, 1 for a failure, said on stderr).
+pub async fn main(
+    name: &str,
+    log: &str,
+    format: herald_telemetry::LogFormat,
+    traces: herald_telemetry::TracesMode,
+    run: impl Future<Output = anyhow::Result<()>>,
+) -> ExitCode {
+    let telemetry = match herald_telemetry::init(log, format, traces, name) {
+        Ok(telemetry) => telemetry,
+        Err(e) => {
+            eprintln!("{name}: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let outcome = run.await;
+    telemetry.shutdown().await;
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = ?e, "{name} stopped");
+            eprintln!("{name}: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// Serves `router` (with request tracing) on `listener` until `shutdown` resolves, then drains: readiness fails and no

@@ -100,11 +100,3 @@ pub trait Store: History {
     /// Flushes and stops background work; later appends fail with [`StoreError::Closed`].
     async fn close(&self) -> Result<(), StoreError>;
 }
-
-/// Milliseconds since the Unix epoch.
-pub(crate) fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}

@@ -7,11 +7,9 @@ use std::{
 };
 
 use async_trait::async_trait;
-use herald_core::{Bounds, Epoch, Event, NewEvent, Topic};
+use herald_core::{Bounds, Epoch, Event, NewEvent, Topic, event::now_ms};
 
-use crate::{
-    Appended, History, Idempotency, Page, ReadQuery, Store, StoreError, StoreOptions, now_ms,
-};
+use crate::{Appended, History, Idempotency, Page, ReadQuery, Store, StoreError, StoreOptions};
 
 /// Events in a B-tree under one lock.
 #[derive(Debug)]

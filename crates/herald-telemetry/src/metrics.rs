@@ -105,7 +105,8 @@ pub struct Metrics {
     replay_reads: Family<TierLabel, Counter>,
     /// Events written to MongoDB by the archiver (they had not been yet, or it could not tell).
     pub events_archived: Counter,
-    /// Subscribers registered with the hub (live connections of this gateway).
+    /// Subscribers registered with the hub (live connections of this gateway), counted at
+    /// scrape time.
     pub subscribers: Gauge,
     /// Publish-to-fan-out lag: from the event's publish time to the hub handing it to subscriber
     /// queues, once per event.
@@ -334,11 +335,12 @@ impl Metrics {
         self.store_errors.get_or_create(&OpLabel { op }).inc();
     }
 
-    /// Sets how many messages a JetStream consumer (`live`, `archiver`) has yet to receive.
-    pub fn consumer_pending(&self, consumer: &'static str, pending: u64) {
+    /// The gauge of how many messages a JetStream consumer (`live`, `archiver`) has yet to
+    /// receive: take it once, set it per message.
+    pub fn consumer_pending(&self, consumer: &'static str) -> Gauge {
         self.consumer_pending
             .get_or_create(&ConsumerLabel { consumer })
-            .set(i64::try_from(pending).unwrap_or(i64::MAX));
+            .clone()
     }
 
     /// Counts a publish request's outcome (`created`, `duplicate`, `rejected`, `unavailable`).
@@ -403,7 +405,7 @@ mod tests {
         m.replay_read("jetstream", 1);
         m.bus_error("feed");
         m.store_error("read");
-        m.consumer_pending("live", 0);
+        m.consumer_pending("live");
         m.publish_request("created");
         m.browser_sample("accepted");
         let text = m.render();

@@ -16,24 +16,8 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let telemetry =
-        match herald_telemetry::init(&config.log, config.log_format, config.traces, "herald") {
-            Ok(telemetry) => telemetry,
-            Err(e) => {
-                eprintln!("herald: {e}");
-                return ExitCode::from(2);
-            }
-        };
-    let outcome = run(config).await;
-    telemetry.shutdown().await;
-    match outcome {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!(error = ?e, "herald stopped");
-            eprintln!("herald: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    let (log, format, traces) = (config.log.clone(), config.log_format, config.traces);
+    herald_runtime::serve::main("herald", &log, format, traces, run(config)).await
 }
 
 async fn run(config: Config) -> anyhow::Result<()> {

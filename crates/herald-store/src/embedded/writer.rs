@@ -10,7 +10,8 @@ use super::{
     BY_TOPIC, Command, EVENTS, IDEMPOTENCY, IDEMPOTENCY_EXPIRY, META, META_BYTES, META_EPOCH,
     META_HEAD, META_LAST_TIME, META_TRIMMED, Shared, codec,
 };
-use crate::{Appended, Idempotency, StoreError, StoreOptions, now_ms};
+use crate::{Appended, Idempotency, StoreError, StoreOptions};
+use herald_core::event::now_ms;
 
 /// The most appends committed together.
 const MAX_GROUP: usize = 1024;
