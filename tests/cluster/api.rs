@@ -1,6 +1,7 @@
 //! The HTTP API of the distributed services matches standalone: batches are all or nothing with
-//! consecutive ids, idempotency keys answer the first result (or 422), limits hold, and the
-//! gateway serves history and the demo page.
+//! consecutive ids, idempotency keys answer the first result (or 422), limits hold, the gateway
+//! (and the ingest) serve history, the gateway the demo page, and with `--admin-listen` the
+//! probes, metrics and the preStop hook move to the admin listener.
 
 use herald_tests::seq_of;
 use serde_json::json;
@@ -99,8 +100,75 @@ async fn batches_keys_limits_history_and_the_demo_page() {
         .map(|e| e["data"].to_string())
         .collect();
     assert_eq!(data, ["1", "\"three\"", "1", "\"three\"", "5"]);
+    // The ingest answers the same history, so an Ingress may route the whole /v1/topics/
+    // resource (publish and read back) to it.
+    let (status, from_ingest) = ingest
+        .get_json("/v1/topics/a/events?limit=10")
+        .await
+        .unwrap();
+    assert!(status.is_success());
+    assert_eq!(from_ingest, history);
     let page = gateway.get_text("/").await.unwrap();
     assert!(page.contains("EventSource"));
     let (status, _) = gateway.get_json("/readyz").await.unwrap();
     assert!(status.is_success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_listener_has_the_ops_routes_and_the_prestop_hook() {
+    let cluster = Cluster::start(0, 0, &[]).await;
+    let gateway = cluster
+        .deployment
+        .gateway(&["--admin-listen", "127.0.0.1:0", "--prestop-delay", "300ms"])
+        .await
+        .unwrap();
+    let (api, admin) = (gateway.api(), gateway.admin_api());
+    for path in ["/healthz", "/readyz", "/metrics", "/prestop"] {
+        let res = api
+            .http
+            .get(format!("{}{path}", api.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 404, "{path} is served on the public port");
+    }
+    let (status, _) = admin.get_json("/readyz").await.unwrap();
+    assert_eq!(status, 200);
+    assert!(
+        admin
+            .get_text("/metrics")
+            .await
+            .unwrap()
+            .contains("herald_connections_open")
+    );
+    // The stream API stays on the public port.
+    let mut stream = api.stream("/v1/stream?topic=a", None).await.unwrap();
+
+    let started = std::time::Instant::now();
+    let (status, body) = admin.get_json("/prestop").await.unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(body["withdrawn"], true);
+    assert!(body["waited_ms"].as_u64().unwrap() >= 300);
+    assert!(started.elapsed() >= std::time::Duration::from_millis(300));
+    // Withdrawn: not ready, still alive, still serving its streams until SIGTERM.
+    let (status, readyz) = admin.get_json("/readyz").await.unwrap();
+    assert_eq!(status, 503, "{readyz}");
+    assert_eq!(readyz["withdrawn"], true);
+    let (status, _) = admin.get_json("/healthz").await.unwrap();
+    assert_eq!(status, 200);
+    let published = cluster_publish(&cluster).await;
+    let (events, _) = stream.collect(1).await.unwrap();
+    assert_eq!(events[0].id, published);
+}
+
+/// Publishes one event on topic `a` through a fresh ingest; its id.
+async fn cluster_publish(cluster: &Cluster) -> String {
+    let ingest = cluster.deployment.ingest(&[], &[]).await.unwrap();
+    let p = ingest
+        .api()
+        .publish("a", json!("after prestop"))
+        .await
+        .unwrap();
+    assert_eq!(p.status, 201, "{}", p.body);
+    p.id()
 }

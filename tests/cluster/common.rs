@@ -1,7 +1,6 @@
 //! A deployment for one test, subscribers that resume like a browser, and the checks.
 
 use std::{
-    collections::HashMap,
     sync::{
         Arc, Mutex,
         atomic::{AtomicUsize, Ordering},
@@ -138,6 +137,9 @@ pub(crate) struct Seen {
     pub(crate) seqs: Vec<u64>,
     pub(crate) reconnects: usize,
     pub(crate) verdicts: Vec<String>,
+    /// For each time a stream ended or failed: how long until the next stream was open again
+    /// (the reconnection delay, refused attempts and the new stream's response head).
+    pub(crate) gaps: Vec<Duration>,
 }
 
 /// A subscriber that behaves like EventSource: on any end or error it reconnects (through the
@@ -154,8 +156,19 @@ pub(crate) struct Subscriber {
 pub(crate) static OPENED: AtomicUsize = AtomicUsize::new(0);
 
 impl Subscriber {
-    /// Starts following `filter` through `api`, resuming after `from`.
+    /// Starts following `filter` through `api`, resuming after `from`; reconnects 50 ms after a
+    /// stream ends (100 ms after a refused attempt).
     pub(crate) fn start(api: Api, filter: Vec<&'static str>, from: String) -> Self {
+        Self::spawn(api, filter, from, false)
+    }
+
+    /// The same, waiting before each reconnection as a browser's EventSource does: the stream's
+    /// last `retry:` value (3 s until one arrived, the usual browser default).
+    pub(crate) fn start_like_browser(api: Api, filter: Vec<&'static str>, from: String) -> Self {
+        Self::spawn(api, filter, from, true)
+    }
+
+    fn spawn(api: Api, filter: Vec<&'static str>, from: String, honour_retry: bool) -> Self {
         let after = seq_of(&from);
         let (target, mut target_rx) = watch::channel(None::<usize>);
         let path = format!(
@@ -170,6 +183,15 @@ impl Subscriber {
             let mut seen = Seen::default();
             let mut last = from;
             let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+            let mut retry = Duration::from_secs(3);
+            let mut lost_at: Option<tokio::time::Instant> = None;
+            let delay = |retry: Duration, fallback: u64| {
+                if honour_retry {
+                    retry
+                } else {
+                    Duration::from_millis(fallback)
+                }
+            };
             'connect: loop {
                 if let Some(t) = *target_rx.borrow()
                     && seen.seqs.len() >= t
@@ -186,15 +208,22 @@ impl Subscriber {
                     Ok(s) => s,
                     Err(_) => {
                         seen.reconnects += 1;
-                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        lost_at.get_or_insert_with(tokio::time::Instant::now);
+                        tokio::time::sleep(delay(retry, 100)).await;
                         continue;
                     }
                 };
+                if let Some(at) = lost_at.take() {
+                    seen.gaps.push(at.elapsed());
+                }
                 loop {
                     let next = tokio::select! {
                         n = stream.next_within(Duration::from_secs(30)) => n,
                         _ = target_rx.changed() => continue 'connect,
                     };
+                    if let Some(ms) = stream.decoder().retry() {
+                        retry = Duration::from_millis(ms);
+                    }
                     match next {
                         Ok(Some(ev)) if ev.event == "herald.resume" => seen.verdicts.push(ev.data),
                         Ok(Some(ev)) if ev.event.starts_with("herald.") => {}
@@ -209,7 +238,8 @@ impl Subscriber {
                         }
                         Ok(None) | Err(_) => {
                             seen.reconnects += 1;
-                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            lost_at = Some(tokio::time::Instant::now());
+                            tokio::time::sleep(delay(retry, 50)).await;
                             continue 'connect;
                         }
                     }
@@ -235,19 +265,28 @@ impl Subscriber {
 
 /// Checks every subscriber got exactly its events, in one strictly increasing order.
 pub(crate) async fn check_all(subscribers: Vec<Subscriber>, acked: &Acked) -> usize {
-    let mut reconnects = 0;
-    let mut per_filter: HashMap<String, usize> = HashMap::new();
+    check_each(subscribers, acked)
+        .await
+        .iter()
+        .map(|seen| seen.reconnects)
+        .sum()
+}
+
+/// The same, answering what each subscriber saw. Counts, then asserts, per subscriber: events
+/// missing, duplicated and out of order (all must be zero), and resumes that did not recover.
+pub(crate) async fn check_each(subscribers: Vec<Subscriber>, acked: &Acked) -> Vec<Seen> {
+    let mut all = Vec::with_capacity(subscribers.len());
     for sub in subscribers {
         let name = sub.filter.join(",");
         let (expected, seen) = sub.finish(acked).await;
-        assert!(
-            seen.seqs.windows(2).all(|w| w[0] < w[1]),
-            "{name}: ids not strictly increasing"
-        );
+        let distinct: std::collections::BTreeSet<u64> = seen.seqs.iter().copied().collect();
+        let duplicates = seen.seqs.len() - distinct.len();
+        let missing = expected.iter().filter(|s| !distinct.contains(s)).count();
+        let out_of_order = seen.seqs.windows(2).filter(|w| w[0] >= w[1]).count();
         assert_eq!(
-            seen.seqs.len(),
-            expected.len(),
-            "{name}: wrong number of events"
+            (missing, duplicates, out_of_order),
+            (0, 0, 0),
+            "{name}: (missing, duplicated, out of order) events"
         );
         assert_eq!(seen.seqs, expected, "{name}: not exactly its events");
         assert!(
@@ -257,10 +296,9 @@ pub(crate) async fn check_all(subscribers: Vec<Subscriber>, acked: &Acked) -> us
             "{name}: a resume was not recovered: {:?}",
             seen.verdicts
         );
-        reconnects += seen.reconnects;
-        *per_filter.entry(name).or_default() += 1;
+        all.push(seen);
     }
-    reconnects
+    all
 }
 
 /// The head id now, from a throwaway publish (subscribers resume after it).

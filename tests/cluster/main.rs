@@ -10,6 +10,7 @@ mod fanout;
 mod faults;
 mod metrics;
 mod mongo;
+mod rehearsal;
 mod restarts;
 mod rolling;
 mod tiers;

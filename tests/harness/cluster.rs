@@ -23,7 +23,7 @@ use tokio::{
 
 use crate::{
     Api, PATIENCE,
-    process::{retry_on_port, send_sigterm},
+    process::{retry_on_port, send_signal, send_sigterm},
 };
 
 /// A free loopback port (bound and released; the server binds it next).
@@ -324,6 +324,8 @@ pub struct Service {
     name: &'static str,
     /// `http://127.0.0.1:PORT`
     pub base: String,
+    /// The admin listener's `http://127.0.0.1:PORT`, when started with `--admin-listen`.
+    pub admin: Option<String>,
     args: Vec<String>,
     env: Vec<(String, String)>,
     /// Lines the process wrote to stderr (logs, fault-injection notices).
@@ -383,18 +385,30 @@ impl Service {
             }
         });
         let mut lines = BufReader::new(child.stdout.take().context("stdout")?).lines();
-        let line = tokio::time::timeout(PATIENCE, lines.next_line())
-            .await
-            .with_context(|| format!("{name} did not start in time"))??
-            .with_context(|| format!("{name} exited before listening"))?;
-        let Some(base) = line.strip_prefix(&format!("{name} listening on ")) else {
-            bail!("unexpected first line from {name}: {line:?}");
+        // `<name> listening on URL`, then `<name> admin listening on URL` when asked for.
+        let mut announced = async |what: &str| -> anyhow::Result<String> {
+            let prefix = format!("{name} {what} on ");
+            let line = tokio::time::timeout(PATIENCE, lines.next_line())
+                .await
+                .with_context(|| format!("{name}: no {what:?} line in time"))??
+                .with_context(|| format!("{name} exited before {what:?}"))?;
+            match line.strip_prefix(&prefix) {
+                Some(url) => Ok(url.to_owned()),
+                None => bail!("{name}: expected {prefix:?}, got {line:?}"),
+            }
+        };
+        let base = announced("listening").await?;
+        let admin = if args.iter().any(|a| a == "--admin-listen") {
+            Some(announced("admin listening").await?)
+        } else {
+            None
         };
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
         Ok(Self {
             child,
             name,
-            base: base.to_owned(),
+            base,
+            admin,
             args,
             env,
             stderr,
@@ -404,6 +418,16 @@ impl Service {
     /// A client for this process.
     pub fn api(&self) -> Api {
         Api::new(self.base.clone())
+    }
+
+    /// A client for the admin listener (started with `--admin-listen`).
+    pub fn admin_api(&self) -> Api {
+        Api::new(self.admin.clone().expect("started without --admin-listen"))
+    }
+
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
     }
 
     /// `HOST:PORT`
@@ -468,7 +492,8 @@ pub struct Nginx {
     child: Child,
     /// `http://127.0.0.1:PORT`
     pub base: String,
-    _dir: TempDir,
+    port: u16,
+    dir: TempDir,
 }
 
 impl Nginx {
@@ -481,23 +506,9 @@ impl Nginx {
             std::os::unix::fs::PermissionsExt::from_mode(0o755),
         )?;
         let port = free_port();
-        let template = std::fs::read_to_string(
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/nginx/herald.conf"),
-        )?;
-        let servers = |addrs: &[&str]| {
-            addrs
-                .iter()
-                .map(|a| format!("server {a} max_fails=0;"))
-                .collect::<Vec<_>>()
-                .join("\n    ")
-        };
-        let site = template
-            .replace("{{listen}}", &format!("127.0.0.1:{port}"))
-            .replace("{{gateways}}", &servers(gateways))
-            .replace("{{ingests}}", &servers(ingests));
-        std::fs::write(dir.path().join("herald.conf"), site)?;
+        Self::render(dir.path(), port, gateways, ingests)?;
         let main = format!(
-            "worker_processes 1;\npid {pid};\nerror_log stderr crit;\nevents {{ worker_connections 4096; }}\nhttp {{\n  access_log off;\n  include {site};\n}}\n",
+            "worker_processes 1;\npid {pid};\nerror_log stderr crit;\nevents {{ worker_connections 8192; }}\nhttp {{\n  access_log off;\n  include {site};\n}}\n",
             pid = dir.path().join("nginx.pid").display(),
             site = dir.path().join("herald.conf").display(),
         );
@@ -518,8 +529,40 @@ impl Nginx {
         Ok(Self {
             child,
             base: format!("http://127.0.0.1:{port}"),
-            _dir: dir,
+            port,
+            dir,
         })
+    }
+
+    /// Writes `deploy/nginx/herald.conf` rendered for these upstreams into `dir`.
+    fn render(dir: &Path, port: u16, gateways: &[&str], ingests: &[&str]) -> anyhow::Result<()> {
+        let template = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/nginx/herald.conf"),
+        )?;
+        let servers = |addrs: &[&str]| {
+            addrs
+                .iter()
+                .map(|a| format!("server {a} max_fails=0;"))
+                .collect::<Vec<_>>()
+                .join("\n    ")
+        };
+        let site = template
+            .replace("{{listen}}", &format!("127.0.0.1:{port}"))
+            .replace("{{gateways}}", &servers(gateways))
+            .replace("{{ingests}}", &servers(ingests));
+        std::fs::write(dir.join("herald.conf"), site)?;
+        Ok(())
+    }
+
+    /// Changes the upstreams and reloads (SIGHUP), as an ingress controller does when endpoints
+    /// change: new connections go to the new set, open streams stay where they are.
+    pub async fn set_upstreams(&self, gateways: &[&str], ingests: &[&str]) -> anyhow::Result<()> {
+        Self::render(self.dir.path(), self.port, gateways, ingests)?;
+        let pid = self.child.id().context("nginx is not running")?;
+        anyhow::ensure!(send_signal(pid, "HUP"), "kill -HUP nginx failed");
+        // The master starts new workers on the new configuration within milliseconds.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        Ok(())
     }
 
     /// A client through the load balancer.

@@ -25,6 +25,16 @@ pub struct Herald {
     args: Vec<String>,
 }
 
+/// A process's resident memory in KiB, from /proc (0 once it is gone).
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
 /// The `herald` binary: `$HERALD_BIN`, or `herald` beside the test binary's `deps/` directory.
 pub fn herald_bin() -> PathBuf {
     if let Some(bin) = std::env::var_os("HERALD_BIN") {
@@ -98,13 +108,7 @@ impl Herald {
 
     /// Resident memory in KiB, from /proc.
     pub fn rss_kib(&self) -> u64 {
-        let status =
-            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap_or(0)
+        rss_kib(self.pid())
     }
 
     /// `kill -9`, and waits for the process to be gone.
@@ -149,8 +153,13 @@ impl Herald {
 
 /// Sends SIGTERM to `pid`; whether `kill` succeeded.
 pub(crate) fn send_sigterm(pid: u32) -> bool {
+    send_signal(pid, "TERM")
+}
+
+/// `kill -<signal> <pid>`; whether it was delivered.
+pub(crate) fn send_signal(pid: u32, signal: &str) -> bool {
     std::process::Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
+        .args([&format!("-{signal}"), &pid.to_string()])
         .status()
         .is_ok_and(|s| s.success())
 }

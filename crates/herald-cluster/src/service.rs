@@ -5,10 +5,11 @@ use std::{future::Future, net::SocketAddr, process::ExitCode, sync::Arc, time::D
 
 use anyhow::Context;
 use axum::Router;
+use axum::http::StatusCode;
 use herald_runtime::{
-    Drain, Health,
+    ApiError, Drain, Health,
     config::parse_duration,
-    serve::{ServeOptions, ops_routes, serve},
+    serve::{ServeOptions, admin_routes, ops_routes, serve, spawn_admin},
 };
 use herald_telemetry::{LogFormat, Metrics, TracesMode};
 use tokio::task::JoinHandle;
@@ -32,6 +33,14 @@ pub struct ServiceOptions {
         default_value = "127.0.0.1:8080"
     )]
     pub listen: SocketAddr,
+    /// Serve /healthz, /readyz, /metrics and the preStop hook /prestop on this address instead of
+    /// on --listen (on Kubernetes: the probes' and Prometheus' port, never behind a Service).
+    #[arg(long, env = "HERALD_ADMIN_LISTEN", value_name = "ADDR")]
+    pub admin_listen: Option<SocketAddr>,
+    /// How long GET /prestop (admin listener) waits, readiness already failing, before it answers
+    /// and the kubelet sends SIGTERM: the time load balancers take to drop the endpoint.
+    #[arg(long, env = "HERALD_PRESTOP_DELAY", value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
+    pub prestop_delay: Duration,
     /// A connection whose peer accepts no bytes for this long is closed.
     #[arg(long, env = "HERALD_WRITE_TIMEOUT", value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
     pub write_timeout: Duration,
@@ -84,13 +93,31 @@ impl Service {
             let metrics = Arc::clone(&metrics);
             Arc::new(move || metrics.render())
         };
-        let router = self.router.merge(ops_routes(health, render));
+        // The service address first: its line is the first one printed.
         let listener = tokio::net::TcpListener::bind(options.listen)
             .await
             .with_context(|| format!("binding {}", options.listen))?;
         let addr = listener.local_addr().context("reading the bound address")?;
         tracing::info!(%addr, "listening");
         println!("{name} listening on http://{addr}");
+        let router = match options.admin_listen {
+            None => self.router.merge(ops_routes(health, render)),
+            Some(admin) => {
+                let admin_listener = tokio::net::TcpListener::bind(admin)
+                    .await
+                    .with_context(|| format!("binding the admin address {admin}"))?;
+                let addr = admin_listener
+                    .local_addr()
+                    .context("reading the bound address")?;
+                tracing::info!(%addr, "admin listening");
+                println!("{name} admin listening on http://{addr}");
+                let routes = admin_routes(health, render, options.prestop_delay);
+                tasks.push(spawn_admin(admin_listener, routes));
+                self.router.fallback(|| async {
+                    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+                })
+            }
+        };
         let served = serve(
             listener,
             router,
@@ -120,12 +147,26 @@ impl Service {
 }
 
 /// The body of both binaries' `main` ([`herald_runtime::serve::main`] with these options).
+///
+/// The process exits as soon as `run` has drained and the spans are flushed, without tearing the
+/// runtime down: that would drop the MongoDB driver's connection-pool workers in an arbitrary
+/// order while another task may still be checking a connection out, which the driver answers
+/// with a panic (seen in the rollout rehearsal; mongo-rust-driver issue 847). Nothing is left to
+/// do by then: streams are closed, requests answered, NATS flushed.
 pub async fn main(
     name: &str,
     options: &ServiceOptions,
     run: impl Future<Output = anyhow::Result<()>>,
 ) -> ExitCode {
-    herald_runtime::serve::main(name, &options.log, options.log_format, options.traces, run).await
+    let code = herald_runtime::serve::exit_code(
+        name,
+        &options.log,
+        options.log_format,
+        options.traces,
+        run,
+    )
+    .await;
+    std::process::exit(code.into())
 }
 
 /// Removes expired MongoDB events and idempotency records every `every`.

@@ -39,7 +39,7 @@ pub(crate) async fn page(
         }
         None => gw.config.demo_topic.clone(),
     };
-    let (bounds, events) = crate::history::read(&gw, &topic, None, RENDERED).await?;
+    let (bounds, events) = crate::history::read(&gw.history, &topic, None, RENDERED).await?;
     let resume_from = events
         .last()
         .map_or(EventId::new(bounds.epoch, bounds.head), |e| {

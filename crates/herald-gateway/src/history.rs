@@ -4,22 +4,54 @@
 //! Without `after`, the newest `limit` events (oldest first). With `after`, the events that follow
 //! it. `head` is the id to resume from when no event was returned, so nothing published between
 //! this read and the EventSource connecting is missed.
+//!
+//! The route is a [`HistoryReader`] of its own, so that a process without a hub can serve it too:
+//! `herald-ingest` does, which lets a load balancer that routes by path only (a Kubernetes
+//! Ingress) send the whole `/v1/topics/` resource, publish and read, to the ingests.
 
 use std::sync::Arc;
 
 use axum::{
-    Json,
+    Json, Router,
     extract::{Path, Query, State},
     http::StatusCode,
     response::{IntoResponse, Response},
+    routing::get,
 };
 use herald_core::{Bounds, Event, EventId, ResumeReason, ResumeVerdict, Topic, TopicFilter};
 use herald_runtime::ApiError;
 use herald_store::ReadQuery;
+use herald_telemetry::Metrics;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use crate::GatewayState;
+use crate::History as Store;
+
+/// Reads a topic's history: the route's state.
+#[derive(Debug, Clone)]
+pub struct HistoryReader {
+    store: Arc<dyn Store>,
+    metrics: Arc<Metrics>,
+    limit: usize,
+}
+
+impl HistoryReader {
+    /// A reader over `store` returning at most `limit` events per request.
+    pub fn new(store: Arc<dyn Store>, metrics: Arc<Metrics>, limit: usize) -> Self {
+        Self {
+            store,
+            metrics,
+            limit: limit.max(1),
+        }
+    }
+
+    /// `GET /v1/topics/{topic}/events`.
+    pub fn router(self) -> Router {
+        Router::new()
+            .route("/v1/topics/{topic}/events", get(list))
+            .with_state(self)
+    }
+}
 
 /// Events returned when `limit` is not given.
 const DEFAULT_LIMIT: usize = 100;
@@ -69,18 +101,15 @@ pub struct History<'a> {
     pub head: EventId,
 }
 
-pub(crate) async fn list(
-    State(gw): State<Arc<GatewayState>>,
+async fn list(
+    State(reader): State<HistoryReader>,
     Path(topic): Path<String>,
     Query(params): Query<Params>,
 ) -> Result<Response, ApiError> {
     let topic =
         Topic::new(&topic).map_err(|e| ApiError::bad_request("invalid_topic", e.to_string()))?;
-    let limit = params
-        .limit
-        .unwrap_or(DEFAULT_LIMIT)
-        .clamp(1, gw.config.history_limit);
-    let (bounds, events) = read(&gw, &topic, params.after.as_deref(), limit).await?;
+    let limit = params.limit.unwrap_or(DEFAULT_LIMIT).clamp(1, reader.limit);
+    let (bounds, events) = read(&reader, &topic, params.after.as_deref(), limit).await?;
     let history = History {
         events: events.iter().map(|e| EventJson::new(&bounds, e)).collect(),
         head: EventId::new(bounds.epoch, bounds.head),
@@ -91,17 +120,17 @@ pub(crate) async fn list(
 
 /// Reads the bounds first, then the events, so `head` never runs ahead of what was read.
 pub(crate) async fn read(
-    gw: &GatewayState,
+    reader: &HistoryReader,
     topic: &Topic,
     after: Option<&str>,
     limit: usize,
 ) -> Result<(Bounds, Vec<Arc<Event>>), ApiError> {
-    let bounds = gw.store.bounds().await.map_err(|e| {
-        gw.metrics.store_error("bounds");
+    let bounds = reader.store.bounds().await.map_err(|e| {
+        reader.metrics.store_error("bounds");
         ApiError::internal(&e)
     })?;
     let events = match after {
-        None => gw.store.latest(topic, limit).await,
+        None => reader.store.latest(topic, limit).await,
         Some(after) => {
             let after = match ResumeVerdict::judge(after, bounds) {
                 ResumeVerdict::Recovered { after } => after,
@@ -118,11 +147,11 @@ pub(crate) async fn read(
                 after,
                 limit,
             };
-            gw.store.read(query).await.map(|page| page.events)
+            reader.store.read(query).await.map(|page| page.events)
         }
     };
     let events = events.map_err(|e| {
-        gw.metrics.store_error("read");
+        reader.metrics.store_error("read");
         ApiError::internal(&e)
     })?;
     Ok((bounds, events))

@@ -89,6 +89,7 @@ pub struct GatewayState {
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) drain: DrainWatch,
     pub(crate) connections: AtomicUsize,
+    pub(crate) history: history::HistoryReader,
 }
 
 /// A running gateway: its hub and its routes.
@@ -118,8 +119,14 @@ impl Gateway {
             config.gap_timeout,
             Arc::clone(&metrics),
         );
+        let history = history::HistoryReader::new(
+            Arc::clone(&store),
+            Arc::clone(&metrics),
+            config.history_limit,
+        );
         Ok(Self {
             state: Arc::new(GatewayState {
+                history,
                 config,
                 store,
                 hub,
@@ -140,10 +147,10 @@ impl Gateway {
         Router::new()
             .route("/", get(demo::page))
             .route("/v1/stream", get(stream::v1))
-            .route("/v1/topics/{topic}/events", get(history::list))
             .route("/api/updates", get(stream::compat))
             .route("/v1/telemetry/lag", post(lag::report))
             .route("/herald-lag.js", get(lag::script))
             .with_state(Arc::clone(&self.state))
+            .merge(self.state.history.clone().router())
     }
 }

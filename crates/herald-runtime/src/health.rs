@@ -1,10 +1,20 @@
 //! Liveness and readiness.
 //!
 //! `/healthz` answers 200 while the process can answer at all. `/readyz` answers 200 only while the
-//! process is not draining and every registered check passes, so a load balancer stops sending new
-//! clients as soon as a drain starts.
+//! process is not draining, has not been withdrawn, and every registered check passes, so a load
+//! balancer stops sending new clients as soon as a drain starts.
+//!
+//! Withdrawal ([`Health::withdraw`]) is the step before a drain, taken by a Kubernetes `preStop`
+//! hook: readiness fails so the endpoint is removed from the load balancers, while the process still
+//! accepts connections and keeps its streams until SIGTERM starts the drain.
 
-use std::{fmt, sync::Arc};
+use std::{
+    fmt,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+};
 
 use axum::{Json, http::StatusCode, response::IntoResponse};
 use serde_json::json;
@@ -23,6 +33,7 @@ pub trait Check: Send + Sync + fmt::Debug {
 #[derive(Debug, Clone)]
 pub struct Health {
     drain: DrainWatch,
+    withdrawn: Arc<AtomicBool>,
     checks: Vec<Arc<dyn Check>>,
 }
 
@@ -31,8 +42,21 @@ impl Health {
     pub fn new(drain: DrainWatch) -> Self {
         Self {
             drain,
+            withdrawn: Arc::new(AtomicBool::new(false)),
             checks: Vec::new(),
         }
+    }
+
+    /// Fails readiness from now on (every clone sees it), without draining. Idempotent.
+    pub fn withdraw(&self) {
+        if !self.withdrawn.swap(true, Ordering::Relaxed) {
+            tracing::info!("withdrawn: readiness fails until the process stops");
+        }
+    }
+
+    /// Whether [`Self::withdraw`] was called.
+    pub fn is_withdrawn(&self) -> bool {
+        self.withdrawn.load(Ordering::Relaxed)
     }
 
     /// Adds a dependency check.
@@ -43,7 +67,7 @@ impl Health {
 
     /// Whether new clients should be sent here.
     pub fn is_ready(&self) -> bool {
-        !self.drain.is_draining() && self.checks.iter().all(|c| c.ready())
+        !self.drain.is_draining() && !self.is_withdrawn() && self.checks.iter().all(|c| c.ready())
     }
 
     /// The `/readyz` answer.
@@ -55,16 +79,20 @@ impl Health {
             .map(|c| c.name())
             .collect();
         let draining = self.drain.is_draining();
-        let status = if draining || !failing.is_empty() {
+        let withdrawn = self.is_withdrawn();
+        let status = if draining || withdrawn || !failing.is_empty() {
             StatusCode::SERVICE_UNAVAILABLE
         } else {
             StatusCode::OK
         };
         (
             status,
-            Json(
-                json!({ "ready": status == StatusCode::OK, "draining": draining, "failing": failing }),
-            ),
+            Json(json!({
+                "ready": status == StatusCode::OK,
+                "draining": draining,
+                "withdrawn": withdrawn,
+                "failing": failing,
+            })),
         )
     }
 }

@@ -36,21 +36,33 @@ pub async fn main(
     traces: herald_telemetry::TracesMode,
     run: impl Future<Output = anyhow::Result<()>>,
 ) -> ExitCode {
+    ExitCode::from(exit_code(name, log, format, traces, run).await)
+}
+
+/// [`main`], answering the exit code as a number (for a binary that exits with
+/// [`std::process::exit`] rather than by tearing its runtime down).
+pub async fn exit_code(
+    name: &str,
+    log: &str,
+    format: herald_telemetry::LogFormat,
+    traces: herald_telemetry::TracesMode,
+    run: impl Future<Output = anyhow::Result<()>>,
+) -> u8 {
     let telemetry = match herald_telemetry::init(log, format, traces, name) {
         Ok(telemetry) => telemetry,
         Err(e) => {
             eprintln!("{name}: {e}");
-            return ExitCode::from(2);
+            return 2;
         }
     };
     let outcome = run.await;
     telemetry.shutdown().await;
     match outcome {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(()) => 0,
         Err(e) => {
             tracing::error!(error = ?e, "{name} stopped");
             eprintln!("{name}: {e:#}");
-            ExitCode::FAILURE
+            1
         }
     }
 }
@@ -143,6 +155,41 @@ async fn server_span(request: Request, next: Next) -> Response {
         span.record("otel.status_code", "error");
     }
     response
+}
+
+/// The admin listener's routes: [`ops_routes`] plus `/prestop`, the Kubernetes `preStop` hook.
+/// `GET` or `POST /prestop` withdraws the process from readiness at once and answers after
+/// `prestop_delay`, long enough for the load balancers to drop the endpoint; the kubelet then sends
+/// SIGTERM, which starts the drain. Never expose this listener through a Service.
+pub fn admin_routes(
+    health: Health,
+    metrics: Arc<dyn Fn() -> String + Send + Sync>,
+    prestop_delay: Duration,
+) -> Router {
+    let withdraw = health.clone();
+    let prestop = move || {
+        let health = withdraw.clone();
+        async move {
+            let asked = std::time::Instant::now();
+            health.withdraw();
+            tokio::time::sleep(prestop_delay).await;
+            axum::Json(serde_json::json!({
+                "withdrawn": true,
+                "waited_ms": asked.elapsed().as_millis() as u64,
+            }))
+        }
+    };
+    ops_routes(health, metrics).route("/prestop", get(prestop.clone()).post(prestop))
+}
+
+/// Serves the admin routes on `listener` until the process ends (they stay up through the drain, so
+/// probes and scrapes keep answering).
+pub fn spawn_admin(listener: TcpListener, router: Router) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, router).await {
+            tracing::error!(error = %e, "the admin listener failed");
+        }
+    })
 }
 
 /// `/healthz`, `/readyz` and `/metrics` (rendered by `metrics`), plus a JSON 404 for anything else.

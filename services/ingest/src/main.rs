@@ -7,10 +7,11 @@ use std::{process::ExitCode, sync::Arc};
 use anyhow::Context;
 use clap::{ArgAction, Parser};
 use herald_cluster::{
-    Archiver, ClusterLog, ClusterOptions,
+    Archiver, ClusterLog, ClusterOptions, Tiered,
     service::{Service, ServiceOptions, trim_periodically},
 };
 use herald_core::Topic;
+use herald_gateway::{GatewayConfig, history::HistoryReader};
 use herald_ingest::{AllowAll, BearerToken, IngestConfig};
 use herald_runtime::{Drain, config::parse_bytes};
 use herald_telemetry::Metrics;
@@ -22,9 +23,11 @@ use herald_telemetry::Metrics;
     version,
     about = "Herald ingest: the publish API, committing events to NATS JetStream and MongoDB.",
     long_about = "Herald ingest: the publish API (POST /v1/topics/{topic}/events, POST /v1/events, \
-        PUT /api/post-update). A publish is answered 201 once JetStream has acknowledged it (the \
-        commit point: it has its sequence and reaches every gateway) and MongoDB holds it. Every \
-        option can also be set with the HERALD_* variable shown."
+        PUT /api/post-update) and a topic's history (GET /v1/topics/{topic}/events, as on the \
+        gateways, so a path-only router can send all of /v1/topics/ here). A publish is answered \
+        201 once JetStream has acknowledged it (the commit point: it has its sequence and reaches \
+        every gateway) and MongoDB holds it. Every option can also be set with the HERALD_* \
+        variable shown."
 )]
 struct Options {
     #[command(flatten)]
@@ -98,8 +101,14 @@ async fn run(options: Options) -> anyhow::Result<()> {
         let archiver = Archiver::new(&js, &cluster.stream, mongo.clone(), Arc::clone(&metrics));
         tasks.push(tokio::spawn(archiver.run()));
     }
+    // The topic's history too, so an Ingress can route the whole /v1/topics/ resource here.
+    let history = HistoryReader::new(
+        Arc::new(Tiered::new(js.clone(), mongo.clone(), Arc::clone(&metrics))),
+        Arc::clone(&metrics),
+        GatewayConfig::default().history_limit,
+    );
     let service = Service {
-        router: herald_ingest::router(ingest, log, Arc::clone(&metrics)),
+        router: herald_ingest::router(ingest, log, Arc::clone(&metrics)).merge(history.router()),
         tasks,
     };
     service
