@@ -34,7 +34,7 @@ pub struct ServiceOptions {
     )]
     pub listen: SocketAddr,
     /// Serve /healthz, /readyz, /metrics and the preStop hook /prestop on this address instead of
-    /// on --listen (on Kubernetes: the probes' and Prometheus' port, never behind a Service).
+    /// on --listen (on Kubernetes: the probes' and Prometheus' port, never behind the Ingress).
     #[arg(long, env = "HERALD_ADMIN_LISTEN", value_name = "ADDR")]
     pub admin_listen: Option<SocketAddr>,
     /// How long GET /prestop (admin listener) waits, readiness already failing, before it answers

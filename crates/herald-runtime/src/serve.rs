@@ -160,7 +160,8 @@ async fn server_span(request: Request, next: Next) -> Response {
 /// The admin listener's routes: [`ops_routes`] plus `/prestop`, the Kubernetes `preStop` hook.
 /// `GET` or `POST /prestop` withdraws the process from readiness at once and answers after
 /// `prestop_delay`, long enough for the load balancers to drop the endpoint; the kubelet then sends
-/// SIGTERM, which starts the drain. Never expose this listener through a Service.
+/// SIGTERM, which starts the drain. Never expose this listener through the Ingress or any public
+/// load balancer.
 pub fn admin_routes(
     health: Health,
     metrics: Arc<dyn Fn() -> String + Send + Sync>,
