@@ -26,6 +26,7 @@ use std::{
 use herald_tests::{
     Api,
     cluster::{Deployment, Nginx, Service},
+    env_file,
     process::rss_kib,
 };
 use serde_json::json;
@@ -42,21 +43,13 @@ const ENDPOINT_LAG: Duration = Duration::from_secs(1);
 /// `terminationGracePeriodSeconds` in k8s/base/{gateway,ingest}.yaml.
 const GRACE: Duration = Duration::from_secs(45);
 
-/// `KEY=VALUE` lines of a kustomize env file, comments and blank lines skipped.
-fn env_file(name: &str) -> Vec<(String, String)> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../k8s/base/config")
-        .join(name);
-    std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .map(|l| {
-            let (k, v) = l.split_once('=').expect("KEY=VALUE");
-            (k.to_owned(), v.to_owned())
-        })
-        .collect()
+/// A ConfigMap's env file from `k8s/base/config`.
+fn config(name: &str) -> Vec<(String, String)> {
+    env_file(
+        &Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../k8s/base/config")
+            .join(name),
+    )
 }
 
 /// One Deployment: how to start a pod, and the pods serving now.
@@ -69,9 +62,9 @@ struct Pool {
 }
 
 impl Pool {
-    fn new(kind: &'static str, config: &str) -> Self {
-        let mut env = env_file("cluster.env");
-        env.extend(env_file(config));
+    fn new(kind: &'static str, file: &str) -> Self {
+        let mut env = config("cluster.env");
+        env.extend(config(file));
         Self {
             kind,
             env,

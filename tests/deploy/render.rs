@@ -1,9 +1,14 @@
 //! Rendering overlays with `kubectl kustomize`, and the repository's files.
 
 use std::{
+    collections::BTreeMap,
     path::{Path, PathBuf},
     process::Command,
+    sync::Mutex,
 };
+
+use herald_tests::cluster::{cache_dir, server_bin};
+pub(crate) use herald_tests::env_file;
 
 use serde_json::Value;
 
@@ -15,22 +20,9 @@ pub(crate) fn repo() -> PathBuf {
         .to_path_buf()
 }
 
-/// A tool from the environment or the test servers' virtualenv.
+/// A tool `tests/servers/install` put in its virtualenv (or `$var`).
 pub(crate) fn tool(var: &str, name: &str) -> PathBuf {
-    let bin = std::env::var_os(var).map(PathBuf::from).unwrap_or_else(|| {
-        let cache = std::env::var_os("HERALD_CACHE")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| {
-                PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache/herald")
-            });
-        cache.join("venv/bin").join(name)
-    });
-    assert!(
-        bin.exists(),
-        "{} is missing: run tests/servers/install (tests/run does), or set {var}",
-        bin.display()
-    );
-    bin
+    server_bin(var, cache_dir().join("venv/bin").join(name))
 }
 
 /// The overlays every check runs on.
@@ -60,9 +52,14 @@ pub(crate) fn render(dir: &Path) -> Vec<Object> {
     parse_documents(&String::from_utf8(out.stdout).expect("UTF-8"))
 }
 
-/// An overlay of the repository's `k8s/`.
+/// An overlay of the repository's `k8s/`, rendered once for all the tests.
 pub(crate) fn overlay(name: &str) -> Vec<Object> {
-    render(&repo().join("k8s/overlays").join(name))
+    static RENDERED: Mutex<BTreeMap<String, Vec<Object>>> = Mutex::new(BTreeMap::new());
+    let mut rendered = RENDERED.lock().unwrap_or_else(|e| e.into_inner());
+    rendered
+        .entry(name.to_owned())
+        .or_insert_with(|| render(&repo().join("k8s/overlays").join(name)))
+        .clone()
 }
 
 /// Every document of a YAML stream, as JSON values with kind and name.
@@ -94,22 +91,6 @@ pub(crate) fn find<'a>(objects: &'a [Object], kind: &str, name: &str) -> &'a Obj
         .iter()
         .find(|o| o.kind == kind && o.name == name)
         .unwrap_or_else(|| panic!("no {kind} {name}"))
-}
-
-/// `KEY=VALUE` lines of a kustomize env file (comments and blank lines skipped).
-pub(crate) fn env_file(path: &Path) -> Vec<(String, String)> {
-    std::fs::read_to_string(path)
-        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .map(|l| {
-            let (k, v) = l
-                .split_once('=')
-                .unwrap_or_else(|| panic!("{}: not KEY=VALUE: {l}", path.display()));
-            (k.to_owned(), v.to_owned())
-        })
-        .collect()
 }
 
 /// `BIN --help` of a Herald binary built beside the tests.

@@ -34,7 +34,8 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-fn cache_dir() -> PathBuf {
+/// Where `tests/servers/install` puts what it installs: `$HERALD_CACHE` or `~/.cache/herald`.
+pub fn cache_dir() -> PathBuf {
     std::env::var_os("HERALD_CACHE")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
@@ -42,8 +43,8 @@ fn cache_dir() -> PathBuf {
         })
 }
 
-/// A server binary from the environment or its install place.
-fn server_bin(var: &str, default: PathBuf) -> PathBuf {
+/// A server or tool binary from the environment (`var`) or its install place.
+pub fn server_bin(var: &str, default: PathBuf) -> PathBuf {
     let bin = std::env::var_os(var).map(PathBuf::from).unwrap_or(default);
     assert!(
         bin.exists(),

@@ -23,6 +23,23 @@ pub use sse::SseStream;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
+/// The `KEY=VALUE` lines of a kustomize env file (`k8s/base/config/*.env`), comments and blank
+/// lines skipped, in order.
+pub fn env_file(path: &std::path::Path) -> Vec<(String, String)> {
+    std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|l| {
+            let (k, v) = l
+                .split_once('=')
+                .unwrap_or_else(|| panic!("{}: not KEY=VALUE: {l}", path.display()));
+            (k.to_owned(), v.to_owned())
+        })
+        .collect()
+}
+
 /// How long a test waits for anything before failing.
 pub const PATIENCE: Duration = Duration::from_secs(20);
 
