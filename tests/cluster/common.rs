@@ -135,6 +135,8 @@ pub(crate) async fn publish_until_acked(
 #[derive(Debug, Default)]
 pub(crate) struct Seen {
     pub(crate) seqs: Vec<u64>,
+    /// Each event's data, in the order of `seqs`.
+    pub(crate) data: Vec<String>,
     pub(crate) reconnects: usize,
     pub(crate) verdicts: Vec<String>,
     /// For each time a stream ended or failed: how long until the next stream was open again
@@ -229,6 +231,7 @@ impl Subscriber {
                         Ok(Some(ev)) if ev.event.starts_with("herald.") => {}
                         Ok(Some(ev)) => {
                             seen.seqs.push(seq_of(&ev.id));
+                            seen.data.push(ev.data);
                             last = ev.id;
                             if let Some(t) = *target_rx.borrow()
                                 && seen.seqs.len() >= t
@@ -257,9 +260,15 @@ impl Subscriber {
     /// Tells the subscriber how many events it should end with, and waits for it.
     pub(crate) async fn finish(self, acked: &Acked) -> (Vec<u64>, Seen) {
         let expected = acked.expected(&self.filter, self.after);
-        self.target.send(Some(expected.len())).unwrap();
-        let seen = self.task.await.unwrap();
+        let seen = self.collect(expected.len()).await;
         (expected, seen)
+    }
+
+    /// Waits for the subscriber to have `events` events (it fails the test after its deadline)
+    /// and answers what it saw.
+    pub(crate) async fn collect(self, events: usize) -> Seen {
+        self.target.send(Some(events)).unwrap();
+        self.task.await.unwrap()
     }
 }
 

@@ -3,6 +3,7 @@
 //! processes.
 
 mod api;
+mod bridge;
 mod cli;
 mod common;
 mod epoch;
@@ -10,6 +11,7 @@ mod fanout;
 mod faults;
 mod metrics;
 mod mongo;
+mod redis_bus;
 mod rehearsal;
 mod restarts;
 mod rolling;

@@ -1,10 +1,11 @@
 //! Real servers for the distributed tests, each on a free loopback port with its own data
 //! directory, killed and removed on drop: `nats-server -js`, the MongoDB-wire server
-//! `secantusd-rs` (or the real MongoDB at `$HERALD_TEST_MONGODB_URI`), nginx, and Herald's
-//! `herald-ingest` and `herald-gateway`.
+//! `secantusd-rs` (or the real MongoDB at `$HERALD_TEST_MONGODB_URI`), nginx, `redis-server`, and
+//! Herald's `herald-ingest`, `herald-gateway` and `herald-redis-bridge`.
 //!
 //! The servers come from `tests/servers/install` (run by `tests/run`), found through
-//! `$HERALD_NATS_SERVER`, `$HERALD_SECANTUSD`, `$HERALD_NGINX`, or their default install places.
+//! `$HERALD_NATS_SERVER`, `$HERALD_SECANTUSD`, `$HERALD_NGINX`, `$HERALD_REDIS`, or their default
+//! install places.
 
 use std::{
     net::TcpListener,
@@ -162,6 +163,71 @@ impl Nats {
     }
 }
 
+/// Debian's `redis-server` with its own directory. It keeps an append-only file synced on every
+/// write, so a restart (even `kill -9`) keeps its streams: the setting the Streams option of the
+/// bridge needs to be lossless across Redis restarts.
+#[derive(Debug)]
+pub struct Redis {
+    child: Child,
+    /// The port.
+    pub port: u16,
+    dir: TempDir,
+}
+
+impl Redis {
+    /// Starts a server.
+    pub async fn start() -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let port = free_port();
+        let child = Self::spawn(port, dir.path()).await?;
+        Ok(Self { child, port, dir })
+    }
+
+    async fn spawn(port: u16, dir: &Path) -> anyhow::Result<Child> {
+        let bin = server_bin("HERALD_REDIS", PathBuf::from("/usr/bin/redis-server"));
+        let child = Command::new(bin)
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--dir"])
+            .arg(dir)
+            .args([
+                "--save",
+                "",
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting redis-server")?;
+        wait_port(port).await?;
+        Ok(child)
+    }
+
+    /// `redis://127.0.0.1:PORT`
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// A client.
+    pub fn client(&self) -> redis::Client {
+        redis::Client::open(self.url()).expect("a valid URL")
+    }
+
+    /// `kill -9`, and waits for it to be gone.
+    pub async fn stop(&mut self) {
+        kill(&mut self.child);
+        let _ = self.child.wait().await;
+    }
+
+    /// A new server on the same port and directory (after [`Self::stop`]).
+    pub async fn resume(&mut self) -> anyhow::Result<()> {
+        self.child = Self::spawn(self.port, self.dir.path()).await?;
+        Ok(())
+    }
+}
+
 /// A MongoDB for one test: a `secantusd-rs` of its own, or a fresh database on the real server
 /// at `$HERALD_TEST_MONGODB_URI`.
 #[derive(Debug)]
@@ -288,6 +354,21 @@ pub struct Deployment {
 }
 
 impl Deployment {
+    /// A deployment in the Redis bus mode: no NATS (the URL given points at a closed port), every
+    /// process told `--bus redis --redis-url` this Redis, and `shared`.
+    pub fn redis_bus(redis: &Redis, mongo: &Mongo, shared: &[&str]) -> Self {
+        let mut flags = vec!["--bus", "redis", "--redis-url"];
+        let url = redis.url();
+        flags.push(&url);
+        flags.extend_from_slice(shared);
+        Self {
+            nats_url: "nats://127.0.0.1:1".to_owned(),
+            mongodb_uri: mongo.uri.clone(),
+            database: mongo.database.clone(),
+            shared: flags.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
     /// A deployment over these servers.
     pub fn new(nats: &Nats, mongo: &Mongo, shared: &[&str]) -> Self {
         Self {
@@ -306,6 +387,12 @@ impl Deployment {
     /// Starts a `herald-gateway`.
     pub async fn gateway(&self, extra: &[&str]) -> anyhow::Result<Service> {
         Service::start("herald-gateway", self, extra, &[]).await
+    }
+
+    /// Starts a `herald-redis-bridge` (`--listen`, NATS and MongoDB set; Redis and the rest in
+    /// `extra`).
+    pub async fn bridge(&self, extra: &[&str]) -> anyhow::Result<Service> {
+        Service::start("herald-redis-bridge", self, extra, &[]).await
     }
 
     /// Starts a `herald-gateway` with more environment.

@@ -149,13 +149,20 @@ impl Api {
             .await?)
     }
 
-    /// `GET /metrics` and the value of one sample line (`name{labels}`), 0 when absent.
+    /// `GET /metrics` and the value of one sample line (`name{labels}`): 0 for a labelled sample
+    /// not counted yet, an error for an unlabelled one that is absent (a wrong name).
     pub async fn metric(&self, sample: &str) -> anyhow::Result<f64> {
         let text = self.get_text("/metrics").await?;
-        Ok(text
+        if let Some(value) = text
             .lines()
             .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')?.parse().ok())
-            .unwrap_or(0.0))
+        {
+            return Ok(value);
+        }
+        // A labelled sample not counted yet is absent (so is its whole family until one is):
+        // it reads 0. A metric without labels is always there: absent, the name is wrong.
+        anyhow::ensure!(sample.contains('{'), "the server has no metric {sample}");
+        Ok(0.0)
     }
 
     /// Opens `GET path` as an event stream, with an optional Last-Event-ID header.

@@ -59,7 +59,13 @@ fn covers(wide: &str, narrow: &str) -> bool {
 }
 
 /// Encodes a new event for the bus.
-pub fn encode(event: &NewEvent, epoch: Epoch, time_ms: u64, fingerprint: u64) -> Bytes {
+pub fn encode(
+    event: &NewEvent,
+    epoch: Epoch,
+    time_ms: u64,
+    fingerprint: u64,
+    origin: Origin,
+) -> Bytes {
     Envelope {
         topic: event.topic.as_str().to_owned(),
         r#type: if event.event_type == EventType::default() {
@@ -71,7 +77,7 @@ pub fn encode(event: &NewEvent, epoch: Epoch, time_ms: u64, fingerprint: u64) ->
         time_ms,
         epoch: epoch.0,
         fingerprint,
-        origin: Origin::HttpUnspecified as i32,
+        origin: origin as i32,
     }
     .encode_to_vec()
     .into()
@@ -100,6 +106,8 @@ pub struct Decoded {
     pub fingerprint: u64,
     /// The epoch the ingest published in.
     pub epoch: Epoch,
+    /// Where the event entered Herald.
+    pub origin: Origin,
 }
 
 /// Decodes a bus message stored at `seq`, published in the trace `trace` (its `traceparent`).
@@ -109,6 +117,7 @@ pub fn decode(
     trace: Option<TraceContext>,
 ) -> Result<Decoded, DecodeError> {
     let envelope = Envelope::decode(payload)?;
+    let origin = envelope.origin();
     let data = String::from_utf8(envelope.data).map_err(|_| DecodeError::Utf8)?;
     let event_type = if envelope.r#type.is_empty() {
         EventType::default()
@@ -126,6 +135,7 @@ pub fn decode(
         }),
         fingerprint: envelope.fingerprint,
         epoch: Epoch(envelope.epoch),
+        origin,
     })
 }
 
@@ -142,7 +152,7 @@ mod tests {
             event_type: EventType::new("goal").unwrap(),
             data: RawValue::from_string(r#"{"a": [1, 2]}"#.into()).unwrap(),
         };
-        let bytes = encode(&new, Epoch(7), 1234, 99);
+        let bytes = encode(&new, Epoch(7), 1234, 99, Origin::Redis);
         let d = decode(&bytes, 42, None).unwrap();
         assert_eq!(d.event.seq, 42);
         assert_eq!(d.event.topic.as_str(), "scores.home");
@@ -152,6 +162,7 @@ mod tests {
             (d.event.time_ms, d.fingerprint, d.epoch),
             (1234, 99, Epoch(7))
         );
+        assert_eq!(d.origin, Origin::Redis);
         assert!(decode(b"\xff\xff", 1, None).is_err());
     }
 

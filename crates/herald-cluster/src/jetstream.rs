@@ -16,6 +16,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use herald_bus::{Bus, BusError, Feed};
 use herald_core::{Epoch, Event, EventId, NewEvent, TopicFilter, TraceContext};
+use herald_proto::Origin;
 use herald_store::{Page, StoreError};
 use herald_telemetry::{Metrics, otel};
 use serde_json::Value;
@@ -122,6 +123,7 @@ impl JetStream {
         fingerprint: u64,
         time_ms: u64,
         trace: Option<TraceContext>,
+        origin: Origin,
     ) -> Result<Published, StoreError> {
         match batch {
             [] => Ok(Published {
@@ -129,10 +131,13 @@ impl JetStream {
                 duplicate: false,
             }),
             [event] => {
-                self.publish_one(event, key, fingerprint, time_ms, trace)
+                self.publish_one(event, key, fingerprint, time_ms, trace, origin)
                     .await
             }
-            _ => self.publish_batch(batch, fingerprint, time_ms, trace).await,
+            _ => {
+                self.publish_batch(batch, fingerprint, time_ms, trace, origin)
+                    .await
+            }
         }
     }
 
@@ -143,9 +148,15 @@ impl JetStream {
         fingerprint: u64,
         time_ms: u64,
         trace: Option<TraceContext>,
+        origin: Origin,
     ) -> Result<Published, StoreError> {
-        let mut message =
-            PublishMessage::build().payload(encode(event, self.epoch, time_ms, fingerprint));
+        let mut message = PublishMessage::build().payload(encode(
+            event,
+            self.epoch,
+            time_ms,
+            fingerprint,
+            origin,
+        ));
         if let Some(key) = key {
             message = message.message_id(key);
         }
@@ -181,6 +192,7 @@ impl JetStream {
         fingerprint: u64,
         time_ms: u64,
         trace: Option<TraceContext>,
+        origin: Origin,
     ) -> Result<Published, StoreError> {
         let traceparent = trace.map(|t| t.to_string());
         let batch_id = format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..));
@@ -197,7 +209,7 @@ impl JetStream {
             if let Some(traceparent) = &traceparent {
                 headers.insert(TRACEPARENT, traceparent.as_str());
             }
-            let payload = encode(event, self.epoch, time_ms, fingerprint);
+            let payload = encode(event, self.epoch, time_ms, fingerprint, origin);
             let subject = subject(&event.topic);
             if n == 1 || n == last {
                 let reply = tokio::time::timeout(

@@ -11,6 +11,8 @@
 //! - [`tiered`]: replay from JetStream while the id is inside its retention, from MongoDB before.
 //! - [`log`]: the ingest's commit path: JetStream ack, then MongoDB, then `201`.
 //! - [`archiver`]: a durable JetStream consumer that writes every event MongoDB lacks.
+//! - [`redis_bus`]: the Redis bus mode: MongoDB sequences and keeps events, Redis Pub/Sub carries
+//!   them, gateways fill what Redis loses from MongoDB.
 //! - [`health`]: readiness checks for NATS and MongoDB.
 //! - [`service`]: the process around either service: options, ops routes, serving and draining.
 
@@ -21,6 +23,7 @@ pub mod jetstream;
 pub mod log;
 pub mod mongo;
 pub mod options;
+pub mod redis_bus;
 pub mod service;
 pub mod stream;
 pub mod tiered;

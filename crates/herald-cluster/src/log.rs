@@ -16,6 +16,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use herald_core::{Event, EventId, NewEvent};
 use herald_ingest::EventLog;
+use herald_proto::Origin;
 use herald_store::{Appended, Idempotency, StoreError};
 use herald_telemetry::{otel, traces_enabled};
 use tracing::{Instrument, Span, field::Empty};
@@ -29,12 +30,23 @@ use crate::{JetStream, Mongo, envelope::subject};
 pub struct ClusterLog {
     js: JetStream,
     mongo: Mongo,
+    origin: Origin,
 }
 
 impl ClusterLog {
-    /// A log over a stream and a database.
+    /// A log over a stream and a database, for the HTTP publish API.
     pub fn new(js: JetStream, mongo: Mongo) -> Self {
-        Self { js, mongo }
+        Self {
+            js,
+            mongo,
+            origin: Origin::HttpUnspecified,
+        }
+    }
+
+    /// The same log, marking its events as entered from `origin` (the Redis bridge's), so that
+    /// no bridge sends them back where they came from.
+    pub fn with_origin(self, origin: Origin) -> Self {
+        Self { origin, ..self }
     }
 }
 
@@ -83,7 +95,7 @@ impl ClusterLog {
         let trace = otel::trace_of(&span);
         let published = self
             .js
-            .publish(&batch, key, fingerprint, time_ms, trace)
+            .publish(&batch, key, fingerprint, time_ms, trace, self.origin)
             .instrument(span.clone())
             .await?;
         if let Some(&first) = published.seqs.first() {

@@ -74,19 +74,22 @@ pub struct Service {
 }
 
 impl Service {
-    /// Serves until SIGTERM/SIGINT, then drains. Prints `<name> listening on http://ADDR`.
+    /// Serves until SIGTERM/SIGINT, then drains. Prints `<name> listening on http://ADDR`. Ready
+    /// while MongoDB and, when the service uses it, NATS are reachable.
     pub async fn run(
         self,
         name: &str,
         options: &ServiceOptions,
-        js: &JetStream,
+        nats: Option<&JetStream>,
         mongo: &Mongo,
         metrics: Arc<Metrics>,
         drain: Drain,
     ) -> anyhow::Result<()> {
-        let health = Health::new(drain.watch())
-            .with_check(Arc::new(NatsCheck(js.clone())))
-            .with_check(Arc::new(MongoCheck(mongo.clone())));
+        let mut health = Health::new(drain.watch());
+        if let Some(js) = nats {
+            health = health.with_check(Arc::new(NatsCheck(js.clone())));
+        }
+        let health = health.with_check(Arc::new(MongoCheck(mongo.clone())));
         let mut tasks = self.tasks;
         tasks.push(tokio::spawn(ping_mongo(mongo.clone(), PING_EVERY)));
         let render = {
@@ -138,7 +141,9 @@ impl Service {
         for task in tasks {
             task.abort();
         }
-        if let Err(e) = js.client().flush().await {
+        if let Some(js) = nats
+            && let Err(e) = js.client().flush().await
+        {
             tracing::warn!(error = %e, "flushing the NATS connection failed");
         }
         tracing::info!("drained");

@@ -255,8 +255,9 @@ fn idempotency(headers: &HeaderMap, events: &[NewEvent]) -> Result<Option<Idempo
     }))
 }
 
-/// FNV-1a over every event's topic, type and data: stable across processes and versions.
-fn fingerprint(events: &[NewEvent]) -> u64 {
+/// The fingerprint of a publish, for idempotency: FNV-1a over every event's topic, type and
+/// data, stable across processes and versions.
+pub fn fingerprint(events: &[NewEvent]) -> u64 {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     for e in events {
         for part in [e.topic.as_str(), e.event_type.as_str(), e.data.get()] {

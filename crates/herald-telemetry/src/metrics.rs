@@ -45,6 +45,12 @@ struct TierLabel {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct BridgeLabel {
+    direction: &'static str,
+    outcome: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct OpLabel {
     op: &'static str,
 }
@@ -122,6 +128,9 @@ pub struct Metrics {
     store_errors: Family<OpLabel, Counter>,
     consumer_pending: Family<ConsumerLabel, Gauge>,
     publish_requests: Family<OutcomeLabel, Counter>,
+    bridged: Family<BridgeLabel, Counter>,
+    /// Events the Redis bus mode's poll read from MongoDB because no Redis message brought them.
+    pub redis_polled: Counter,
     hooks: Mutex<Vec<RenderHook>>,
 }
 
@@ -168,6 +177,8 @@ impl Metrics {
             store_errors: Family::default(),
             consumer_pending: Family::default(),
             publish_requests: Family::default(),
+            bridged: Family::default(),
+            redis_polled: Counter::default(),
             hooks: Mutex::default(),
         };
         let mut registry = Registry::with_prefix("herald");
@@ -292,8 +303,27 @@ impl Metrics {
             "Publish requests, by outcome (created, duplicate, rejected, unavailable)",
             m.publish_requests.clone(),
         );
+        r.register(
+            "bridge_messages",
+            "Messages the Redis bridge handled, by direction (from_redis, to_redis) and outcome \
+             (published, duplicate, skipped_loop, skipped_topic, invalid, failed)",
+            m.bridged.clone(),
+        );
+        r.register(
+            "redis_bus_polled_events",
+            "Events the gateway's poll of MongoDB found with no Redis message for them \
+             (`--bus redis`: lost at the tail of the feed, or during a Redis outage)",
+            m.redis_polled.clone(),
+        );
         m.registry = registry;
         m
+    }
+
+    /// Counts a message the Redis bridge handled.
+    pub fn bridged(&self, direction: &'static str, outcome: &'static str) {
+        self.bridged
+            .get_or_create(&BridgeLabel { direction, outcome })
+            .inc();
     }
 
     /// Counts a connection that ended.

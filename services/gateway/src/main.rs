@@ -7,7 +7,8 @@ use std::{process::ExitCode, sync::Arc};
 use anyhow::Context;
 use clap::Parser;
 use herald_cluster::{
-    ClusterOptions, Tiered,
+    ClusterOptions, Mongo, Tiered,
+    redis_bus::{self, BusKind, BusOptions, MongoHistory, RedisBus},
     service::{Service, ServiceOptions},
 };
 use herald_core::Topic;
@@ -20,18 +21,25 @@ use herald_telemetry::Metrics;
 #[command(
     name = "herald-gateway",
     version,
-    about = "Herald gateway: SSE streams with Last-Event-ID resume over NATS JetStream and MongoDB.",
+    about = "Herald gateway: SSE streams with Last-Event-ID resume over NATS JetStream (or Redis) and MongoDB.",
     long_about = "Herald gateway: GET /v1/stream (SSE with Last-Event-ID resume), history, the demo \
-        page and the article's GET /api/updates. Live events come from one JetStream feed per \
+        page at /, the article's GET /api/updates and its own client page at /article. Live events come from one JetStream feed per \
         process; a resume replays from JetStream while the id is inside the stream's retention, \
-        from MongoDB before that, and says recovered:false when neither has it. Every option can \
-        also be set with the HERALD_* variable shown."
+        from MongoDB before that, and says recovered:false when neither has it. With --bus redis, \
+        live events come from a Redis Pub/Sub channel instead and every replay and gap fill reads \
+        MongoDB (no NATS). Every option can also be set with the HERALD_* variable shown."
 )]
 struct Options {
     #[command(flatten)]
     service: ServiceOptions,
     #[command(flatten)]
     cluster: ClusterOptions,
+    #[command(flatten)]
+    bus: BusOptions,
+    /// With --bus redis: how often MongoDB's last sequence is read, to find events whose Redis
+    /// message was lost with nothing after it to reveal the gap.
+    #[arg(long, env = "HERALD_REDIS_POLL", value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
+    redis_poll: std::time::Duration,
     /// Idle time before a comment heartbeat on a stream.
     #[arg(long, env = "HERALD_HEARTBEAT", value_name = "DURATION", default_value = "15s", value_parser = parse_duration)]
     heartbeat: std::time::Duration,
@@ -128,13 +136,41 @@ async fn run(options: Options) -> anyhow::Result<()> {
         compat_topic: Topic::new(&options.compat_topic).context("--compat-topic")?,
         ..GatewayConfig::default()
     };
+    options.bus.check()?;
+    if options.redis_poll.is_zero() {
+        anyhow::bail!("--redis-poll must be above zero");
+    }
     let cluster = options.cluster.resolve()?;
     let metrics = Arc::new(Metrics::new());
-    let (js, mongo) =
-        herald_cluster::connect(&cluster, "herald-gateway", Arc::clone(&metrics)).await?;
     let (drain, watch) = Drain::new();
-    let history = Arc::new(Tiered::new(js.clone(), mongo.clone(), Arc::clone(&metrics)));
-    let gateway = Gateway::start(config, history, &js, Arc::clone(&metrics), watch).await?;
+    let (gateway, js, mongo) = match options.bus.bus {
+        BusKind::Jetstream => {
+            let (js, mongo) =
+                herald_cluster::connect(&cluster, "herald-gateway", Arc::clone(&metrics)).await?;
+            let history = Arc::new(Tiered::new(js.clone(), mongo.clone(), Arc::clone(&metrics)));
+            let gateway = Gateway::start(config, history, &js, Arc::clone(&metrics), watch).await?;
+            (gateway, Some(js), mongo)
+        }
+        BusKind::Redis => {
+            let mongo = Mongo::connect(&cluster).await?;
+            let epoch = redis_bus::prepare(&mongo).await?;
+            let bus = RedisBus::new(
+                &options.bus,
+                mongo.clone(),
+                epoch,
+                options.redis_poll,
+                Arc::clone(&metrics),
+            )?;
+            let history = Arc::new(MongoHistory::new(
+                mongo.clone(),
+                epoch,
+                Arc::clone(&metrics),
+            ));
+            let gateway =
+                Gateway::start(config, history, &bus, Arc::clone(&metrics), watch).await?;
+            (gateway, None, mongo)
+        }
+    };
     let service = Service {
         router: gateway.router(),
         tasks: Vec::new(),
@@ -143,7 +179,7 @@ async fn run(options: Options) -> anyhow::Result<()> {
         .run(
             "herald-gateway",
             &options.service,
-            &js,
+            js.as_ref(),
             &mongo,
             metrics,
             drain,

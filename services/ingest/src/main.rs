@@ -7,13 +7,15 @@ use std::{process::ExitCode, sync::Arc};
 use anyhow::Context;
 use clap::{ArgAction, Parser};
 use herald_cluster::{
-    Archiver, ClusterLog, ClusterOptions, Tiered,
+    Archiver, ClusterLog, ClusterOptions, Mongo, Tiered,
+    redis_bus::{self, BusKind, BusOptions, MongoHistory, RedisLog},
     service::{Service, ServiceOptions, trim_periodically},
 };
 use herald_core::Topic;
 use herald_gateway::{GatewayConfig, history::HistoryReader};
 use herald_ingest::{AllowAll, BearerToken, IngestConfig};
 use herald_runtime::{Drain, config::parse_bytes};
+use herald_store::History;
 use herald_telemetry::Metrics;
 
 /// Every option can also be set with its `HERALD_*` environment variable.
@@ -26,14 +28,17 @@ use herald_telemetry::Metrics;
         PUT /api/post-update) and a topic's history (GET /v1/topics/{topic}/events, as on the \
         gateways, so a path-only router can send all of /v1/topics/ here). A publish is answered \
         201 once JetStream has acknowledged it (the commit point: it has its sequence and reaches \
-        every gateway) and MongoDB holds it. Every option can also be set with the HERALD_* \
-        variable shown."
+        every gateway) and MongoDB holds it. With --bus redis, MongoDB sequences and stores the \
+        publish in one transaction (the commit point) and the event is then announced on a Redis \
+        Pub/Sub channel (no NATS). Every option can also be set with the HERALD_* variable shown."
 )]
 struct Options {
     #[command(flatten)]
     service: ServiceOptions,
     #[command(flatten)]
     cluster: ClusterOptions,
+    #[command(flatten)]
+    bus: BusOptions,
     /// Largest request body; 413 past it.
     #[arg(long, env = "HERALD_MAX_BODY", value_name = "SIZE", default_value = "64KiB", value_parser = parse_bytes)]
     max_body: u64,
@@ -61,7 +66,7 @@ struct Options {
         hide_env_values = true
     )]
     publish_token: Option<String>,
-    /// Run the archiver in this process (turn off to run it elsewhere).
+    /// Run the archiver in this process (turn off to run it elsewhere; not used with --bus redis).
     #[arg(long, env = "HERALD_ARCHIVER", value_name = "BOOL", default_value_t = true, action = ArgAction::Set)]
     archiver: bool,
 }
@@ -87,38 +92,89 @@ async fn run(options: Options) -> anyhow::Result<()> {
             None => Arc::new(AllowAll),
         },
     };
+    options.bus.check()?;
     let cluster = options.cluster.resolve()?;
     let metrics = Arc::new(Metrics::new());
-    let (js, mongo) =
-        herald_cluster::connect(&cluster, "herald-ingest", Arc::clone(&metrics)).await?;
     let (drain, _watch) = Drain::new();
-    let log = Arc::new(ClusterLog::new(js.clone(), mongo.clone()));
-    let mut tasks = vec![tokio::spawn(trim_periodically(
-        mongo.clone(),
-        cluster.trim_interval,
-    ))];
-    if options.archiver {
-        let archiver = Archiver::new(&js, &cluster.stream, mongo.clone(), Arc::clone(&metrics));
-        tasks.push(tokio::spawn(archiver.run()));
-    }
-    // The topic's history too, so an Ingress can route the whole /v1/topics/ resource here.
-    let history = HistoryReader::new(
-        Arc::new(Tiered::new(js.clone(), mongo.clone(), Arc::clone(&metrics))),
-        Arc::clone(&metrics),
-        GatewayConfig::default().history_limit,
-    );
-    let service = Service {
-        router: herald_ingest::router(ingest, log, Arc::clone(&metrics)).merge(history.router()),
-        tasks,
+    // Both buses: MongoDB trimmed to retention; JetStream's also has the archiver and two-tier
+    // history, the Redis bus reads history from MongoDB alone.
+    let (log, history, tasks, js, mongo): (
+        Arc<dyn herald_ingest::EventLog>,
+        Arc<dyn History>,
+        _,
+        _,
+        _,
+    ) = match options.bus.bus {
+        BusKind::Jetstream => {
+            let (js, mongo) =
+                herald_cluster::connect(&cluster, "herald-ingest", Arc::clone(&metrics)).await?;
+            let mut tasks = vec![tokio::spawn(trim_periodically(
+                mongo.clone(),
+                cluster.trim_interval,
+            ))];
+            if options.archiver {
+                let archiver =
+                    Archiver::new(&js, &cluster.stream, mongo.clone(), Arc::clone(&metrics));
+                tasks.push(tokio::spawn(archiver.run()));
+            }
+            (
+                Arc::new(ClusterLog::new(js.clone(), mongo.clone())),
+                Arc::new(Tiered::new(js.clone(), mongo.clone(), Arc::clone(&metrics))),
+                tasks,
+                Some(js),
+                mongo,
+            )
+        }
+        BusKind::Redis => {
+            let mongo = Mongo::connect(&cluster).await?;
+            let epoch = redis_bus::prepare(&mongo).await?;
+            let log =
+                RedisLog::connect(&options.bus, mongo.clone(), epoch, Arc::clone(&metrics)).await?;
+            let tasks = vec![tokio::spawn(trim_periodically(
+                mongo.clone(),
+                cluster.trim_interval,
+            ))];
+            (
+                Arc::new(log),
+                Arc::new(MongoHistory::new(
+                    mongo.clone(),
+                    epoch,
+                    Arc::clone(&metrics),
+                )),
+                tasks,
+                None,
+                mongo,
+            )
+        }
     };
-    service
+    service(ingest, log, history, tasks, &metrics)
         .run(
             "herald-ingest",
             &options.service,
-            &js,
+            js.as_ref(),
             &mongo,
             metrics,
             drain,
         )
         .await
+}
+
+/// The publish API and, so an Ingress can route the whole /v1/topics/ resource here, the topic's
+/// history.
+fn service(
+    ingest: IngestConfig,
+    log: Arc<dyn herald_ingest::EventLog>,
+    history: Arc<dyn History>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    metrics: &Arc<Metrics>,
+) -> Service {
+    let history = HistoryReader::new(
+        history,
+        Arc::clone(metrics),
+        GatewayConfig::default().history_limit,
+    );
+    Service {
+        router: herald_ingest::router(ingest, log, Arc::clone(metrics)).merge(history.router()),
+        tasks,
+    }
 }
