@@ -297,3 +297,147 @@ async fn the_page_reports_publish_to_render_lag() {
         5.0
     );
 }
+
+/// `PUT /api/post-update` as the article's publisher does it; answers the event's id.
+async fn post_update(api: &herald_tests::Api, team: &str, score: u32) -> String {
+    let res = api
+        .http
+        .put(format!("{}/api/post-update", api.base))
+        .json(&json!({ "team": team, "score": score }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+    let body: Value = res.json().await.unwrap();
+    body["id"].as_str().unwrap().to_owned()
+}
+
+/// The log of received updates on the article's page: (lastEventId, text) per item.
+async fn article_log(browser: &Client) -> anyhow::Result<Vec<(String, String)>> {
+    let items = browser
+        .execute(
+            "return Array.from(document.querySelectorAll('#log li')).map(li => [li.dataset.id, li.textContent]);",
+            vec![],
+        )
+        .await?;
+    Ok(serde_json::from_value(items)?)
+}
+
+async fn wait_for_log(
+    browser: &Client,
+    what: &str,
+    len: usize,
+) -> anyhow::Result<Vec<(String, String)>> {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let items = article_log(browser).await?;
+        if items.len() >= len {
+            return Ok(items);
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!("timed out waiting for {what}; log {items:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The original article's client, unchanged (`new EventSource('/api/updates')`, a form doing
+/// `PUT /api/post-update`), on the article's topology kept by Herald: MongoDB and Redis Pub/Sub
+/// (`--bus redis`), an ingest and a gateway behind nginx. Updates appear; after the gateway is
+/// killed and restarted, the browser's own reconnection with Last-Event-ID brings the updates
+/// published meanwhile, once each, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_articles_own_client_catches_up_after_a_gateway_restart() {
+    use herald_tests::cluster::{Deployment, Mongo, Nginx, Redis};
+
+    let redis = Redis::start().await.unwrap();
+    let mongo = Mongo::start().await.unwrap();
+    let deployment = Deployment::redis_bus(&redis, &mongo, &[]);
+    let ingest = deployment.ingest(&[], &[]).await.unwrap();
+    // The browser waits `retry` before reconnecting: the updates below are published meanwhile.
+    let mut gateway = deployment.gateway(&["--retry", "3s"]).await.unwrap();
+    let nginx = Nginx::start(&[gateway.addr()], &[ingest.addr()])
+        .await
+        .unwrap();
+    let lb = nginx.api();
+
+    let profile = tempfile::tempdir().unwrap();
+    let driver = ChromeDriver::start().await.unwrap();
+    let browser = driver.browser(profile.path()).await.unwrap();
+    browser.goto(&format!("{}/article", lb.base)).await.unwrap();
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while browser
+        .execute("return source.readyState;", vec![])
+        .await
+        .unwrap()
+        != json!(1)
+    {
+        assert!(tokio::time::Instant::now() < deadline, "never connected");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let mut published = Vec::new();
+    for score in 0..3 {
+        published.push(post_update(&lb, "Home", score).await);
+    }
+    let items = wait_for_log(&browser, "3 updates", 3).await.unwrap();
+    assert_eq!(
+        items.iter().map(|(id, _)| id.clone()).collect::<Vec<_>>(),
+        published
+    );
+    assert_eq!(items[2].1, "Home: 2");
+
+    // The page's form.
+    let form = browser.find(Locator::Id("update")).await.unwrap();
+    for (name, value) in [("team", "Away"), ("score", "7")] {
+        form.find(Locator::Css(&format!("input[name={name}]")))
+            .await
+            .unwrap()
+            .send_keys(value)
+            .await
+            .unwrap();
+    }
+    form.find(Locator::Css("button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let items = wait_for_log(&browser, "the form's update", 4)
+        .await
+        .unwrap();
+    assert_eq!(items[3].1, "Away: 7");
+    published.push(items[3].0.clone());
+
+    // The gateway dies and comes back; updates are published while the page waits to reconnect.
+    gateway.restart_same_port().await.unwrap();
+    for score in 3..6 {
+        published.push(post_update(&lb, "Home", score).await);
+    }
+    wait_for_log(&browser, "the catch-up", published.len())
+        .await
+        .unwrap();
+    // A repeat would come with the catch-up or right after it.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let items = article_log(&browser).await.unwrap();
+    assert_eq!(
+        items.iter().map(|(id, _)| id.clone()).collect::<Vec<_>>(),
+        published,
+        "every update once, in order"
+    );
+    let scoreboard = browser
+        .execute(
+            "return Array.from(document.querySelectorAll('#scores tr')).map(r => r.textContent);",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(scoreboard, json!(["Home5", "Away7"]));
+    let recovered = gateway
+        .api()
+        .metric("herald_resumes_total{recovered=\"true\",reason=\"\"}")
+        .await
+        .unwrap();
+    assert_eq!(recovered, 1.0, "the browser resumed with its Last-Event-ID");
+    browser.close().await.unwrap();
+}

@@ -1,4 +1,7 @@
-//! The demo page at `/`: the article's scoreboard, served by Herald.
+//! The demo page at `/`: the article's scoreboard, served by Herald. And at `/article`, the
+//! article's own client as it was: `new EventSource('/api/updates')` and a form doing
+//! `PUT /api/post-update`, with nothing Herald-specific; the browser's own reconnection with
+//! `Last-Event-ID` is all it needs.
 //!
 //! The first render already lists the newest events (read on the server), and the page's
 //! EventSource resumes from the last rendered id, so nothing published between render and connect
@@ -21,6 +24,11 @@ use crate::GatewayState;
 const RENDERED: usize = 20;
 
 const TEMPLATE: &str = include_str!("demo.html");
+
+/// `GET /article`: the original article's client, unchanged.
+pub(crate) async fn article() -> Html<&'static str> {
+    Html(include_str!("article.html"))
+}
 
 #[derive(Debug, Deserialize)]
 pub(crate) struct Params {

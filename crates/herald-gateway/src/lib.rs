@@ -5,7 +5,7 @@
 //!   resumes from a Last-Event-ID (verdict, replay, then live with no gap or duplicate at the
 //!   seam), catches up in place when it falls behind, sends heartbeats and ends on drain.
 //! - [`history`]: `GET /v1/topics/{topic}/events`, the same events as JSON.
-//! - [`demo`]: the demo page at `/`.
+//! - [`demo`]: the demo page at `/`, and the original article's client at `/article`.
 //! - [`lag`]: browser-observed delivery latency, reported by pages to `POST /v1/telemetry/lag`,
 //!   and the helper script `/herald-lag.js`.
 //!
@@ -146,6 +146,7 @@ impl Gateway {
     pub fn router(&self) -> Router {
         Router::new()
             .route("/", get(demo::page))
+            .route("/article", get(demo::article))
             .route("/v1/stream", get(stream::v1))
             .route("/api/updates", get(stream::compat))
             .route("/v1/telemetry/lag", post(lag::report))
