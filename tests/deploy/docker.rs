@@ -48,7 +48,13 @@ fn shipped() -> Vec<String> {
 #[test]
 fn the_image_ships_every_binary_the_deployments_run() {
     let shipped = shipped();
-    for bin in ["herald", "herald-ingest", "herald-gateway", "herald-probe"] {
+    for bin in [
+        "herald",
+        "herald-ingest",
+        "herald-gateway",
+        "herald-redis-bridge",
+        "herald-probe",
+    ] {
         assert!(
             shipped.iter().any(|b| b == bin),
             "the image lacks {bin}: {shipped:?}"
