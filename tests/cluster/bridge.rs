@@ -150,7 +150,7 @@ async fn legacy_and_herald_publishers_side_by_side_through_two_bridges() {
     let cluster = Cluster::start(1, 2, &[]).await;
     let redis = Redis::start().await.unwrap();
     let url = redis.url();
-    let bridges = [
+    let mut bridges = [
         cluster
             .deployment
             .bridge(&["--redis-url", &url])
@@ -242,6 +242,21 @@ async fn legacy_and_herald_publishers_side_by_side_through_two_bridges() {
         counts.is_empty(),
         "unexpected messages on redis: {counts:?}"
     );
+    // One replica at a time republishes (the consumer's pinned client): in sequence order.
+    let herald_order = |messages: &[String]| -> Vec<u64> {
+        messages
+            .iter()
+            .filter_map(|m| {
+                let v: Value = serde_json::from_str(m).ok()?;
+                Some(seq_of(v["_herald"]["id"].as_str()?))
+            })
+            .collect()
+    };
+    let order = herald_order(&legacy.messages());
+    assert!(
+        order.windows(2).all(|w| w[0] < w[1]),
+        "Herald's events reached redis out of order"
+    );
     // The Herald events' payload is the article's shape plus the mark.
     let sample = legacy
         .messages()
@@ -259,18 +274,57 @@ async fn legacy_and_herald_publishers_side_by_side_through_two_bridges() {
     // Both bridges heard every legacy message: one published it, the other was told Herald had
     // it. Each heard every Herald event on Redis and left it there; the one legacy event each
     // Herald event of Redis origin reached on the way out was not sent back.
-    let bridges: Vec<&Service> = bridges.iter().collect();
-    let published = bridge_metric(&bridges, "from_redis", "published").await;
-    let duplicate = bridge_metric(&bridges, "from_redis", "duplicate").await;
-    let loops_in = bridge_metric(&bridges, "from_redis", "skipped_loop").await;
-    let loops_out = bridge_metric(&bridges, "to_redis", "skipped_loop").await;
+    let all: Vec<&Service> = bridges.iter().collect();
+    let published = bridge_metric(&all, "from_redis", "published").await;
+    let duplicate = bridge_metric(&all, "from_redis", "duplicate").await;
+    let loops_in = bridge_metric(&all, "from_redis", "skipped_loop").await;
+    let loops_out = bridge_metric(&all, "to_redis", "skipped_loop").await;
     assert_eq!((published, duplicate), (LEGACY as f64, LEGACY as f64));
     assert!(loops_in >= 2.0 * LEGACY as f64, "{loops_in}");
     assert_eq!(loops_out, LEGACY as f64);
+
+    // The replica that republishes dies: the other takes over, nothing skipped, still in order.
+    let mut republished = Vec::new();
+    for bridge in &bridges {
+        republished.push(bridge_metric(&[bridge], "to_redis", "published").await);
+    }
+    assert_eq!(
+        republished.iter().filter(|&&n| n > 0.0).count(),
+        1,
+        "one replica republishes at a time: {republished:?}"
+    );
+    let pinned = republished.iter().position(|&n| n > 0.0).unwrap();
+    bridges[pinned].kill9().await;
+    let killed = Instant::now();
+    for i in 0..20 {
+        let data = json!({ "id": format!("T{i}") });
+        publish_until_acked(&api, "updates", &format!("T{i}"), data).await;
+    }
+    legacy
+        .wait("the standby replica took over", |m| {
+            m.iter().filter(|m| id_of(m).starts_with('T')).count() >= 20
+        })
+        .await;
+    let takeover = killed.elapsed();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let messages = legacy.messages();
+    let taken_over: Vec<String> = messages
+        .iter()
+        .map(|m| id_of(m))
+        .filter(|id| id.starts_with('T'))
+        .collect();
+    let want: Vec<String> = (0..20).map(|i| format!("T{i}")).collect();
+    assert_eq!(taken_over, want, "after the takeover: each once, in order");
+    let order = herald_order(&messages);
+    assert!(
+        order.windows(2).all(|w| w[0] < w[1]),
+        "out of order after the takeover"
+    );
     eprintln!(
         "bridge both ways, two replicas: {LEGACY} legacy PUBLISHes and {LEGACY} HTTP publishes; \
          from redis published {published}, duplicate {duplicate}, marked messages left on redis \
-         {loops_in}, redis-origin events kept off redis {loops_out}"
+         {loops_in}, redis-origin events kept off redis {loops_out}; republishing replica killed: \
+         the standby one had the next 20 events on redis {takeover:?} after the kill"
     );
 }
 

@@ -3,16 +3,18 @@
 //! working.
 //!
 //! The events come from a durable JetStream consumer, `herald-redis-bridge`, shared by every
-//! bridge replica: each event is republished by one of them, and one that restarts continues
-//! where the consumer stands, so none is skipped. A message is acknowledged after its PUBLISH; a
-//! bridge that dies between the two has the event republished (at least once), and the payload's
-//! `_herald.id` lets a subscriber drop the repeat.
+//! bridge replica, with the pinned-client priority policy: the server delivers to one replica at
+//! a time, so events reach Redis in sequence order; the others stand by and take over when the
+//! pinned one has not pulled for [`PIN_TIMEOUT`] (it died), continuing where the consumer stands,
+//! so none is skipped. A message is acknowledged after its PUBLISH; a bridge that dies between
+//! the two has the event republished (at least once), and the payload's `_herald.id` lets a
+//! subscriber drop the repeat.
 
 use std::{sync::Arc, time::Duration};
 
 use async_nats::jetstream::{
     self, AckKind,
-    consumer::{AckPolicy, DeliverPolicy, pull},
+    consumer::{AckPolicy, DeliverPolicy, PriorityPolicy, pull},
 };
 use futures_util::StreamExt;
 use herald_cluster::envelope::{ALL_SUBJECTS, decode};
@@ -26,6 +28,14 @@ use crate::mapping::{Mapping, article_payload};
 /// The durable consumer every bridge shares.
 pub(crate) const CONSUMER: &str = "herald-redis-bridge";
 const BACKOFF: Duration = Duration::from_millis(500);
+/// The priority group every replica pulls in.
+const GROUP: &str = "bridges";
+/// How long the pinned replica may go without pulling before a standby one takes over: the
+/// delay events see when the replica that republishes them dies.
+const PIN_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long one pull waits for messages: well below [`PIN_TIMEOUT`], so a live replica keeps
+/// its pin between pulls.
+const PULL_EXPIRES: Duration = Duration::from_secs(1);
 const DIRECTION: &str = "to_redis";
 
 /// Republishes Herald's events on Redis.
@@ -66,11 +76,19 @@ impl Outbound {
                     ack_wait: Duration::from_secs(30),
                     filter_subject: ALL_SUBJECTS.to_owned(),
                     max_ack_pending: 10_000,
+                    priority_policy: PriorityPolicy::PinnedClient,
+                    priority_groups: vec![GROUP.to_owned()],
+                    priority_timeout: PIN_TIMEOUT,
                     ..Default::default()
                 },
             )
             .await?;
-        let mut messages = consumer.messages().await?;
+        let mut messages = consumer
+            .stream()
+            .group(GROUP)
+            .expires(PULL_EXPIRES)
+            .messages()
+            .await?;
         while let Some(message) = messages.next().await {
             let message = message.map_err(|e| anyhow::anyhow!(e))?;
             let seq = message
