@@ -23,7 +23,7 @@ use herald_telemetry::Metrics;
 #[command(
     name = "herald-ingest",
     version,
-    about = "Herald ingest: the publish API, committing events to NATS JetStream and MongoDB.",
+    about = "Herald ingest: the publish API, committing events to NATS JetStream and MongoDB (or MongoDB and Redis).",
     long_about = "Herald ingest: the publish API (POST /v1/topics/{topic}/events, POST /v1/events, \
         PUT /api/post-update) and a topic's history (GET /v1/topics/{topic}/events, as on the \
         gateways, so a path-only router can send all of /v1/topics/ here). A publish is answered \

@@ -45,7 +45,7 @@ use crate::{
         lost), become events on the topic the channel names, each with an idempotency key made \
         from the message, so replicas and restarts never double one. Herald to Redis: every event \
         is republished on the channel of its topic, as the event's JSON with a `_herald` member \
-        {id, topic, type}. Events that came from Redis never go back, and messages marked \
+        {id, topic, type}, by one replica at a time, in order (a standby takes over within 5 s). Events that came from Redis never go back, and messages marked \
         `_herald` never come in. Serves /healthz, /readyz and /metrics. Every option can also be \
         set with the HERALD_* variable shown."
 )]
