@@ -62,15 +62,20 @@ impl ChromeDriver {
     }
 }
 
-/// The feed as the page shows it: (id, text) per item.
-async fn feed(browser: &Client) -> anyhow::Result<Vec<(String, String)>> {
+/// The items of a list on the page: (data-id, text) per `li` of `list` (a CSS selector).
+async fn list(browser: &Client, list: &str) -> anyhow::Result<Vec<(String, String)>> {
     let items = browser
         .execute(
-            "return Array.from(document.querySelectorAll('#feed li')).map(li => [li.dataset.id, li.textContent]);",
-            vec![],
+            "return Array.from(document.querySelectorAll(arguments[0] + ' li')).map(li => [li.dataset.id, li.textContent]);",
+            vec![json!(list)],
         )
         .await?;
     Ok(serde_json::from_value(items)?)
+}
+
+/// The feed as the demo page shows it: (id, text) per item.
+async fn feed(browser: &Client) -> anyhow::Result<Vec<(String, String)>> {
+    list(browser, "#feed").await
 }
 
 async fn state(browser: &Client) -> anyhow::Result<String> {
@@ -314,13 +319,7 @@ async fn post_update(api: &herald_tests::Api, team: &str, score: u32) -> String 
 
 /// The log of received updates on the article's page: (lastEventId, text) per item.
 async fn article_log(browser: &Client) -> anyhow::Result<Vec<(String, String)>> {
-    let items = browser
-        .execute(
-            "return Array.from(document.querySelectorAll('#log li')).map(li => [li.dataset.id, li.textContent]);",
-            vec![],
-        )
-        .await?;
-    Ok(serde_json::from_value(items)?)
+    list(browser, "#log").await
 }
 
 async fn wait_for_log(

@@ -131,6 +131,28 @@ pub(crate) async fn publish_until_acked(
     }
 }
 
+/// One of several publishers sharing `events` publishes: each takes the next index from `next`
+/// and publishes `{"n": i}` on a topic of [`TOPICS`] under the key `{prefix}{i}`, until none is
+/// left.
+pub(crate) async fn publish_share(
+    api: Api,
+    next: Arc<AtomicUsize>,
+    acked: Acked,
+    events: usize,
+    prefix: &'static str,
+) {
+    loop {
+        let i = next.fetch_add(1, Ordering::Relaxed);
+        if i >= events {
+            return;
+        }
+        let topic = TOPICS[i % TOPICS.len()];
+        let (id, _) =
+            publish_until_acked(&api, topic, &format!("{prefix}{i}"), json!({ "n": i })).await;
+        acked.add(topic, &id);
+    }
+}
+
 /// What a subscriber saw.
 #[derive(Debug, Default)]
 pub(crate) struct Seen {

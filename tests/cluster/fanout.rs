@@ -6,12 +6,10 @@ use std::sync::{
     atomic::{AtomicUsize, Ordering},
 };
 
-use herald_tests::Api;
-use serde_json::json;
 use tokio::task::JoinSet;
 
 use crate::common::{
-    Acked, Cluster, FILTERS, OPENED, Subscriber, TOPICS, check_all, head_id, publish_until_acked,
+    Acked, Cluster, FILTERS, OPENED, Subscriber, check_all, head_id, publish_share,
 };
 
 const SUBSCRIBERS: usize = 50;
@@ -40,7 +38,7 @@ async fn burst(kill_a_gateway: bool) {
     for ingest in &cluster.ingests {
         for _ in 0..PUBLISHERS_PER_INGEST {
             let (api, next, acked) = (ingest.api(), Arc::clone(&next), acked.clone());
-            publishers.spawn(publish_share(api, next, acked));
+            publishers.spawn(publish_share(api, next, acked, EVENTS, "e"));
         }
     }
     if kill_a_gateway {
@@ -64,18 +62,6 @@ async fn burst(kill_a_gateway: bool) {
     eprintln!(
         "fan-out: {SUBSCRIBERS} subscribers, {EVENTS} events through 2 ingests, {reconnects} reconnections"
     );
-}
-
-async fn publish_share(api: Api, next: Arc<AtomicUsize>, acked: Acked) {
-    loop {
-        let i = next.fetch_add(1, Ordering::Relaxed);
-        if i >= EVENTS {
-            return;
-        }
-        let topic = TOPICS[i % TOPICS.len()];
-        let (id, _) = publish_until_acked(&api, topic, &format!("e{i}"), json!({ "n": i })).await;
-        acked.add(topic, &id);
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -12,14 +12,13 @@ use std::{
     time::Duration,
 };
 
-use herald_tests::{
-    Api,
-    cluster::{Deployment, Mongo, Nginx, Redis, Service},
-};
+use herald_tests::cluster::{Deployment, Mongo, Nginx, Redis, Service};
 use serde_json::json;
 use tokio::task::JoinSet;
 
-use crate::common::{Acked, FILTERS, Subscriber, TOPICS, check_all, head_id, publish_until_acked};
+use crate::common::{
+    Acked, FILTERS, Subscriber, TOPICS, check_all, head_id, publish_share, publish_until_acked,
+};
 
 const EVENTS: usize = 1500;
 const SUBSCRIBERS: usize = 30;
@@ -60,18 +59,6 @@ async fn start() -> RedisCluster {
     }
 }
 
-async fn publish_share(api: Api, next: Arc<AtomicUsize>, acked: Acked) {
-    loop {
-        let i = next.fetch_add(1, Ordering::Relaxed);
-        if i >= EVENTS {
-            return;
-        }
-        let topic = TOPICS[i % TOPICS.len()];
-        let (id, _) = publish_until_acked(&api, topic, &format!("r{i}"), json!({ "n": i })).await;
-        acked.add(topic, &id);
-    }
-}
-
 async fn burst(redis_outage: bool) {
     let mut cluster = start().await;
     let acked = Acked::default();
@@ -91,7 +78,7 @@ async fn burst(redis_outage: bool) {
     for ingest in &cluster.ingests {
         for _ in 0..6 {
             let (api, next, acked) = (ingest.api(), Arc::clone(&next), acked.clone());
-            publishers.spawn(publish_share(api, next, acked));
+            publishers.spawn(publish_share(api, next, acked, EVENTS, "r"));
         }
     }
     if redis_outage {

@@ -58,12 +58,19 @@ impl EventLog for ClusterLog {
         idempotency: Option<Idempotency>,
     ) -> Result<Appended, StoreError> {
         let this = self.clone();
-        // Its own task: a client hanging up cannot stop a publish between the two writes. It
-        // carries the request's span, so its spans are the request's children.
-        tokio::spawn(async move { this.commit(batch, idempotency).await }.in_current_span())
-            .await
-            .map_err(|e| StoreError::Backend(Box::new(e)))?
+        detached(async move { this.commit(batch, idempotency).await }).await
     }
+}
+
+/// Runs a commit in its own task, so a client hanging up cannot stop it between its writes (the
+/// JetStream publish and MongoDB; MongoDB and the Redis announce). The task carries the request's
+/// span, so its spans are the request's children.
+pub(crate) async fn detached(
+    commit: impl Future<Output = Result<Appended, StoreError>> + Send + 'static,
+) -> Result<Appended, StoreError> {
+    tokio::spawn(commit.in_current_span())
+        .await
+        .map_err(|e| StoreError::Backend(Box::new(e)))?
 }
 
 impl ClusterLog {

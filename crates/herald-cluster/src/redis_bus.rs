@@ -258,10 +258,7 @@ impl EventLog for RedisLog {
         idempotency: Option<Idempotency>,
     ) -> Result<Appended, StoreError> {
         let this = self.clone();
-        // Its own task: a client hanging up cannot stop a publish between commit and announce.
-        tokio::spawn(async move { this.commit(batch, idempotency).await }.in_current_span())
-            .await
-            .map_err(|e| StoreError::Backend(Box::new(e)))?
+        crate::log::detached(async move { this.commit(batch, idempotency).await }).await
     }
 }
 
