@@ -124,6 +124,11 @@ impl Nats {
         Ok(child)
     }
 
+    /// The server's pid, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
     /// `nats://127.0.0.1:PORT`
     pub fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)
@@ -252,6 +257,11 @@ impl Mongo {
             }),
             _ => Self::start_local().await,
         }
+    }
+
+    /// The local server's pid (none with `$HERALD_TEST_MONGODB_URI`).
+    pub fn pid(&self) -> Option<u32> {
+        self.server.as_ref().and_then(|(child, _)| child.id())
     }
 
     /// A string field of the event document at `seq` in the `events` collection, if present.
@@ -587,6 +597,17 @@ pub struct Nginx {
 impl Nginx {
     /// Starts nginx balancing over `gateways` and `ingests` (`HOST:PORT` each).
     pub async fn start(gateways: &[&str], ingests: &[&str]) -> anyhow::Result<Self> {
+        Self::start_sized(gateways, ingests, 1, 8192).await
+    }
+
+    /// [`Nginx::start`] with `workers` worker processes of `connections` connections each (each
+    /// proxied stream takes two).
+    pub async fn start_sized(
+        gateways: &[&str],
+        ingests: &[&str],
+        workers: usize,
+        connections: usize,
+    ) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
         // nginx's workers drop root: let them reach their temp directories.
         std::fs::set_permissions(
@@ -596,7 +617,7 @@ impl Nginx {
         let port = free_port();
         Self::render(dir.path(), port, gateways, ingests)?;
         let main = format!(
-            "worker_processes 1;\npid {pid};\nerror_log stderr crit;\nevents {{ worker_connections 8192; }}\nhttp {{\n  access_log off;\n  include {site};\n}}\n",
+            "worker_processes {workers};\npid {pid};\nerror_log stderr crit;\nevents {{ worker_connections {connections}; }}\nhttp {{\n  access_log off;\n  include {site};\n}}\n",
             pid = dir.path().join("nginx.pid").display(),
             site = dir.path().join("herald.conf").display(),
         );

@@ -6,4 +6,5 @@ mod crash;
 mod delivery;
 mod drain;
 mod isolation;
+mod loadgen;
 mod resume;

@@ -405,6 +405,11 @@ impl Subscription {
     }
 
     /// Whether the queue is empty now.
+    /// The next queued delivery, if one is queued.
+    pub fn try_recv(&mut self) -> Option<Delivery> {
+        self.rx.try_recv().ok()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.rx.is_empty()
     }

@@ -22,7 +22,7 @@ use axum::{
     http::{HeaderMap, HeaderValue, header},
     response::{IntoResponse, Response},
 };
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures_util::{Stream, StreamExt};
 use herald_core::{Bounds, EventId, ResumeVerdict, TopicFilter, sse};
 use herald_runtime::{ApiError, drain::jitter};
@@ -170,6 +170,47 @@ impl Drop for ConnectionGuard {
     }
 }
 
+/// The most bytes of queued frames sent as one chunk.
+const MAX_CHUNK: usize = 64 * 1024;
+
+/// Frames gathered into one body chunk: the first is kept as it is (no copy for the usual single
+/// frame); a second one starts a buffer.
+#[derive(Debug, Default)]
+struct Chunk {
+    first: Option<Bytes>,
+    rest: Option<BytesMut>,
+}
+
+impl Chunk {
+    fn push(&mut self, frame: Bytes) {
+        match (&self.first, &mut self.rest) {
+            (None, _) => self.first = Some(frame),
+            (Some(first), None) => {
+                let mut buf = BytesMut::with_capacity((first.len() + frame.len()) * 4);
+                buf.extend_from_slice(first);
+                buf.extend_from_slice(&frame);
+                self.rest = Some(buf);
+            }
+            (Some(_), Some(buf)) => buf.extend_from_slice(&frame),
+        }
+    }
+
+    fn len(&self) -> usize {
+        match (&self.first, &self.rest) {
+            (_, Some(buf)) => buf.len(),
+            (Some(first), None) => first.len(),
+            (None, None) => 0,
+        }
+    }
+
+    fn take(self) -> Option<Bytes> {
+        match self.rest {
+            Some(buf) => Some(buf.freeze()),
+            None => self.first,
+        }
+    }
+}
+
 /// What woke the live loop.
 enum Wake {
     Delivery(Option<crate::hub::Delivery>),
@@ -205,6 +246,7 @@ fn connection(
             yield sse::control("herald.resume", &verdict.to_json());
         }
         let mut heartbeat = Box::pin(sleep(config.heartbeat));
+        let mut last_sent = Instant::now();
         let drain = gw.drain.clone();
         let mut drain_started = Box::pin(drain.started());
         let mut close: Option<Pin<Box<Sleep>>> = None;
@@ -239,7 +281,7 @@ fn connection(
                     yield sse::control("herald.live", &format!("{{\"replayed\":{replayed}}}"));
                 }
                 catch_up = false;
-                heartbeat.as_mut().reset(Instant::now() + config.heartbeat);
+                last_sent = Instant::now();
             }
             if sub.lagged() && sub.is_empty() {
                 gw.metrics.slow_caught_up.inc();
@@ -254,9 +296,31 @@ fn connection(
             };
             match wake {
                 Wake::Delivery(Some(d)) => {
-                    if d.seq > last {
-                        last = d.seq;
-                        heartbeat.as_mut().reset(Instant::now() + config.heartbeat);
+                    // Everything already queued goes out as one chunk (one write for a
+                    // backlogged connection); a sampled delivery goes alone, inside its span.
+                    let mut chunk = Chunk::default();
+                    let mut traced = None;
+                    let mut next = Some(d);
+                    while let Some(d) = next.take() {
+                        if d.seq > last {
+                            last = d.seq;
+                            if d.trace.is_some() {
+                                traced = Some(d);
+                                break;
+                            }
+                            chunk.push(d.frame);
+                            if chunk.len() >= MAX_CHUNK {
+                                break;
+                            }
+                        }
+                        next = sub.try_recv();
+                    }
+                    if let Some(bytes) = chunk.take() {
+                        last_sent = Instant::now();
+                        yield bytes;
+                    }
+                    if let Some(d) = traced {
+                        last_sent = Instant::now();
                         // Sampled: the span lasts until the body asks for the next chunk, that
                         // is, until this frame has been handed to the socket.
                         let _write = d.trace.map(|parent| {
@@ -269,8 +333,16 @@ fn connection(
                 }
                 Wake::Delivery(None) => return,
                 Wake::Heartbeat => {
-                    heartbeat.as_mut().reset(Instant::now() + config.heartbeat);
-                    yield sse::comment("");
+                    // The timer is not moved on every frame (a timer-wheel update per delivery):
+                    // when it fires after recent frames, it is set again from the last one.
+                    let quiet_until = last_sent + config.heartbeat;
+                    if quiet_until > Instant::now() {
+                        heartbeat.as_mut().reset(quiet_until);
+                    } else {
+                        heartbeat.as_mut().reset(Instant::now() + config.heartbeat);
+                        last_sent = Instant::now();
+                        yield sse::comment("");
+                    }
                 }
                 Wake::DrainStarted => close = Some(Box::pin(sleep(jitter(config.drain_jitter)))),
                 Wake::Close => {

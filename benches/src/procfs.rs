@@ -1,0 +1,116 @@
+//! A server's CPU time and resident memory, read from `/proc` for a process and all its
+//! descendants (nginx's workers, pushpin's helpers).
+
+use std::{collections::HashMap, fs, time::Duration};
+
+/// Clock ticks per second of `/proc/PID/stat` (Linux reports `USER_HZ`, 100 on every platform
+/// Herald runs on).
+const TICKS_PER_S: f64 = 100.0;
+
+/// A group of process trees.
+#[derive(Debug, Clone, Default)]
+pub struct Procs {
+    roots: Vec<u32>,
+}
+
+/// One reading.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Sample {
+    /// User + system CPU time of every live process in the trees.
+    pub cpu: Duration,
+    /// Summed resident set size, bytes.
+    pub rss: u64,
+}
+
+impl Procs {
+    /// The trees rooted at `roots`.
+    pub fn new(roots: impl IntoIterator<Item = u32>) -> Self {
+        Self {
+            roots: roots.into_iter().collect(),
+        }
+    }
+
+    /// Whether any process is watched.
+    pub fn is_empty(&self) -> bool {
+        self.roots.is_empty()
+    }
+
+    /// Every live pid in the trees.
+    pub fn pids(&self) -> Vec<u32> {
+        let mut children: HashMap<u32, Vec<u32>> = HashMap::new();
+        if let Ok(dir) = fs::read_dir("/proc") {
+            for entry in dir.flatten() {
+                let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse().ok()) else {
+                    continue;
+                };
+                if let Some(ppid) = stat_fields(pid).and_then(|f| f.get(1)?.parse().ok()) {
+                    children.entry(ppid).or_default().push(pid);
+                }
+            }
+        }
+        let mut out = Vec::new();
+        let mut todo = self.roots.clone();
+        while let Some(pid) = todo.pop() {
+            if out.contains(&pid) {
+                continue;
+            }
+            out.push(pid);
+            todo.extend(children.get(&pid).into_iter().flatten());
+        }
+        out
+    }
+
+    /// CPU and RSS now.
+    pub fn sample(&self) -> Sample {
+        let mut s = Sample::default();
+        for pid in self.pids() {
+            let Some(f) = stat_fields(pid) else { continue };
+            // After the command: state(0) ppid(1) … utime(11) stime(12) … rss(21, pages).
+            let ticks: u64 = [11, 12]
+                .iter()
+                .filter_map(|&i| f.get(i)?.parse::<u64>().ok())
+                .sum();
+            s.cpu += Duration::from_secs_f64(ticks as f64 / TICKS_PER_S);
+            s.rss += rss_bytes(pid).unwrap_or(0);
+        }
+        s
+    }
+}
+
+/// The fields of `/proc/PID/stat` after the `(command)`.
+fn stat_fields(pid: u32) -> Option<Vec<String>> {
+    let text = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = &text[text.rfind(')')? + 1..];
+    Some(after.split_whitespace().map(str::to_owned).collect())
+}
+
+fn rss_bytes(pid: u32) -> Option<u64> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// This process's own CPU time (not its children's: the suite's servers are its children).
+pub fn own_cpu() -> Duration {
+    let ticks: u64 = stat_fields(std::process::id())
+        .map(|f| {
+            [11, 12]
+                .iter()
+                .filter_map(|&i| f.get(i)?.parse::<u64>().ok())
+                .sum()
+        })
+        .unwrap_or(0);
+    Duration::from_secs_f64(ticks as f64 / TICKS_PER_S)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_this_process() {
+        let s = Procs::new([std::process::id()]).sample();
+        assert!(s.rss > 0);
+    }
+}

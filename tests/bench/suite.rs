@@ -1,0 +1,575 @@
+//! The side-by-side benchmark (not a test): every scenario of `herald-bench` against Herald
+//! standalone, Herald distributed (herald-ingest → NATS JetStream → herald-gateway, MongoDB), nchan
+//! and pushpin, and the physical-limit reference, alternating, in one run on this machine; then
+//! the ratios.
+//!
+//! Run it with `benches/run` (installs the peers, builds in release mode, runs this). Options
+//! through the environment (defaults are the issue's targets, within this machine's open-files
+//! limit):
+//!
+//! | variable | default | |
+//! |---|---|---|
+//! | `BENCH_SCENARIOS` | `fanout,latency,idle,resume,publish,storm` | which scenarios |
+//! | `BENCH_SERVERS` | `standalone,distributed,nchan,pushpin,reference` | which servers |
+//! | `BENCH_ROUNDS` | 1 | runs of each scenario per server (the median is compared) |
+//! | `BENCH_FANOUT_SUBSCRIBERS` × `BENCH_FANOUT_MESSAGES` | 1000 × 2000 | fan-out at max rate |
+//! | `BENCH_FANOUT_PUBLISHERS` | 4 | publishers in the fan-out (each one request at a time) |
+//! | `BENCH_LATENCY_SUBSCRIBERS`, `BENCH_LATENCY_RATE`, `BENCH_LATENCY_MESSAGES` | 1000, 1000/s, 5000 | |
+//! | `BENCH_IDLE_CONNECTIONS` | 15000 | held connections (one process may open 20,000 files here) |
+//! | `BENCH_RESUME_MISSED` | 100000 | events a resuming client missed |
+//! | `BENCH_PUBLISH_MESSAGES`, `BENCH_PUBLISH_BATCH`, `BENCH_PUBLISH_CONCURRENCY` | 200000, 100, 4 | |
+//! | `BENCH_STORM_CLIENTS`, `BENCH_STORM_RATE` | 9000, 200/s | clients on the killed gateway |
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    process::Stdio,
+    sync::atomic::{AtomicU64, Ordering},
+    time::Duration,
+};
+
+use anyhow::Context;
+use herald_bench::{
+    Options, Report, Scenario, Server, http::Url, procfs::Procs, publish::Target, scenario,
+};
+use herald_tests::{
+    Herald,
+    cluster::{Deployment, Mongo, Nats, Nginx, Service, free_port, herald_binary},
+};
+use tempfile::TempDir;
+use tokio::process::{Child, Command};
+
+fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn env_list(name: &str, default: &str) -> Vec<String> {
+    std::env::var(name)
+        .unwrap_or_else(|_| default.to_owned())
+        .split(',')
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .collect()
+}
+
+/// A fresh topic for every run: message numbers start at 1 each time.
+fn topic() -> String {
+    static RUN: AtomicU64 = AtomicU64::new(0);
+    format!("bench{}", RUN.fetch_add(1, Ordering::Relaxed))
+}
+
+fn json_headers() -> Vec<(String, String)> {
+    vec![("Content-Type".to_owned(), "application/json".to_owned())]
+}
+
+/// Herald's URLs on `sub_base` (streams) and `pub_base` (publishes).
+async fn herald_server(
+    name: &str,
+    sub_base: &str,
+    pub_base: &str,
+    pids: Vec<u32>,
+) -> anyhow::Result<Server> {
+    Ok(Server {
+        name: name.to_owned(),
+        subscribe: Url::parse(&format!("{sub_base}/v1/stream?topic={{topic}}")).await?,
+        subscribe_headers: Vec::new(),
+        publish: Target {
+            url: Url::parse(&format!("{pub_base}/v1/topics/{{topic}}/events")).await?,
+            body: r#"{"data":{"n":{n},"t":{t}}}"#.to_owned(),
+            batch_url: Some(Url::parse(&format!("{pub_base}/v1/events")).await?),
+            batch_item: Some(r#"{"topic":"{topic}","data":{"n":{n},"t":{t}}}"#.to_owned()),
+            headers: json_headers(),
+            idempotent: true,
+        },
+        procs: Procs::new(pids),
+    })
+}
+
+/// A server with a raw body (nchan, pushpin's origin, the reference): data is the body itself.
+async fn raw_server(
+    name: &str,
+    subscribe: String,
+    publish: String,
+    pids: Vec<u32>,
+) -> anyhow::Result<Server> {
+    Ok(Server {
+        name: name.to_owned(),
+        subscribe: Url::parse(&subscribe).await?,
+        subscribe_headers: Vec::new(),
+        publish: Target {
+            url: Url::parse(&publish).await?,
+            body: r#"{"n":{n},"t":{t}}"#.to_owned(),
+            batch_url: None,
+            batch_item: None,
+            headers: json_headers(),
+            idempotent: false,
+        },
+        procs: Procs::new(pids),
+    })
+}
+
+/// Renders a config template from `benches/peers` into `dir`.
+fn render(template: &str, dir: &Path, vars: &[(&str, String)]) -> anyhow::Result<PathBuf> {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../benches/peers")
+        .join(template);
+    let mut text =
+        std::fs::read_to_string(&src).with_context(|| format!("reading {}", src.display()))?;
+    for (k, v) in vars {
+        text = text.replace(&format!("{{{k}}}"), v);
+    }
+    let out = dir.join(Path::new(template).file_name().context("template name")?);
+    std::fs::write(&out, text)?;
+    Ok(out)
+}
+
+async fn wait_port(port: u16) -> anyhow::Result<()> {
+    for _ in 0..300 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    anyhow::bail!("nothing listens on port {port} after 15 s")
+}
+
+fn spawn(cmd: &mut Command) -> anyhow::Result<Child> {
+    cmd.stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("starting {cmd:?}"))
+}
+
+/// A process killed with all its descendants on drop (pushpin's runner leaves its helpers
+/// running when it is killed alone).
+struct Tree(Child);
+
+impl Drop for Tree {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0.id() {
+            for pid in Procs::new([pid]).pids() {
+                let _ = std::process::Command::new("kill")
+                    .args(["-9", &pid.to_string()])
+                    .status();
+            }
+        }
+    }
+}
+
+/// Everything a server needs kept alive; dropped, it stops.
+#[allow(dead_code)]
+enum Keep {
+    Herald(Box<Herald>, TempDir),
+    Cluster(Box<(Nats, Mongo)>, Vec<Service>),
+    Processes(Vec<Tree>, TempDir),
+}
+
+async fn start(name: &str) -> anyhow::Result<(Server, Keep)> {
+    match name {
+        "standalone" => {
+            let dir = tempfile::tempdir()?;
+            let herald = Herald::start(dir.path(), &["--max-connections", "19500"]).await?;
+            let server =
+                herald_server(name, &herald.base, &herald.base, vec![herald.pid()]).await?;
+            Ok((server, Keep::Herald(Box::new(herald), dir)))
+        }
+        "distributed" | "distributed-mongodb" => {
+            let nats = Nats::start().await?;
+            let mongo = Mongo::start().await?;
+            // The MongoDB tier: JetStream keeps 1 MiB, so a long resume replays from MongoDB.
+            let shared: &[&str] = if name == "distributed" {
+                &[]
+            } else {
+                &["--stream-max-bytes", "1MiB"]
+            };
+            let dep = Deployment::new(&nats, &mongo, shared);
+            let ingest = dep.ingest(&[], &[]).await?;
+            let gateway = dep.gateway(&["--max-connections", "19500"]).await?;
+            let pids = [ingest.pid(), gateway.pid(), nats.pid(), mongo.pid()]
+                .into_iter()
+                .flatten()
+                .collect();
+            let server = herald_server(
+                name,
+                &format!("http://{}", gateway.addr()),
+                &format!("http://{}", ingest.addr()),
+                pids,
+            )
+            .await?;
+            Ok((
+                server,
+                Keep::Cluster(Box::new((nats, mongo)), vec![ingest, gateway]),
+            ))
+        }
+        "nchan" => {
+            let dir = tempfile::tempdir()?;
+            std::fs::set_permissions(
+                dir.path(),
+                std::os::unix::fs::PermissionsExt::from_mode(0o755),
+            )?;
+            let port = free_port();
+            let conf = render(
+                "nchan.conf",
+                dir.path(),
+                &[
+                    ("dir", dir.path().display().to_string()),
+                    ("port", port.to_string()),
+                ],
+            )?;
+            let nginx = std::env::var("HERALD_NGINX").unwrap_or_else(|_| "/usr/sbin/nginx".into());
+            let child = spawn(
+                Command::new(nginx)
+                    .arg("-p")
+                    .arg(dir.path())
+                    .arg("-c")
+                    .arg(&conf)
+                    .args(["-e", "stderr", "-g", "daemon off;"]),
+            )?;
+            wait_port(port).await?;
+            let pid = child.id().context("nginx pid")?;
+            let server = raw_server(
+                name,
+                format!("http://127.0.0.1:{port}/sub/{{topic}}"),
+                format!("http://127.0.0.1:{port}/pub/{{topic}}"),
+                vec![pid],
+            )
+            .await?;
+            Ok((server, Keep::Processes(vec![Tree(child)], dir)))
+        }
+        "pushpin" => {
+            let dir = tempfile::tempdir()?;
+            for sub in ["run", "log"] {
+                std::fs::create_dir_all(dir.path().join(sub))?;
+            }
+            let (port, publish_port, origin_port) = (free_port(), free_port(), free_port());
+            let origin = spawn(Command::new(herald_binary("herald-bench")).args([
+                "pushpin-origin",
+                "--listen",
+                &format!("127.0.0.1:{origin_port}"),
+                "--publish",
+                &format!("http://127.0.0.1:{publish_port}/publish/"),
+            ]))?;
+            let vars = [
+                ("dir", dir.path().display().to_string()),
+                ("port", port.to_string()),
+                ("publish_port", publish_port.to_string()),
+                ("origin", format!("127.0.0.1:{origin_port}")),
+            ];
+            render("pushpin/routes", dir.path(), &vars)?;
+            let conf = render("pushpin/pushpin.conf", dir.path(), &vars)?;
+            let pushpin = spawn(Command::new("pushpin").arg("--config").arg(&conf))?;
+            wait_port(origin_port).await?;
+            wait_port(port).await?;
+            wait_port(publish_port).await?;
+            let pids = vec![
+                pushpin.id().context("pushpin pid")?,
+                origin.id().context("origin pid")?,
+            ];
+            let server = raw_server(
+                name,
+                format!("http://127.0.0.1:{port}/stream/{{topic}}"),
+                format!("http://127.0.0.1:{origin_port}/publish/{{topic}}"),
+                pids,
+            )
+            .await?;
+            Ok((
+                server,
+                Keep::Processes(vec![Tree(pushpin), Tree(origin)], dir),
+            ))
+        }
+        "reference" => {
+            let dir = tempfile::tempdir()?;
+            let port = free_port();
+            let child = spawn(Command::new(herald_binary("herald-bench")).args([
+                "reference",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+            ]))?;
+            wait_port(port).await?;
+            let pid = child.id().context("reference pid")?;
+            let server = raw_server(
+                name,
+                format!("http://127.0.0.1:{port}/sub"),
+                format!("http://127.0.0.1:{port}/pub"),
+                vec![pid],
+            )
+            .await?;
+            Ok((server, Keep::Processes(vec![Tree(child)], dir)))
+        }
+        other => anyhow::bail!("unknown server {other:?}"),
+    }
+}
+
+/// Which servers take part in a scenario.
+fn applies(scenario: Scenario, server: &str) -> bool {
+    match scenario {
+        // The reference keeps nothing (no resume) and has no batch endpoint.
+        Scenario::Resume | Scenario::Publish => server != "reference",
+        // A load balancer over several gateways: Herald distributed only.
+        Scenario::Storm => server == "distributed",
+        Scenario::Fanout | Scenario::Latency | Scenario::Idle => server != "distributed-mongodb",
+    }
+}
+
+fn options(scenario: Scenario, server: &str) -> Options {
+    let base = Options {
+        topic: topic(),
+        ..Options::default()
+    };
+    match scenario {
+        Scenario::Fanout => Options {
+            subscribers: env_u64("BENCH_FANOUT_SUBSCRIBERS", 1000),
+            messages: env_u64("BENCH_FANOUT_MESSAGES", 2000),
+            // Four publishers keep messages in flight; one waits for each answer.
+            concurrency: env_u64("BENCH_FANOUT_PUBLISHERS", 4),
+            ..base
+        },
+        Scenario::Latency => Options {
+            subscribers: env_u64("BENCH_LATENCY_SUBSCRIBERS", 1000),
+            messages: env_u64("BENCH_LATENCY_MESSAGES", 5000),
+            rate: env_u64("BENCH_LATENCY_RATE", 1000) as f64,
+            // Enough publishers to hold the rate while the machine is busy: a publisher waits for
+            // each answer, and the time is taken when a request is sent.
+            concurrency: 8,
+            ..base
+        },
+        Scenario::Idle => Options {
+            subscribers: env_u64("BENCH_IDLE_CONNECTIONS", 15000),
+            messages: 1,
+            // pushpin answers 500/502 to some connects with more than ~128 in flight.
+            connect_wave: 100,
+            stall: Duration::from_secs(30),
+            ..base
+        },
+        Scenario::Resume => Options {
+            subscribers: 1,
+            messages: env_u64("BENCH_RESUME_MISSED", 100_000),
+            // Herald takes the missed events in batches (its default --max-batch, 100); nchan and
+            // pushpin one by one.
+            batch: 100,
+            concurrency: if server.starts_with("distributed") || server == "standalone" {
+                1
+            } else {
+                4
+            },
+            stall: Duration::from_secs(30),
+            ..base
+        },
+        Scenario::Publish => Options {
+            messages: env_u64("BENCH_PUBLISH_MESSAGES", 200_000),
+            batch: env_u64("BENCH_PUBLISH_BATCH", 100),
+            concurrency: env_u64("BENCH_PUBLISH_CONCURRENCY", 4),
+            stall: Duration::from_secs(30),
+            ..base
+        },
+        Scenario::Storm => Options {
+            subscribers: env_u64("BENCH_STORM_CLIENTS", 9000),
+            rate: env_u64("BENCH_STORM_RATE", 200) as f64,
+            messages: env_u64("BENCH_STORM_RATE", 200) * 8,
+            connect_wave: 500,
+            stall: Duration::from_secs(20),
+            ..base
+        },
+    }
+}
+
+/// The storm: two gateways behind nginx, every client on the first, which is killed.
+async fn storm(opts: &Options) -> anyhow::Result<Report> {
+    let nats = Nats::start().await?;
+    let mongo = Mongo::start().await?;
+    let dep = Deployment::new(&nats, &mongo, &[]);
+    let ingest = dep.ingest(&[], &[]).await?;
+    // A short retry: browsers reconnect after the server's `retry:`.
+    let gw = ["--max-connections", "19500", "--retry", "500ms"];
+    let a = dep.gateway(&gw).await?;
+    let mut b = dep.gateway(&gw).await?;
+    // Two workers: each proxied stream takes two of a worker's ~10,000 files.
+    let lb = Nginx::start_sized(&[a.addr(), b.addr()], &[ingest.addr()], 2, 9900).await?;
+    // Every client on `a`: `b` is down while they connect (nginx tries the next upstream).
+    b.kill9().await;
+    let pids: Vec<u32> = [ingest.pid(), a.pid(), nats.pid(), mongo.pid()]
+        .into_iter()
+        .flatten()
+        .collect();
+    let server = herald_server(
+        "distributed",
+        &lb.base,
+        &format!("http://{}", ingest.addr()),
+        pids,
+    )
+    .await?;
+    let a_pid = a.pid().context("gateway pid")?;
+    let b = std::sync::Arc::new(tokio::sync::Mutex::new(b));
+    let b_kept = std::sync::Arc::clone(&b);
+    // The fault: bring `b` up, then kill `a` (SIGKILL).
+    let kill: scenario::Kill = Box::new(move || {
+        Box::pin(async move {
+            b.lock().await.restart_same_port().await?;
+            let status = std::process::Command::new("kill")
+                .args(["-9", &a_pid.to_string()])
+                .status()?;
+            anyhow::ensure!(status.success(), "kill -9 {a_pid} failed");
+            Ok(())
+        })
+    });
+    let report = scenario::run(Scenario::Storm, &server, opts, Some(kill)).await;
+    drop((a, b_kept, ingest, lb));
+    report
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let scenarios: Vec<Scenario> = env_list(
+        "BENCH_SCENARIOS",
+        "fanout,latency,idle,resume,publish,storm",
+    )
+    .iter()
+    .map(|s| {
+        <Scenario as clap::ValueEnum>::from_str(s, true)
+            .map_err(|e| anyhow::anyhow!("BENCH_SCENARIOS: {e}"))
+    })
+    .collect::<anyhow::Result<_>>()?;
+    let mut servers = env_list(
+        "BENCH_SERVERS",
+        "standalone,distributed,nchan,pushpin,reference",
+    );
+    if scenarios.contains(&Scenario::Resume) && servers.iter().any(|s| s == "distributed") {
+        servers.push("distributed-mongodb".to_owned());
+    }
+    let rounds = env_u64("BENCH_ROUNDS", 1).max(1);
+    let mut reports: Vec<Report> = Vec::new();
+    let mut errors: Vec<String> = Vec::new();
+    for &scenario in &scenarios {
+        for round in 0..rounds {
+            // Alternate the order from round to round.
+            let mut order: Vec<&String> = servers.iter().filter(|s| applies(scenario, s)).collect();
+            if round % 2 == 1 {
+                order.reverse();
+            }
+            for name in order {
+                let mut opts = options(scenario, name);
+                let result = if scenario == Scenario::Storm {
+                    storm(&opts).await
+                } else {
+                    // Fresh servers for every run: no state carried between scenarios.
+                    let (server, keep) = start(name).await?;
+                    opts.topic = topic();
+                    let r = scenario::run(scenario, &server, &opts, None).await;
+                    drop(keep);
+                    r
+                };
+                match result {
+                    Ok(mut report) => {
+                        if name == "distributed-mongodb" {
+                            report.server = name.clone();
+                        }
+                        println!("{}", serde_json::to_string(&report)?);
+                        eprintln!("{}", report.summary());
+                        reports.push(report);
+                    }
+                    Err(e) => {
+                        eprintln!("{} {name}: FAILED: {e:#}", scenario.name());
+                        errors.push(format!("{} {name}: {e:#}", scenario.name()));
+                    }
+                }
+                // Let sockets in TIME_WAIT and the previous server's memory go.
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+    print_ratios(&reports);
+    if !errors.is_empty() {
+        println!("\nRuns that did not complete:");
+        for e in &errors {
+            println!("- {e}");
+        }
+        anyhow::bail!("{} runs did not complete", errors.len());
+    }
+    Ok(())
+}
+
+/// The medians per scenario and server, and Herald's ratios to nchan, pushpin and the reference.
+fn print_ratios(reports: &[Report]) {
+    let mut by: BTreeMap<(String, String), Vec<&Report>> = BTreeMap::new();
+    for r in reports {
+        by.entry((r.scenario.clone(), r.server.clone()))
+            .or_default()
+            .push(r);
+    }
+    let metric = |scenario: &str, server: &str, f: &dyn Fn(&Report) -> Option<f64>| {
+        by.get(&(scenario.to_owned(), server.to_owned()))
+            .map(|rs| median(rs.iter().filter_map(|r| f(r)).collect()))
+    };
+    type Metric<'a> = &'a dyn Fn(&Report) -> Option<f64>;
+    let rows: [(&str, &str, Metric<'_>); 8] = [
+        ("fanout", "deliveries/s", &|r| Some(r.deliveries_per_s)),
+        ("fanout", "server CPU µs/delivery", &|r| {
+            Some(r.server_cpu_us_per_delivery)
+        }),
+        ("latency", "p50 ms", &|r| r.latency.map(|l| l.p50_ms)),
+        ("latency", "p99 ms", &|r| r.latency.map(|l| l.p99_ms)),
+        ("idle", "RSS bytes/connection", &|r| r.rss_per_connection),
+        ("resume", "catch-up events/s", &|r| r.catch_up_events_per_s),
+        ("publish", "publishes/s", &|r| r.publishes_per_s),
+        ("storm", "s until all caught up", &|r| r.catch_up_s),
+    ];
+    let servers = [
+        "standalone",
+        "distributed",
+        "distributed-mongodb",
+        "nchan",
+        "pushpin",
+        "reference",
+    ];
+    println!();
+    println!(
+        "| scenario | metric | {} | standalone/nchan | distributed/nchan | standalone/pushpin | standalone/reference |",
+        servers.join(" | ")
+    );
+    println!("|---|---|{}---|---|---|---|", "---|".repeat(servers.len()));
+    for (scenario, name, f) in rows {
+        let values: Vec<Option<f64>> = servers.iter().map(|s| metric(scenario, s, f)).collect();
+        let cell = |v: Option<f64>| v.map_or("–".to_owned(), |v| format!("{v:.3}"));
+        let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
+            (Some(a), Some(b)) if b != 0.0 => format!("{:.2}×", a / b),
+            _ => "–".to_owned(),
+        };
+        println!(
+            "| {scenario} | {name} | {} | {} | {} | {} | {} |",
+            values
+                .iter()
+                .map(|v| cell(*v))
+                .collect::<Vec<_>>()
+                .join(" | "),
+            ratio(values[0], values[3]),
+            ratio(values[1], values[3]),
+            ratio(values[0], values[4]),
+            ratio(values[0], values[5]),
+        );
+    }
+    let failed: Vec<String> = reports
+        .iter()
+        .filter(|r| !r.ok)
+        .map(|r| format!("{} {}", r.scenario, r.server))
+        .collect();
+    if failed.is_empty() {
+        println!("\nEvery run delivered every message exactly once and in order.");
+    } else {
+        println!(
+            "\nIncomplete delivery (see the JSON lines): {}",
+            failed.join(", ")
+        );
+    }
+}
