@@ -2,10 +2,7 @@
 //! connection for publishing, and a response-head reader with a chunked-body decoder for streams.
 //! No TLS, no redirects, no HTTP/2: what a benchmark on loopback needs and nothing that costs.
 
-use std::{
-    net::{IpAddr, SocketAddr},
-    time::Duration,
-};
+use std::net::{IpAddr, SocketAddr};
 
 use anyhow::{Context, bail, ensure};
 use tokio::{
@@ -91,13 +88,25 @@ pub struct Head {
     pub headers: Vec<(String, String)>,
 }
 
+fn find_header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, v)| v.as_str())
+}
+
+/// `Name: value` lines, names lowercased.
+fn parse_headers<'a>(lines: impl Iterator<Item = &'a str>) -> Vec<(String, String)> {
+    lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect()
+}
+
 impl Head {
     /// A header's value.
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
+        find_header(&self.headers, name)
     }
 
     /// Whether the body is chunked.
@@ -135,14 +144,74 @@ fn parse_head(raw: &[u8]) -> anyhow::Result<Head> {
         .nth(1)
         .and_then(|s| s.parse().ok())
         .with_context(|| format!("bad status line {status_line:?}"))?;
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
-        .collect();
-    Ok(Head { status, headers })
+    Ok(Head {
+        status,
+        headers: parse_headers(lines),
+    })
 }
 
-pub(crate) fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+/// A request, as the benchmark's small servers (the reference, pushpin's origin) read it.
+#[derive(Debug)]
+pub struct Request {
+    /// `GET`, `POST`, …
+    pub method: String,
+    /// The path, without the query.
+    pub path: String,
+    /// Header names (lowercased) and values.
+    pub headers: Vec<(String, String)>,
+    /// The `Content-Length` body.
+    pub body: Vec<u8>,
+}
+
+impl Request {
+    /// A header's value.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        find_header(&self.headers, name)
+    }
+}
+
+/// Reads the next request of a kept-alive connection (what is read past it stays in `buf`);
+/// `None` when the peer is gone.
+pub async fn read_request(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Request> {
+    async fn more(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<()> {
+        let mut chunk = [0u8; 4096];
+        match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => None,
+            Ok(n) => {
+                buf.extend_from_slice(&chunk[..n]);
+                Some(())
+            }
+        }
+    }
+    let head_end = loop {
+        if let Some(i) = find(buf, b"\r\n\r\n") {
+            break i + 4;
+        }
+        more(stream, buf).await?;
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+    let mut lines = head.split("\r\n");
+    let mut request_line = lines.next().unwrap_or_default().split(' ');
+    let method = request_line.next().unwrap_or_default().to_owned();
+    let target = request_line.next().unwrap_or_default();
+    let path = target.split('?').next().unwrap_or_default().to_owned();
+    let headers = parse_headers(lines);
+    let len: usize = find_header(&headers, "content-length")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    while buf.len() < head_end + len {
+        more(stream, buf).await?;
+    }
+    let body = buf.drain(..head_end + len).skip(head_end).collect();
+    Some(Request {
+        method,
+        path,
+        headers,
+        body,
+    })
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
 }
 
@@ -331,13 +400,6 @@ struct ExchangeError {
     /// Nothing of a response was read: on a kept-alive connection the server closed, the request
     /// is sent again on a new one.
     nothing_read: bool,
-}
-
-/// Sleeps `d` unless it is zero.
-pub async fn pause(d: Duration) {
-    if !d.is_zero() {
-        tokio::time::sleep(d).await;
-    }
 }
 
 #[cfg(test)]

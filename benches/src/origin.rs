@@ -17,11 +17,11 @@ use std::{
 
 use anyhow::Context;
 use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
+    io::AsyncWriteExt,
     net::{TcpListener, TcpStream},
 };
 
-use crate::http::{Conn, Url, find};
+use crate::http::{Conn, Url, read_request};
 
 #[derive(Debug, Default)]
 struct Topic {
@@ -49,51 +49,16 @@ pub async fn serve(listen: SocketAddr, publish: &str) -> anyhow::Result<()> {
 async fn connection(mut stream: TcpStream, topics: Topics, publish: Url) {
     let mut buf = Vec::with_capacity(1024);
     let mut pushpin: Option<Conn> = None;
-    loop {
-        let head_end = loop {
-            if let Some(i) = find(&buf, b"\r\n\r\n") {
-                break i + 4;
-            }
-            let mut chunk = [0u8; 4096];
-            match stream.read(&mut chunk).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            }
-        };
-        let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
-        let mut lines = head.split("\r\n");
-        let request = lines.next().unwrap_or_default();
-        let headers: Vec<(String, String)> = lines
-            .filter_map(|l| l.split_once(':'))
-            .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
-            .collect();
-        let header = |name: &str| {
-            headers
-                .iter()
-                .find(|(n, _)| n == name)
-                .map(|(_, v)| v.as_str())
-        };
-        let len: usize = header("content-length")
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
-        while buf.len() < head_end + len {
-            let mut chunk = [0u8; 4096];
-            match stream.read(&mut chunk).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            }
-        }
-        let body: Vec<u8> = buf.drain(..head_end + len).skip(head_end).collect();
-        let mut parts = request.split(' ');
-        let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-        let path = path.split('?').next().unwrap_or("");
+    while let Some(request) = read_request(&mut stream, &mut buf).await {
+        let path = request.path.as_str();
         let response = match (
-            method,
+            request.method.as_str(),
             path.strip_prefix("/stream/"),
             path.strip_prefix("/publish/"),
         ) {
             ("GET", Some(topic), _) => {
-                let after: usize = header("last-event-id")
+                let after: usize = request
+                    .header("last-event-id")
                     .and_then(|v| v.parse().ok())
                     .unwrap_or(usize::MAX);
                 let replay: String = {
@@ -109,7 +74,7 @@ async fn connection(mut stream: TcpStream, topics: Topics, publish: Url) {
                 )
             }
             ("POST", _, Some(topic)) => {
-                let data = String::from_utf8_lossy(&body).replace(['\r', '\n'], " ");
+                let data = String::from_utf8_lossy(&request.body).replace(['\r', '\n'], " ");
                 let (id, frame) = {
                     let mut topics = topics.lock().expect("topics");
                     let t = topics.entry(topic.to_owned()).or_default();

@@ -30,11 +30,6 @@ impl Procs {
         }
     }
 
-    /// Whether any process is watched.
-    pub fn is_empty(&self) -> bool {
-        self.roots.is_empty()
-    }
-
     /// Every live pid in the trees.
     pub fn pids(&self) -> Vec<u32> {
         let mut children: HashMap<u32, Vec<u32>> = HashMap::new();

@@ -9,12 +9,12 @@ use std::{collections::VecDeque, net::SocketAddr, time::Duration};
 
 use anyhow::Context;
 use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
+    io::AsyncWriteExt,
     net::{TcpListener, TcpStream},
     sync::mpsc,
 };
 
-use crate::http::find;
+use crate::http::read_request;
 
 enum Command {
     Stream(TcpStream),
@@ -43,19 +43,8 @@ pub async fn serve(listen: SocketAddr) -> anyhow::Result<()> {
 
 async fn connection(mut stream: TcpStream, tx: mpsc::UnboundedSender<Command>) {
     let mut buf = Vec::with_capacity(1024);
-    loop {
-        let head_end = loop {
-            if let Some(i) = find(&buf, b"\r\n\r\n") {
-                break i + 4;
-            }
-            let mut chunk = [0u8; 4096];
-            match stream.read(&mut chunk).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            }
-        };
-        let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
-        if head.starts_with("get ") {
+    while let Some(request) = read_request(&mut stream, &mut buf).await {
+        if request.method == "GET" {
             let ok = stream
                 .write_all(
                     b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\nConnection: close\r\n\r\n",
@@ -66,20 +55,7 @@ async fn connection(mut stream: TcpStream, tx: mpsc::UnboundedSender<Command>) {
             }
             return;
         }
-        let len: usize = head
-            .lines()
-            .find_map(|l| l.strip_prefix("content-length:"))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0);
-        while buf.len() < head_end + len {
-            let mut chunk = [0u8; 4096];
-            match stream.read(&mut chunk).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            }
-        }
-        let body: Vec<u8> = buf.drain(..head_end + len).skip(head_end).collect();
-        if tx.send(Command::Frame(body)).is_err()
+        if tx.send(Command::Frame(request.body)).is_err()
             || stream
                 .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
                 .await

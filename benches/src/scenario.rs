@@ -385,15 +385,50 @@ fn percentiles(trackers: &mut [Tracker]) -> Option<Latency> {
     })
 }
 
+/// A measured span: what the report names, and the CPU readings at its start.
 struct Base<'a> {
     scenario: Scenario,
     server: &'a Server,
     opts: &'a Options,
     subscribers: u64,
+    start: Instant,
+    server_cpu: Duration,
+    client_cpu: Duration,
 }
 
-impl Base<'_> {
-    #[allow(clippy::too_many_arguments)]
+/// CPU time spent in a span: the server's, the load generator's.
+struct Spent {
+    server: Duration,
+    client: Duration,
+}
+
+impl<'a> Base<'a> {
+    /// Starts measuring now.
+    fn start(scenario: Scenario, server: &'a Server, opts: &'a Options, subscribers: u64) -> Self {
+        Self {
+            scenario,
+            server,
+            opts,
+            subscribers,
+            server_cpu: server.procs.sample().cpu,
+            client_cpu: own_cpu(),
+            start: Instant::now(),
+        }
+    }
+
+    /// CPU time spent since the start.
+    fn spent(&self) -> Spent {
+        Spent {
+            server: self
+                .server
+                .procs
+                .sample()
+                .cpu
+                .saturating_sub(self.server_cpu),
+            client: own_cpu().saturating_sub(self.client_cpu),
+        }
+    }
+
     fn report(
         &self,
         tally: &Tally,
@@ -401,9 +436,9 @@ impl Base<'_> {
         counters: &Counters,
         expected: u64,
         elapsed: Duration,
-        cpu: Duration,
-        client_cpu: Duration,
+        spent: Spent,
     ) -> Report {
+        let (cpu, client_cpu) = (spent.server, spent.client);
         let elapsed_s = elapsed.as_secs_f64();
         let connected = progress.connected.load(Ordering::Relaxed);
         let publish_errors = counters.errors.load(Ordering::Relaxed);
@@ -502,8 +537,8 @@ async fn flow(
     let crowd = Crowd::open(server, opts, n, m, latency, false, None).await?;
     tokio::time::sleep(opts.settle).await;
     let counters = Arc::new(Counters::default());
-    let (cpu0, own0) = (server.procs.sample().cpu, own_cpu());
-    let start = Instant::now();
+    let base = Base::start(scenario, server, opts, n);
+    let start = base.start;
     let plan = Plan {
         first: 1,
         count: m,
@@ -519,25 +554,11 @@ async fn flow(
     };
     let outcome = publisher.await.context("publisher")??;
     crowd.wait_delivered(n * m, opts.stall).await;
-    let (cpu1, own1) = (server.procs.sample().cpu, own_cpu());
+    let spent = base.spent();
     let (mut trackers, progress) = crowd.finish().await?;
     let t = tally(&trackers, m);
     let end = t.last_at.unwrap_or_else(Instant::now).max(start);
-    let base = Base {
-        scenario,
-        server,
-        opts,
-        subscribers: n,
-    };
-    let mut report = base.report(
-        &t,
-        &progress,
-        &counters,
-        n * m,
-        end - start,
-        cpu1.saturating_sub(cpu0),
-        own1.saturating_sub(own0),
-    );
+    let mut report = base.report(&t, &progress, &counters, n * m, end - start, spent);
     if latency {
         report.latency = percentiles(&mut trackers);
     }
@@ -555,8 +576,12 @@ async fn idle(server: &Server, opts: &Options) -> anyhow::Result<Report> {
     tokio::time::sleep(opts.settle.max(Duration::from_secs(2))).await;
     let rss1 = server.procs.sample().rss;
     let counters = Arc::new(Counters::default());
-    let (cpu0, own0) = (server.procs.sample().cpu, own_cpu());
-    let start = Instant::now();
+    let idle_opts = Options {
+        messages: 1,
+        ..opts.clone()
+    };
+    let base = Base::start(Scenario::Idle, server, &idle_opts, n);
+    let start = base.start;
     let plan = Plan {
         first: 1,
         count: 1,
@@ -566,29 +591,11 @@ async fn idle(server: &Server, opts: &Options) -> anyhow::Result<Report> {
     };
     publish::run(&server.publish, &opts.topic, plan, Arc::clone(&counters)).await?;
     crowd.wait_delivered(n, opts.stall).await;
-    let (cpu1, own1) = (server.procs.sample().cpu, own_cpu());
+    let spent = base.spent();
     let (trackers, progress) = crowd.finish().await?;
     let t = tally(&trackers, 1);
     let end = t.last_at.unwrap_or_else(Instant::now).max(start);
-    let opts = Options {
-        messages: 1,
-        ..opts.clone()
-    };
-    let base = Base {
-        scenario: Scenario::Idle,
-        server,
-        opts: &opts,
-        subscribers: n,
-    };
-    let mut report = base.report(
-        &t,
-        &progress,
-        &counters,
-        n,
-        end - start,
-        cpu1.saturating_sub(cpu0),
-        own1.saturating_sub(own0),
-    );
+    let mut report = base.report(&t, &progress, &counters, n, end - start, spent);
     let connected = progress.connected.load(Ordering::Relaxed).max(1);
     report.rss_per_connection = Some(rss1.saturating_sub(rss0) as f64 / connected as f64);
     report.rss_bytes = Some(rss1);
@@ -626,14 +633,14 @@ async fn resume(server: &Server, opts: &Options) -> anyhow::Result<Report> {
         batch: opts.batch,
     };
     publish::run(&server.publish, &opts.topic, plan, Arc::clone(&counters)).await?;
-    let (cpu0, own0) = (server.procs.sample().cpu, own_cpu());
-    let start = Instant::now();
+    let base = Base::start(Scenario::Resume, server, opts, n);
+    let start = base.start;
     // Trackers carried over already count message 1.
     let crowd = Crowd::open(server, opts, n, total, false, false, Some(&first)).await?;
     crowd
         .wait(|p| p.caught_up.load(Ordering::Relaxed) >= n, opts.stall)
         .await;
-    let (cpu1, own1) = (server.procs.sample().cpu, own_cpu());
+    let spent = base.spent();
     let (trackers, progress) = crowd.finish().await?;
     let caught_up = trackers.iter().filter(|t| t.caught_up_at.is_some()).count() as u64;
     let t = tally(&trackers, total);
@@ -648,20 +655,13 @@ async fn resume(server: &Server, opts: &Options) -> anyhow::Result<Report> {
         delivered: t.delivered.saturating_sub(n),
         ..t
     };
-    let base = Base {
-        scenario: Scenario::Resume,
-        server,
-        opts,
-        subscribers: n,
-    };
     let mut report = base.report(
         &replayed,
         &progress,
         &counters,
         n * missed,
         end - start,
-        cpu1.saturating_sub(cpu0),
-        own1.saturating_sub(own0),
+        spent,
     );
     report.connected = report.connected.min(n);
     report.ok &= caught_up == n;
@@ -681,8 +681,8 @@ async fn storm(server: &Server, opts: &Options, kill: Kill) -> anyhow::Result<Re
     let crowd = Crowd::open(server, opts, n, m, false, true, None).await?;
     tokio::time::sleep(opts.settle).await;
     let counters = Arc::new(Counters::default());
-    let (cpu0, own0) = (server.procs.sample().cpu, own_cpu());
-    let start = Instant::now();
+    let base = Base::start(Scenario::Storm, server, opts, n);
+    let start = base.start;
     let plan = Plan {
         first: 1,
         count: m,
@@ -712,26 +712,12 @@ async fn storm(server: &Server, opts: &Options, kill: Kill) -> anyhow::Result<Re
         .await;
     publisher.await.context("publisher")??;
     crowd.wait_delivered(n * m, opts.stall).await;
-    let (cpu1, own1) = (server.procs.sample().cpu, own_cpu());
+    let spent = base.spent();
     let (trackers, progress) = crowd.finish().await?;
     let caught_up = trackers.iter().filter(|t| t.caught_up_at.is_some()).count() as u64;
     let t = tally(&trackers, m);
     let end = t.last_at.unwrap_or_else(Instant::now).max(start);
-    let base = Base {
-        scenario: Scenario::Storm,
-        server,
-        opts,
-        subscribers: n,
-    };
-    let mut report = base.report(
-        &t,
-        &progress,
-        &counters,
-        n * m,
-        end - start,
-        cpu1.saturating_sub(cpu0),
-        own1.saturating_sub(own0),
-    );
+    let mut report = base.report(&t, &progress, &counters, n * m, end - start, spent);
     let last = trackers
         .iter()
         .filter_map(|t| t.caught_up_at)

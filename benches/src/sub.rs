@@ -148,11 +148,6 @@ impl Tracker {
     pub fn missing(&self, total: u64) -> u64 {
         (1..=total).filter(|&n| !self.is_seen(n)).count() as u64
     }
-
-    /// Whether `n` arrived.
-    pub fn has(&self, n: u64) -> bool {
-        self.is_seen(n)
-    }
 }
 
 /// Reads the unsigned integer after `"key":` in a JSON text (no full JSON parse per delivery).

@@ -139,6 +139,28 @@ async fn wait_port(port: u16) -> anyhow::Result<()> {
     anyhow::bail!("nothing listens on port {port} after 15 s")
 }
 
+/// Waits until a stream request on `port` is answered: pushpin's condure listens before its proxy
+/// is connected, and requests taken in between are never answered.
+async fn wait_stream(port: u16, path: &str) -> anyhow::Result<()> {
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    for _ in 0..60 {
+        let attempt = async {
+            let mut stream = herald_bench::http::connect(addr, None).await?;
+            let req = format!(
+                "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n\r\n"
+            );
+            tokio::io::AsyncWriteExt::write_all(&mut stream, req.as_bytes()).await?;
+            herald_bench::http::read_head(&mut stream, &mut Vec::new()).await
+        };
+        if let Ok(Ok(head)) = tokio::time::timeout(Duration::from_millis(500), attempt).await
+            && head.status == 200
+        {
+            return Ok(());
+        }
+    }
+    anyhow::bail!("no stream answered on port {port} within 30 s")
+}
+
 fn spawn(cmd: &mut Command) -> anyhow::Result<Child> {
     cmd.stdout(Stdio::null())
         .stderr(Stdio::inherit())
@@ -268,6 +290,7 @@ async fn start(name: &str) -> anyhow::Result<(Server, Keep)> {
             wait_port(origin_port).await?;
             wait_port(port).await?;
             wait_port(publish_port).await?;
+            wait_stream(port, "/stream/ready").await?;
             let pids = vec![
                 pushpin.id().context("pushpin pid")?,
                 origin.id().context("origin pid")?,
