@@ -33,6 +33,17 @@ impl Cluster {
         Self::start_on(Mongo::start().await.unwrap(), ingests, gateways, shared).await
     }
 
+    /// The same with gateways that keep no window of recent events, so every replay reads the
+    /// tiers (for tests of JetStream and MongoDB replay).
+    pub(crate) async fn start_windowless(ingests: usize, gateways: usize, shared: &[&str]) -> Self {
+        let mut cluster = Self::start(ingests, 0, shared).await;
+        for _ in 0..gateways {
+            let gateway = cluster.deployment.gateway(&["--replay-window", "0"]);
+            cluster.gateways.push(gateway.await.unwrap());
+        }
+        cluster
+    }
+
     /// The same over a given MongoDB.
     pub(crate) async fn start_on(
         mongo: Mongo,

@@ -14,7 +14,7 @@ const SHARED: &[&str] = &["--stream-max-bytes", "16KiB"];
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_archiver_repairs_an_ingest_killed_between_its_two_writes() {
     // A healthy ingest (with the archiver) and a gateway.
-    let cluster = Cluster::start(1, 1, SHARED).await;
+    let cluster = Cluster::start_windowless(1, 1, SHARED).await;
     let healthy = cluster.ingests[0].api();
     let gateway = cluster.gateways[0].api();
     // A faulty ingest: it stops after the JetStream ack, before MongoDB. No archiver of its own.

@@ -16,7 +16,7 @@ const RESUME_AFTER: usize = 10;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prometheus_sees_what_happened() {
-    let cluster = Cluster::start(1, 1, &[]).await;
+    let cluster = Cluster::start_windowless(1, 1, &[]).await;
     let (ingest, gateway) = (cluster.ingests[0].api(), cluster.gateways[0].api());
 
     let mut subs = Vec::new();

@@ -19,7 +19,7 @@ const SHARED: &[&str] = &[
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resumes_read_jetstream_then_mongodb_then_say_expired() {
-    let cluster = Cluster::start(1, 1, SHARED).await;
+    let cluster = Cluster::start_windowless(1, 1, SHARED).await;
     let ingest = cluster.ingests[0].api();
     let gateway = cluster.gateways[0].api();
     let filler = "y".repeat(200);

@@ -133,3 +133,83 @@ async fn the_query_parameter_resumes_a_first_load_and_the_header_wins() {
     let (got, _) = s.collect(1).await.unwrap();
     assert_eq!(got[0].id, ids[2], "Last-Event-ID header over the query");
 }
+
+/// Resumes after `from` and answers the ids of the `n` events replayed, and the count the
+/// `herald.live` event reports.
+async fn replay(api: &herald_tests::Api, from: &str, n: usize) -> (Vec<String>, String) {
+    let mut s = api.stream("/v1/stream?topic=t", Some(from)).await.unwrap();
+    let (got, control) = s.collect(n).await.unwrap();
+    assert_eq!(control[0].data, r#"{"recovered":true}"#);
+    // The live marker follows the last replayed event.
+    let live = s.next().await.unwrap().unwrap();
+    assert_eq!(live.event, "herald.live");
+    (got.into_iter().map(|e| e.id).collect(), live.data)
+}
+
+#[tokio::test]
+async fn recent_events_replay_from_the_window_and_older_ones_from_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    // A window of 4 KiB holds about the last 20 of these events; pages of 10.
+    let herald = Herald::start(
+        dir.path(),
+        &["--replay-window", "4KiB", "--replay-page", "10"],
+    )
+    .await
+    .unwrap();
+    let api = herald.api();
+    let pad = "p".repeat(60);
+    let mut ids = Vec::new();
+    for n in 0..100 {
+        ids.push(
+            api.publish("t", json!({"n": n, "pad": pad}))
+                .await
+                .unwrap()
+                .id(),
+        );
+        // Another topic in between: the window skips what the filter does not match.
+        api.publish("u", json!(n)).await.unwrap();
+    }
+    let window = || api.metric("herald_replay_reads_total{tier=\"window\"}");
+
+    // Recent: all from the window.
+    let before = window().await.unwrap();
+    let (got, live) = replay(&api, &ids[89], 10).await;
+    assert_eq!(got, ids[90..]);
+    assert_eq!(live, r#"{"replayed":10}"#);
+    assert_eq!(window().await.unwrap() - before, 10.0);
+
+    // Old: the store first, then the window once it covers the rest; every event once, in order.
+    let before = window().await.unwrap();
+    let (got, live) = replay(&api, &ids[4], 95).await;
+    assert_eq!(
+        got,
+        ids[5..],
+        "a gap or a duplicate where the store hands over"
+    );
+    assert_eq!(live, r#"{"replayed":95}"#);
+    let from_window = window().await.unwrap() - before;
+    assert!(
+        from_window > 0.0 && from_window < 40.0,
+        "{from_window} of 95 from a window of about 20 events"
+    );
+}
+
+#[tokio::test]
+async fn without_a_window_every_replay_reads_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let herald = Herald::start(dir.path(), &["--replay-window", "0"])
+        .await
+        .unwrap();
+    let api = herald.api();
+    let mut ids = Vec::new();
+    for n in 0..20 {
+        ids.push(api.publish("t", json!(n)).await.unwrap().id());
+    }
+    let (got, _) = replay(&api, &ids[9], 10).await;
+    assert_eq!(got, ids[10..]);
+    let window = api
+        .metric("herald_replay_reads_total{tier=\"window\"}")
+        .await
+        .unwrap();
+    assert_eq!(window, 0.0);
+}

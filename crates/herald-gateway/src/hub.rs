@@ -31,6 +31,8 @@ use tokio::{
 };
 use tracing::field::Empty;
 
+use crate::window::{Window, WindowPage};
+
 /// The most events held while waiting for a gap to fill before the store is asked at once.
 const MAX_PENDING: usize = 4096;
 /// How many recent events' publish times the hub remembers (for browser lag reports).
@@ -109,6 +111,7 @@ struct Inner {
     queue_capacity: usize,
     metrics: Arc<Metrics>,
     recent: Recent,
+    window: Window,
 }
 
 /// A cheap handle on the hub.
@@ -119,7 +122,9 @@ pub struct Hub {
 
 impl Hub {
     /// Starts the hub task on `feed`. Events up to `head` are taken as already delivered: take the
-    /// feed before reading `head`, so nothing falls between them.
+    /// feed before reading `head`, so nothing falls between them. The last `window_bytes` of
+    /// delivered events are kept for [`Hub::window_page`].
+    #[allow(clippy::too_many_arguments)]
     pub fn start(
         feed: Feed,
         store: Arc<dyn History>,
@@ -127,6 +132,7 @@ impl Hub {
         head: u64,
         queue_capacity: usize,
         gap_timeout: Duration,
+        window_bytes: usize,
         metrics: Arc<Metrics>,
     ) -> Self {
         let inner = Arc::new(Inner {
@@ -136,6 +142,7 @@ impl Hub {
             queue_capacity: queue_capacity.max(1),
             metrics,
             recent: Recent::new(),
+            window: Window::new(window_bytes, head),
         });
         // Subscribers and queued frames are counted when /metrics is read, not tracked.
         let weak = Arc::downgrade(&inner);
@@ -186,6 +193,22 @@ impl Hub {
         }
     }
 
+    /// Frames of recently delivered events matching `filter` after `after`, at most `limit`; or
+    /// `None` when the window no longer covers `after + 1` (read the store). Events past the page
+    /// reach a subscriber registered before the read through its queue.
+    pub fn window_page(
+        &self,
+        filter: &TopicFilter,
+        after: u64,
+        limit: usize,
+    ) -> Option<WindowPage> {
+        let page = self.inner.window.read(filter, after, limit)?;
+        self.inner
+            .metrics
+            .replay_read("window", page.frames.len() as u64);
+        Some(page)
+    }
+
     /// How many subscribers are registered.
     pub fn subscribers(&self) -> usize {
         self.inner.census().0
@@ -211,6 +234,8 @@ impl Inner {
             trace: None,
         };
         self.recent.record(event.seq, event.time_ms);
+        // In the window before in any queue: see `window` for why the order matters.
+        self.window.push(event.seq, &event.topic, &delivery.frame);
         let lag_ms = herald_core::event::now_ms().saturating_sub(event.time_ms);
         self.metrics.delivery_lag.observe(lag_ms as f64 / 1000.0);
         // A sampled trace gets a fan-out span, and one subscriber's socket write continues it.
@@ -383,8 +408,12 @@ impl Sequencer {
             }
         }
         if self.expected < first_pending {
+            self.inner.window.restart(first_pending);
             self.inner.mark_all_lagged();
             self.expected = first_pending;
+        } else {
+            // Sequences the store read past without an event are covered too.
+            self.inner.window.cover(first_pending - 1);
         }
         self.release();
     }
@@ -404,12 +433,12 @@ impl Subscription {
         self.rx.recv().await
     }
 
-    /// Whether the queue is empty now.
     /// The next queued delivery, if one is queued.
     pub fn try_recv(&mut self) -> Option<Delivery> {
         self.rx.try_recv().ok()
     }
 
+    /// Whether the queue is empty now.
     pub fn is_empty(&self) -> bool {
         self.rx.is_empty()
     }
@@ -472,6 +501,7 @@ mod tests {
             bounds.head,
             capacity,
             Duration::from_millis(20),
+            1 << 20,
             Arc::new(Metrics::new()),
         );
         (hub, store, bus)

@@ -5,17 +5,23 @@
 //!   resumes from a Last-Event-ID (verdict, replay, then live with no gap or duplicate at the
 //!   seam), catches up in place when it falls behind, sends heartbeats and ends on drain.
 //! - [`history`]: `GET /v1/topics/{topic}/events`, the same events as JSON.
+//! - [`window`]: the last events the hub delivered, kept encoded, so resumes and catch-ups inside
+//!   it are served from memory.
+//! - [`bounds`]: one store-bounds read shared by all the connections that wait for it, so a
+//!   reconnect storm is not a storm of store reads.
 //! - [`demo`]: the demo page at `/`, and the original article's client at `/article`.
 //! - [`lag`]: browser-observed delivery latency, reported by pages to `POST /v1/telemetry/lag`,
 //!   and the helper script `/herald-lag.js`.
 //!
 //! [`Gateway::start`] wires a store (for replay) and a bus (for live events) into a router.
 
+pub mod bounds;
 pub mod demo;
 pub mod history;
 pub mod hub;
 pub mod lag;
 pub mod stream;
+pub mod window;
 
 use std::{
     sync::{Arc, atomic::AtomicUsize},
@@ -50,6 +56,9 @@ pub struct GatewayConfig {
     pub subscriber_queue: usize,
     /// Events per store read during replay and catch-up.
     pub replay_page: usize,
+    /// Bytes of recently delivered events kept in memory to serve replays and catch-ups without
+    /// reading the store; 0 keeps none.
+    pub replay_window: usize,
     /// Streams end at a random moment within this after a drain starts.
     pub drain_jitter: Duration,
     /// The most events one history request returns.
@@ -71,6 +80,7 @@ impl Default for GatewayConfig {
             max_connections: 10_000,
             subscriber_queue: 256,
             replay_page: 256,
+            replay_window: 64 << 20,
             drain_jitter: Duration::from_secs(5),
             history_limit: 1000,
             gap_timeout: Duration::from_millis(100),
@@ -110,6 +120,9 @@ impl Gateway {
         // The feed first, then the head: every event is in one or the other.
         let feed = bus.subscribe().await.context("subscribing to the bus")?;
         let bounds = store.bounds().await.context("reading the store's bounds")?;
+        // The hub's gap reads and the streams' replays go straight to the store; the bounds that
+        // every new stream reads are shared.
+        let store: Arc<dyn History> = Arc::new(bounds::SharedBounds::new(store));
         let hub = Hub::start(
             feed,
             Arc::clone(&store),
@@ -117,6 +130,7 @@ impl Gateway {
             bounds.head,
             config.subscriber_queue,
             config.gap_timeout,
+            config.replay_window,
             Arc::clone(&metrics),
         );
         let history = history::HistoryReader::new(

@@ -3,8 +3,9 @@
 //! Order of a connection's life:
 //! 1. Register with the hub (live events queue from now on) and read the store's bounds, both
 //!    before answering; then `retry:`.
-//! 2. With a Last-Event-ID: `event: herald.resume` with the verdict; if recovered, replay the
-//!    store after the id page by page, then `event: herald.live` with the count replayed.
+//! 2. With a Last-Event-ID: `event: herald.resume` with the verdict; if recovered, replay after
+//!    the id page by page (from the hub's window of recent events while it covers them, from the
+//!    store before that), then `event: herald.live` with the count replayed.
 //! 3. Live: queued events with a sequence above the last one sent (so nothing at the seam is sent
 //!    twice), comment heartbeats after `heartbeat` of silence.
 //! 4. If the queue overflowed, drain it, re-arm, catch up from the store, and go on live.
@@ -186,7 +187,8 @@ impl Chunk {
         match (&self.first, &mut self.rest) {
             (None, _) => self.first = Some(frame),
             (Some(first), None) => {
-                let mut buf = BytesMut::with_capacity((first.len() + frame.len()) * 4);
+                let both = first.len() + frame.len();
+                let mut buf = BytesMut::with_capacity((both * 4).min(MAX_CHUNK).max(both));
                 buf.extend_from_slice(first);
                 buf.extend_from_slice(&frame);
                 self.rest = Some(buf);
@@ -255,6 +257,27 @@ fn connection(
                 sub.rearm();
                 let mut replayed = 0u64;
                 loop {
+                    // Recent events come encoded from the hub's window; older ones from the store.
+                    if let Some(page) = gw.hub.window_page(&filter, last, config.replay_page) {
+                        replayed += page.frames.len() as u64;
+                        last = page.next_after;
+                        let mut chunk = Chunk::default();
+                        for frame in page.frames {
+                            chunk.push(frame);
+                            if chunk.len() >= MAX_CHUNK
+                                && let Some(bytes) = std::mem::take(&mut chunk).take()
+                            {
+                                yield bytes;
+                            }
+                        }
+                        if let Some(bytes) = chunk.take() {
+                            yield bytes;
+                        }
+                        if page.end {
+                            break;
+                        }
+                        continue;
+                    }
                     let query = ReadQuery { filter: filter.clone(), after: last, limit: config.replay_page };
                     let page = match gw.store.read(query).await {
                         Ok(page) => page,

@@ -220,7 +220,7 @@ impl Metrics {
         );
         r.register(
             "replay_reads",
-            "Events read back for replay, catch-up or gap fills, by tier (jetstream, mongodb)",
+            "Events read back for replay, catch-up or gap fills, by tier (window, jetstream, mongodb)",
             m.replay_reads.clone(),
         );
         r.register(
@@ -348,7 +348,7 @@ impl Metrics {
             .inc();
     }
 
-    /// Counts events read back from a tier (`jetstream`, `mongodb`).
+    /// Counts events read back from a tier (`window`, `jetstream`, `mongodb`).
     pub fn replay_read(&self, tier: &'static str, events: u64) {
         self.replay_reads
             .get_or_create(&TierLabel { tier })

@@ -13,7 +13,10 @@ use herald_cluster::{
 };
 use herald_core::Topic;
 use herald_gateway::{Gateway, GatewayConfig};
-use herald_runtime::{Drain, config::parse_duration};
+use herald_runtime::{
+    Drain,
+    config::{parse_bytes, parse_duration},
+};
 use herald_telemetry::Metrics;
 
 /// Every option can also be set with its `HERALD_*` environment variable.
@@ -78,6 +81,10 @@ struct Options {
         default_value_t = 256
     )]
     replay_page: usize,
+    /// Bytes of recently delivered events kept in memory, so resumes and catch-ups inside them
+    /// read no store (0 keeps none).
+    #[arg(long, env = "HERALD_REPLAY_WINDOW", value_name = "SIZE", default_value = "64MiB", value_parser = parse_bytes)]
+    replay_window: u64,
     /// Streams end at random within this after a drain starts; keep it below the deadline.
     #[arg(long, env = "HERALD_DRAIN_JITTER", value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
     drain_jitter: std::time::Duration,
@@ -130,6 +137,7 @@ async fn run(options: Options) -> anyhow::Result<()> {
         max_connections: options.max_connections,
         subscriber_queue: options.subscriber_queue,
         replay_page: options.replay_page,
+        replay_window: usize::try_from(options.replay_window).context("--replay-window")?,
         drain_jitter: options.drain_jitter,
         gap_timeout: options.gap_timeout,
         demo_topic: Topic::new(&options.demo_topic).context("--demo-topic")?,

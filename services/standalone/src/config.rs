@@ -80,6 +80,11 @@ pub struct Options {
     /// Events per store read during replay [default: 256].
     #[arg(long, env = "HERALD_REPLAY_PAGE", value_name = "N")]
     pub replay_page: Option<usize>,
+    /// Bytes of recently delivered events kept in memory, so resumes and catch-ups inside them
+    /// read no store; 0 keeps none [default: 64MiB].
+    #[arg(long, env = "HERALD_REPLAY_WINDOW", value_parser = parse_bytes, value_name = "SIZE")]
+    #[serde(default, deserialize_with = "config::bytes::deserialize")]
+    pub replay_window: Option<u64>,
     /// A connection whose peer accepts no bytes for this long is closed [default: 30s].
     #[arg(long, env = "HERALD_WRITE_TIMEOUT", value_parser = parse_duration, value_name = "DURATION")]
     #[serde(default, deserialize_with = "config::duration::deserialize")]
@@ -183,6 +188,7 @@ impl Options {
             max_connections,
             subscriber_queue,
             replay_page,
+            replay_window,
             write_timeout,
             drain_deadline,
             drain_jitter,
@@ -273,6 +279,9 @@ impl Config {
                 "subscriber-queue",
             )?,
             replay_page: positive(o.replay_page, gw_default.replay_page, "replay-page")?,
+            replay_window: o.replay_window.map_or(Ok(gw_default.replay_window), |b| {
+                usize::try_from(b).context("--replay-window")
+            })?,
             drain_jitter: o.drain_jitter.unwrap_or(gw_default.drain_jitter),
             demo_topic: topic(o.demo_topic, gw_default.demo_topic.clone(), "demo-topic")?,
             compat_topic: compat_topic.clone(),

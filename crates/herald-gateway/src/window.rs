@@ -1,0 +1,287 @@
+//! The recent window: the last events the hub delivered, kept encoded, so that resumes and
+//! catch-ups inside it are served from memory instead of the store.
+//!
+//! When a gateway dies, its clients reconnect to the others with ids a few seconds old. Every
+//! surviving gateway has delivered those events itself moments ago: serving them from here costs
+//! no store read and no encoding (the frames are the ones the hub already built), so a reconnect
+//! storm does not become a storm of store reads.
+//!
+//! The window covers a range of sequences: every event with a sequence in `[from, to]` is in it
+//! (a sequence with no event, such as a gap the store skipped, is covered too). The hub pushes
+//! each event before it hands it to any subscriber, so a subscriber registered before it reads
+//! the window finds each event in the window, in its queue, or both (its connection drops
+//! sequences it has already sent). The oldest events leave when the window's bytes exceed its
+//! capacity; a gap the hub could not fill restarts it.
+
+use std::{collections::VecDeque, sync::RwLock};
+
+use bytes::Bytes;
+use herald_core::{Topic, TopicFilter};
+
+/// Bookkeeping bytes counted per event on top of its frame and topic.
+const ENTRY_OVERHEAD: usize = 64;
+/// Events examined per read, per event asked for: a narrow filter over a wide window is read in
+/// several short pieces, so the hub never waits long for the lock.
+const SCAN_FACTOR: usize = 16;
+
+#[derive(Debug)]
+struct Entry {
+    seq: u64,
+    topic: Topic,
+    frame: Bytes,
+}
+
+#[derive(Debug)]
+struct Covered {
+    /// The first sequence covered.
+    from: u64,
+    /// The last sequence covered (`from - 1` when nothing is).
+    to: u64,
+    entries: VecDeque<Entry>,
+    bytes: usize,
+}
+
+/// A page read from the window.
+#[derive(Debug)]
+pub struct WindowPage {
+    /// The matching frames after the asked sequence, in order.
+    pub frames: Vec<Bytes>,
+    /// Everything up to this sequence has been looked at.
+    pub next_after: u64,
+    /// Nothing the window covered was left to look at.
+    pub end: bool,
+}
+
+/// Recent events in sequence order, bounded in bytes. One writer (the hub task), many readers.
+#[derive(Debug)]
+pub struct Window {
+    capacity: usize,
+    covered: RwLock<Covered>,
+}
+
+impl Window {
+    /// An empty window that covers nothing up to `head`, holding at most `capacity` bytes (0
+    /// keeps nothing: every read goes to the store).
+    pub fn new(capacity: usize, head: u64) -> Self {
+        Self {
+            capacity,
+            covered: RwLock::new(Covered {
+                from: head + 1,
+                to: head,
+                entries: VecDeque::new(),
+                bytes: 0,
+            }),
+        }
+    }
+
+    /// Adds the event at `seq`; every sequence between the last covered one and `seq` is known to
+    /// have no event.
+    pub fn push(&self, seq: u64, topic: &Topic, frame: &Bytes) {
+        let mut c = self.covered.write().expect("window");
+        debug_assert!(seq > c.to, "the hub delivers in sequence order");
+        // `to` follows the hub even when nothing is kept: a reader at `to` is up to date.
+        c.to = seq;
+        if self.capacity > 0 {
+            c.entries.push_back(Entry {
+                seq,
+                topic: topic.clone(),
+                frame: frame.clone(),
+            });
+            c.bytes += frame.len() + topic.as_str().len() + ENTRY_OVERHEAD;
+        }
+        while c.bytes > self.capacity {
+            let Some(old) = c.entries.pop_front() else {
+                break;
+            };
+            c.bytes -= old.frame.len() + old.topic.as_str().len() + ENTRY_OVERHEAD;
+            c.from = old.seq + 1;
+        }
+        if c.entries.is_empty() {
+            // Nothing kept (no capacity, or an event larger than all of it): cover nothing rather
+            // than claim a sequence with no frame.
+            c.from = c.to + 1;
+        }
+    }
+
+    /// Every sequence up to `seq` is known to have no event beyond those pushed.
+    pub fn cover(&self, seq: u64) {
+        let mut c = self.covered.write().expect("window");
+        if c.entries.is_empty() {
+            // Nothing kept: covering nothing keeps the claim true, whatever the capacity.
+            c.from = c.from.max(seq + 1);
+        }
+        c.to = c.to.max(seq);
+    }
+
+    /// The events before `seq` could not all be delivered: start again, covering nothing.
+    pub fn restart(&self, seq: u64) {
+        let mut c = self.covered.write().expect("window");
+        c.entries.clear();
+        c.bytes = 0;
+        c.from = seq;
+        c.to = seq - 1;
+    }
+
+    /// At most `limit` frames matching `filter` after `after`, or `None` when the window does not
+    /// cover the sequence right after `after` (read the store instead).
+    pub fn read(&self, filter: &TopicFilter, after: u64, limit: usize) -> Option<WindowPage> {
+        let c = self.covered.read().expect("window");
+        if after + 1 < c.from {
+            return None;
+        }
+        let start = c.entries.partition_point(|e| e.seq <= after);
+        let mut frames = Vec::new();
+        let mut next_after = after;
+        for entry in c
+            .entries
+            .range(start..)
+            .take(limit.saturating_mul(SCAN_FACTOR).max(1))
+        {
+            next_after = entry.seq;
+            if filter.matches(entry.topic.as_str()) {
+                frames.push(entry.frame.clone());
+                if frames.len() >= limit {
+                    break;
+                }
+            }
+        }
+        let end = c.entries.back().is_none_or(|last| next_after >= last.seq);
+        Some(WindowPage {
+            frames,
+            next_after: if end { c.to.max(after) } else { next_after },
+            end,
+        })
+    }
+
+    /// How many bytes the window holds (frames, topics and bookkeeping).
+    pub fn bytes(&self) -> usize {
+        self.covered.read().expect("window").bytes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn topic(t: &str) -> Topic {
+        Topic::new(t).unwrap()
+    }
+
+    fn filter(t: &str) -> TopicFilter {
+        TopicFilter::parse([t]).unwrap()
+    }
+
+    fn frame(seq: u64) -> Bytes {
+        Bytes::from(format!("id: {seq}\ndata: x\n\n"))
+    }
+
+    fn seqs(page: &WindowPage) -> Vec<u64> {
+        page.frames
+            .iter()
+            .map(|f| {
+                let text = std::str::from_utf8(f).unwrap();
+                text[4..text.find('\n').unwrap()].parse().unwrap()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn reads_what_follows_a_covered_sequence_and_sends_older_ones_to_the_store() {
+        let w = Window::new(1 << 20, 10);
+        for seq in 11..=20 {
+            w.push(
+                seq,
+                &topic(if seq % 2 == 0 { "a" } else { "b" }),
+                &frame(seq),
+            );
+        }
+        let page = w.read(&filter("a"), 10, 100).unwrap();
+        assert_eq!(seqs(&page), [12, 14, 16, 18, 20]);
+        assert!(page.end);
+        assert_eq!(page.next_after, 20);
+        // Paged: three at a time.
+        let page = w.read(&filter(">"), 13, 3).unwrap();
+        assert_eq!(seqs(&page), [14, 15, 16]);
+        assert!(!page.end);
+        assert_eq!(page.next_after, 16);
+        // Up to date, or ahead of the hub: nothing to send, go live.
+        let page = w.read(&filter(">"), 20, 3).unwrap();
+        assert!(page.frames.is_empty() && page.end && page.next_after == 20);
+        let page = w.read(&filter(">"), 25, 3).unwrap();
+        assert!(page.frames.is_empty() && page.end && page.next_after == 25);
+        // Before the window (9 is not covered): the store.
+        assert!(w.read(&filter(">"), 8, 3).is_none());
+        assert!(w.read(&filter(">"), 10, 3).is_some());
+    }
+
+    #[test]
+    fn the_oldest_events_leave_when_the_bytes_run_out() {
+        let size = frame(11).len() + 1 + ENTRY_OVERHEAD;
+        let w = Window::new(size * 4, 10);
+        for seq in 11..=20 {
+            w.push(seq, &topic("a"), &frame(seq));
+        }
+        assert!(w.bytes() <= size * 4);
+        assert!(w.read(&filter("a"), 15, 10).is_none(), "16 has left");
+        assert_eq!(
+            seqs(&w.read(&filter("a"), 16, 10).unwrap()),
+            [17, 18, 19, 20]
+        );
+    }
+
+    #[test]
+    fn covered_sequences_without_events_and_restarts() {
+        let w = Window::new(1 << 20, 0);
+        w.push(1, &topic("a"), &frame(1));
+        // 2..=4 had no event (a gap fill read past them); 5 arrives.
+        w.cover(4);
+        w.push(5, &topic("a"), &frame(5));
+        let page = w.read(&filter("a"), 0, 10).unwrap();
+        assert_eq!(seqs(&page), [1, 5]);
+        // 6..=9 could not be read: nothing before 10 is covered any more.
+        w.restart(10);
+        assert!(w.read(&filter("a"), 5, 10).is_none());
+        let page = w.read(&filter("a"), 9, 10).unwrap();
+        assert!(page.frames.is_empty() && page.end);
+        w.push(10, &topic("a"), &frame(10));
+        assert_eq!(seqs(&w.read(&filter("a"), 9, 10).unwrap()), [10]);
+    }
+
+    #[test]
+    fn a_narrow_filter_is_read_in_pieces() {
+        let w = Window::new(1 << 20, 0);
+        for seq in 1..=100 {
+            w.push(
+                seq,
+                &topic(if seq == 100 { "rare" } else { "busy" }),
+                &frame(seq),
+            );
+        }
+        let mut after = 0;
+        let mut got = Vec::new();
+        let mut reads = 0;
+        loop {
+            let page = w.read(&filter("rare"), after, 2).unwrap();
+            reads += 1;
+            got.extend(seqs(&page));
+            after = page.next_after;
+            if page.end {
+                break;
+            }
+        }
+        assert_eq!(got, [100]);
+        assert_eq!(reads, 4, "32 events looked at per read");
+    }
+
+    #[test]
+    fn a_window_of_no_bytes_keeps_nothing() {
+        let w = Window::new(0, 0);
+        w.push(1, &topic("a"), &frame(1));
+        w.cover(1);
+        assert!(w.read(&filter("a"), 0, 10).is_none());
+        assert_eq!(w.bytes(), 0);
+        // Up to date with the hub: nothing to replay, go live.
+        let page = w.read(&filter("a"), 1, 10).unwrap();
+        assert!(page.frames.is_empty() && page.end && page.next_after == 1);
+    }
+}
