@@ -33,6 +33,10 @@ const FEED_RETRY: Duration = Duration::from_millis(500);
 pub const TRACEPARENT: &str = "traceparent";
 /// How long an abandoned replay consumer lives on the server.
 const READ_CONSUMER_TTL: Duration = Duration::from_secs(30);
+/// Replay reads (each one a consumer on the server) under way at once per process; the others
+/// wait their turn. Thousands of clients replaying at once (a cold gateway after a crash) would
+/// otherwise hit JetStream's consumer limit and fail.
+const CONCURRENT_READS: usize = 64;
 
 /// A connection to the deployment's stream. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -43,6 +47,7 @@ pub struct JetStream {
     epoch: Epoch,
     timeout: Duration,
     metrics: Arc<Metrics>,
+    reads: Arc<tokio::sync::Semaphore>,
 }
 
 /// What a publish got from JetStream.
@@ -84,6 +89,7 @@ impl JetStream {
             epoch,
             timeout: config.backend_timeout,
             metrics,
+            reads: Arc::new(tokio::sync::Semaphore::new(CONCURRENT_READS)),
         })
     }
 
@@ -276,6 +282,7 @@ impl JetStream {
                 end: after >= head,
             });
         }
+        let _turn = self.reads.acquire().await.map_err(unavailable)?;
         let stream = self
             .js
             .get_stream_no_info(&*self.stream)
