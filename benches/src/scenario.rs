@@ -289,11 +289,18 @@ impl Crowd {
                 stop_rx.clone(),
             ));
             if (i + 1) % wave == 0 || i + 1 == n {
+                // A subscriber that reconnects retries a refused connect: wait until it is in,
+                // or it would start late and miss the first messages. One that does not is done.
                 let deadline = Instant::now() + Duration::from_secs(30);
-                while progress.connected.load(Ordering::Relaxed)
-                    + progress.failures.load(Ordering::Relaxed)
-                    < i + 1
-                {
+                let settled = |p: &Progress| {
+                    let failed = if reconnect {
+                        0
+                    } else {
+                        p.failures.load(Ordering::Relaxed)
+                    };
+                    p.connected.load(Ordering::Relaxed) + failed
+                };
+                while settled(&progress) < i + 1 {
                     if Instant::now() > deadline {
                         bail!(
                             "{}: {} of {} subscribers connected after 30 s",

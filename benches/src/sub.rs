@@ -190,7 +190,7 @@ pub async fn run(
             return tracker;
         }
         let outcome = tokio::select! {
-            r = connection(&spec, &last_event_id, first, &mut tracker, &progress) => Some(r),
+            r = connection(&spec, &last_event_id, &mut first, &mut tracker, &progress) => Some(r),
             _ = stop.wait_for(|s| *s) => None,
         };
         let Some(outcome) = outcome else {
@@ -198,15 +198,18 @@ pub async fn run(
         };
         match outcome {
             Ok(ended) => {
-                first = false;
                 if let Some(r) = ended.retry {
                     retry = r;
                 }
-                last_event_id = tracker.last_event_id.clone();
             }
             Err(_) => {
                 progress.failures.fetch_add(1, Ordering::Relaxed);
             }
+        }
+        // As EventSource does, however the connection ended (a clean end, a reset, a broken
+        // chunk): the next one resumes after the last event received.
+        if !tracker.last_event_id.is_empty() {
+            last_event_id.clone_from(&tracker.last_event_id);
         }
         if !spec.reconnect {
             return tracker;
@@ -226,7 +229,7 @@ struct Ended {
 async fn connection(
     spec: &Spec,
     last_event_id: &str,
-    first: bool,
+    first: &mut bool,
     tracker: &mut Tracker,
     progress: &Progress,
 ) -> anyhow::Result<Ended> {
@@ -251,7 +254,7 @@ async fn connection(
         spec.url.target,
         head.status
     );
-    if first {
+    if std::mem::take(first) {
         progress.connected.fetch_add(1, Ordering::Relaxed);
     }
     let mut chunked = head.chunked().then(Chunked::default);
@@ -260,13 +263,14 @@ async fn connection(
     let mut input = buf;
     input.reserve(16 * 1024);
     loop {
-        let data: &[u8] = match &mut chunked {
+        // What was decoded before a broken chunk still counts (it reached the client).
+        let (data, fed): (&[u8], _) = match &mut chunked {
             Some(c) => {
                 body.clear();
-                c.feed(&input, &mut body)?;
-                &body
+                let fed = c.feed(&input, &mut body);
+                (&body, fed)
             }
-            None => &input,
+            None => (&input, Ok(())),
         };
         for event in decoder.feed(data) {
             tracker.last_event_id.clone_from(&event.id);
@@ -277,6 +281,7 @@ async fn connection(
                 _ => tracker.other_events += 1,
             }
         }
+        fed?;
         if chunked.as_ref().is_some_and(|c| c.done) {
             break;
         }
@@ -319,5 +324,89 @@ mod tests {
             t.record(n, None, &p);
         }
         assert_eq!(t.out_of_order, 0);
+    }
+}
+
+#[cfg(test)]
+mod reconnect_tests {
+    use std::sync::Arc;
+
+    use tokio::{
+        io::{AsyncReadExt, AsyncWriteExt},
+        net::TcpListener,
+    };
+
+    use super::*;
+
+    /// A stream broken mid-chunk is an error, and the next connection still resumes after the
+    /// last event received.
+    #[tokio::test]
+    async fn a_broken_stream_resumes_after_the_last_event_received() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let mut heads = Vec::new();
+            let chunk = |text: &str| format!("{:x}\r\n{text}\r\n", text.len());
+            let head = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n";
+            for answer in [
+                // One event, then a chunk header that is not hex: the stream is broken.
+                format!(
+                    "{head}{}zz\r\n",
+                    chunk("retry: 10\nid: e1\ndata: {\"n\":1}\n\n")
+                ),
+                // The resumed stream: the next event, then a clean end.
+                format!("{head}{}0\r\n\r\n", chunk("id: e2\ndata: {\"n\":2}\n\n")),
+            ] {
+                let (mut socket, _) = listener.accept().await.unwrap();
+                let mut head = vec![0; 4096];
+                let n = socket.read(&mut head).await.unwrap();
+                heads.push(String::from_utf8_lossy(&head[..n]).into_owned());
+                socket.write_all(answer.as_bytes()).await.unwrap();
+            }
+            heads
+        });
+        let spec = Spec {
+            url: Url::parse(&format!("http://{addr}/s")).await.unwrap(),
+            headers: Vec::new(),
+            local: None,
+            reconnect: true,
+            last_event_id: None,
+            default_retry: Duration::from_millis(10),
+        };
+        let progress = Arc::new(Progress::new(2));
+        let (stop, stopped) = watch::channel(false);
+        let subscriber = tokio::spawn(run(
+            spec,
+            Tracker::new(1, false),
+            Arc::clone(&progress),
+            stopped,
+        ));
+        let heads = tokio::time::timeout(Duration::from_secs(10), server)
+            .await
+            .expect("the subscriber reconnected")
+            .unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while progress.delivered.load(Ordering::Relaxed) < 2 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "both events received"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        stop.send(true).unwrap();
+        let tracker = subscriber.await.unwrap();
+        assert!(!heads[0].to_ascii_lowercase().contains("last-event-id"));
+        assert!(heads[1].contains("Last-Event-ID: e1\r\n"), "{}", heads[1]);
+        assert_eq!(tracker.received, 2);
+        assert_eq!(
+            progress.failures.load(Ordering::Relaxed),
+            1,
+            "the broken stream"
+        );
+        assert_eq!(
+            progress.connected.load(Ordering::Relaxed),
+            1,
+            "one subscriber"
+        );
     }
 }

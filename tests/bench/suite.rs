@@ -1,7 +1,8 @@
 //! The side-by-side benchmark (not a test): every scenario of `herald-bench` against Herald
 //! standalone, Herald distributed (herald-ingest → NATS JetStream → herald-gateway, MongoDB), nchan
 //! and pushpin, and the physical-limit reference, alternating, in one run on this machine; then
-//! the ratios.
+//! the ratios. Resume also runs on two distributed gateways without a window of recent events,
+//! one replaying from JetStream, one from MongoDB.
 //!
 //! Run it with `benches/run` (installs the peers, builds in release mode, runs this). Options
 //! through the environment (defaults are the targets, within this machine's open-files
@@ -202,18 +203,22 @@ async fn start(name: &str) -> anyhow::Result<(Server, Keep)> {
                 herald_server(name, &herald.base, &herald.base, vec![herald.pid()]).await?;
             Ok((server, Keep::Herald(Box::new(herald), dir)))
         }
-        "distributed" | "distributed-mongodb" => {
+        "distributed" | "distributed-jetstream" | "distributed-mongodb" => {
             let nats = Nats::start().await?;
             let mongo = Mongo::start().await?;
             // The MongoDB tier: JetStream keeps 1 MiB, so a long resume replays from MongoDB.
-            let shared: &[&str] = if name == "distributed" {
-                &[]
-            } else {
+            let shared: &[&str] = if name == "distributed-mongodb" {
                 &["--stream-max-bytes", "1MiB"]
+            } else {
+                &[]
             };
+            // The tier variants keep no window of recent events: every replay reads the tier.
+            let window = if name == "distributed" { "64MiB" } else { "0" };
             let dep = Deployment::new(&nats, &mongo, shared);
             let ingest = dep.ingest(&[], &[]).await?;
-            let gateway = dep.gateway(&["--max-connections", "19500"]).await?;
+            let gateway = dep
+                .gateway(&["--max-connections", "19500", "--replay-window", window])
+                .await?;
             let pids = [ingest.pid(), gateway.pid(), nats.pid(), mongo.pid()]
                 .into_iter()
                 .flatten()
@@ -337,7 +342,9 @@ fn applies(scenario: Scenario, server: &str) -> bool {
         Scenario::Resume | Scenario::Publish => server != "reference",
         // A load balancer over several gateways: Herald distributed only.
         Scenario::Storm => server == "distributed",
-        Scenario::Fanout | Scenario::Latency | Scenario::Idle => server != "distributed-mongodb",
+        Scenario::Fanout | Scenario::Latency | Scenario::Idle => {
+            !matches!(server, "distributed-jetstream" | "distributed-mongodb")
+        }
     }
 }
 
@@ -403,7 +410,8 @@ fn options(scenario: Scenario, server: &str) -> Options {
     }
 }
 
-/// The storm: two gateways behind nginx, every client on the first, which is killed.
+/// The storm: two gateways behind nginx, every client on the first, which is killed. The second
+/// runs from the start, as the surviving gateways of a deployment do.
 async fn storm(opts: &Options) -> anyhow::Result<Report> {
     let nats = Nats::start().await?;
     let mongo = Mongo::start().await?;
@@ -412,11 +420,10 @@ async fn storm(opts: &Options) -> anyhow::Result<Report> {
     // A short retry: browsers reconnect after the server's `retry:`.
     let gw = ["--max-connections", "19500", "--retry", "500ms"];
     let a = dep.gateway(&gw).await?;
-    let mut b = dep.gateway(&gw).await?;
-    // Two workers: each proxied stream takes two of a worker's ~10,000 files.
-    let lb = Nginx::start_sized(&[a.addr(), b.addr()], &[ingest.addr()], 2, 9900).await?;
-    // Every client on `a`: `b` is down while they connect (nginx tries the next upstream).
-    b.kill9().await;
+    let b = dep.gateway(&gw).await?;
+    // Every client on `a`: the balancer lists only `a` while they connect. Two workers: each
+    // proxied stream takes two of a worker's ~10,000 files.
+    let lb = std::sync::Arc::new(Nginx::start_sized(&[a.addr()], &[ingest.addr()], 2, 9900).await?);
     let pids: Vec<u32> = [ingest.pid(), a.pid(), nats.pid(), mongo.pid()]
         .into_iter()
         .flatten()
@@ -429,12 +436,19 @@ async fn storm(opts: &Options) -> anyhow::Result<Report> {
     )
     .await?;
     let a_pid = a.pid().context("gateway pid")?;
-    let b = std::sync::Arc::new(tokio::sync::Mutex::new(b));
-    let b_kept = std::sync::Arc::clone(&b);
-    // The fault: bring `b` up, then kill `a` (SIGKILL).
+    let (a_addr, b_addr, ingest_addr) = (
+        a.addr().to_owned(),
+        b.addr().to_owned(),
+        ingest.addr().to_owned(),
+    );
+    let balancer = std::sync::Arc::clone(&lb);
+    // The fault: the balancer lists both (as it did all along in production), then `a` dies
+    // (SIGKILL); nginx sends the reconnects that fail on `a` to `b`.
     let kill: scenario::Kill = Box::new(move || {
         Box::pin(async move {
-            b.lock().await.restart_same_port().await?;
+            balancer
+                .set_upstreams(&[&a_addr, &b_addr], &[&ingest_addr])
+                .await?;
             let status = std::process::Command::new("kill")
                 .args(["-9", &a_pid.to_string()])
                 .status()?;
@@ -443,7 +457,7 @@ async fn storm(opts: &Options) -> anyhow::Result<Report> {
         })
     });
     let report = scenario::run(Scenario::Storm, &server, opts, Some(kill)).await;
-    drop((a, b_kept, ingest, lb));
+    drop((a, b, ingest, lb));
     report
 }
 
@@ -469,6 +483,7 @@ async fn main() -> anyhow::Result<()> {
         "standalone,distributed,nchan,pushpin,reference",
     );
     if scenarios.contains(&Scenario::Resume) && servers.iter().any(|s| s == "distributed") {
+        servers.push("distributed-jetstream".to_owned());
         servers.push("distributed-mongodb".to_owned());
     }
     let rounds = env_u64("BENCH_ROUNDS", 1).max(1);
@@ -495,7 +510,7 @@ async fn main() -> anyhow::Result<()> {
                 };
                 match result {
                     Ok(mut report) => {
-                        if name == "distributed-mongodb" {
+                        if name.starts_with("distributed-") {
                             report.server = name.clone();
                         }
                         println!("{}", serde_json::to_string(&report)?);
@@ -551,11 +566,19 @@ fn print_ratios(reports: &[Report]) {
     let servers = [
         "standalone",
         "distributed",
+        "distributed-jetstream",
         "distributed-mongodb",
         "nchan",
         "pushpin",
         "reference",
     ];
+    // A server's column, by name.
+    let at = |values: &[Option<f64>], name: &str| {
+        servers
+            .iter()
+            .position(|s| *s == name)
+            .and_then(|i| values[i])
+    };
     println!();
     println!(
         "| scenario | metric | {} | standalone/nchan | distributed/nchan | standalone/pushpin | standalone/reference |",
@@ -576,10 +599,10 @@ fn print_ratios(reports: &[Report]) {
                 .map(|v| cell(*v))
                 .collect::<Vec<_>>()
                 .join(" | "),
-            ratio(values[0], values[3]),
-            ratio(values[1], values[3]),
-            ratio(values[0], values[4]),
-            ratio(values[0], values[5]),
+            ratio(at(&values, "standalone"), at(&values, "nchan")),
+            ratio(at(&values, "distributed"), at(&values, "nchan")),
+            ratio(at(&values, "standalone"), at(&values, "pushpin")),
+            ratio(at(&values, "standalone"), at(&values, "reference")),
         );
     }
     let failed: Vec<String> = reports
