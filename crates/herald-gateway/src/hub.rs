@@ -7,8 +7,8 @@
 //! and every matching subscriber's queue gets a reference to the same bytes.
 //!
 //! A subscriber whose queue is full is marked lagged and skipped from then on: it never slows the
-//! hub or the others (G6). Its connection drains what it has, catches up from the store, and
-//! re-arms ([`Subscription::rearm`]).
+//! hub or the others (G6). Its connection drains what it has, re-arms ([`Subscription::rearm`]),
+//! and catches up from the window of recent events the hub keeps, or from the store before it.
 
 use std::{
     collections::{BTreeMap, HashMap},

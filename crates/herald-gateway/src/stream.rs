@@ -8,7 +8,7 @@
 //!    store before that), then `event: herald.live` with the count replayed.
 //! 3. Live: queued events with a sequence above the last one sent (so nothing at the seam is sent
 //!    twice), comment heartbeats after `heartbeat` of silence.
-//! 4. If the queue overflowed, drain it, re-arm, catch up from the store, and go on live.
+//! 4. If the queue overflowed, drain it, re-arm, catch up (window, then store), and go on live.
 //! 5. On drain, end after a random delay within `drain_jitter`.
 
 use std::{
