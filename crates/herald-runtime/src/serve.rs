@@ -184,7 +184,7 @@ pub fn admin_routes(
 }
 
 /// The router as one service shared by every connection. Served as it is, a `Router` is rebuilt
-/// for each connection (axum turns its handlers into routes then: about 8 KB and an allocation per
+/// for each connection (axum turns its handlers into routes then: about 9 KB and an allocation per
 /// route for a connection that will make one request); built once here, a connection gets a
 /// reference to it.
 fn shared(router: Router) -> IntoMakeService<Router> {
