@@ -35,7 +35,10 @@ use herald_bench::{
 };
 use herald_tests::{
     Herald,
-    cluster::{Deployment, Mongo, Nats, Nginx, Service, free_port, herald_binary},
+    cluster::{
+        Deployment, Mongo, Nats, Nginx, Service, free_port, herald_binary, nginx_bin, nginx_dir,
+        wait_port,
+    },
 };
 use tempfile::TempDir;
 use tokio::process::{Child, Command};
@@ -125,19 +128,6 @@ fn render(template: &str, dir: &Path, vars: &[(&str, String)]) -> anyhow::Result
     let out = dir.join(Path::new(template).file_name().context("template name")?);
     std::fs::write(&out, text)?;
     Ok(out)
-}
-
-async fn wait_port(port: u16) -> anyhow::Result<()> {
-    for _ in 0..300 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_ok()
-        {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    anyhow::bail!("nothing listens on port {port} after 15 s")
 }
 
 /// Waits until a stream request on `port` is answered: pushpin's condure listens before its proxy
@@ -236,11 +226,7 @@ async fn start(name: &str) -> anyhow::Result<(Server, Keep)> {
             ))
         }
         "nchan" => {
-            let dir = tempfile::tempdir()?;
-            std::fs::set_permissions(
-                dir.path(),
-                std::os::unix::fs::PermissionsExt::from_mode(0o755),
-            )?;
+            let dir = nginx_dir()?;
             let port = free_port();
             let conf = render(
                 "nchan.conf",
@@ -250,9 +236,8 @@ async fn start(name: &str) -> anyhow::Result<(Server, Keep)> {
                     ("port", port.to_string()),
                 ],
             )?;
-            let nginx = std::env::var("HERALD_NGINX").unwrap_or_else(|_| "/usr/sbin/nginx".into());
             let child = spawn(
-                Command::new(nginx)
+                Command::new(nginx_bin())
                     .arg("-p")
                     .arg(dir.path())
                     .arg("-c")

@@ -71,7 +71,8 @@ pub fn herald_binary(name: &str) -> PathBuf {
     bin
 }
 
-async fn wait_port(port: u16) -> anyhow::Result<()> {
+/// Waits until something listens on `port` (up to [`PATIENCE`]).
+pub async fn wait_port(port: u16) -> anyhow::Result<()> {
     let deadline = tokio::time::Instant::now() + PATIENCE;
     while tokio::time::Instant::now() < deadline {
         if tokio::net::TcpStream::connect(("127.0.0.1", port))
@@ -584,6 +585,21 @@ impl Service {
     }
 }
 
+/// Debian's nginx (or `$HERALD_NGINX`).
+pub fn nginx_bin() -> PathBuf {
+    server_bin("HERALD_NGINX", PathBuf::from("/usr/sbin/nginx"))
+}
+
+/// A directory for an nginx prefix: its workers drop root, so they must be able to reach it.
+pub fn nginx_dir() -> anyhow::Result<TempDir> {
+    let dir = tempfile::tempdir()?;
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )?;
+    Ok(dir)
+}
+
 /// nginx in front of the gateways and ingests, with `deploy/nginx/herald.conf` rendered.
 #[derive(Debug)]
 pub struct Nginx {
@@ -608,12 +624,7 @@ impl Nginx {
         workers: usize,
         connections: usize,
     ) -> anyhow::Result<Self> {
-        let dir = tempfile::tempdir()?;
-        // nginx's workers drop root: let them reach their temp directories.
-        std::fs::set_permissions(
-            dir.path(),
-            std::os::unix::fs::PermissionsExt::from_mode(0o755),
-        )?;
+        let dir = nginx_dir()?;
         let port = free_port();
         Self::render(dir.path(), port, gateways, ingests)?;
         let main = format!(
@@ -622,8 +633,7 @@ impl Nginx {
             site = dir.path().join("herald.conf").display(),
         );
         std::fs::write(dir.path().join("nginx.conf"), main)?;
-        let bin = server_bin("HERALD_NGINX", PathBuf::from("/usr/sbin/nginx"));
-        let child = Command::new(bin)
+        let child = Command::new(nginx_bin())
             .arg("-p")
             .arg(dir.path())
             .arg("-c")

@@ -24,7 +24,7 @@ use futures_util::TryStreamExt;
 use herald_core::{
     Epoch, Event, EventType, NewEvent, Topic, TopicFilter, TraceContext, event::parse_data,
 };
-use herald_store::StoreError;
+use herald_store::{Page, ReadQuery, StoreError};
 use mongodb::{
     Client, Collection, IndexModel,
     bson::{Bson, DateTime, Document, doc},
@@ -189,6 +189,25 @@ impl Mongo {
             }
             other => other,
         }
+    }
+
+    /// One replay page of `query` from what MongoDB keeps up to `upper` (at most `head`). A full
+    /// page continues after its last event; a short one covers everything up to `upper`, and ends
+    /// the history when `upper` is the head.
+    pub async fn page(&self, query: &ReadQuery, upper: u64, head: u64) -> Result<Page, StoreError> {
+        let events = self
+            .read(&query.filter, query.after, upper, query.limit)
+            .await?;
+        let full = events.len() >= query.limit;
+        let next_after = match events.last() {
+            Some(last) if full => last.seq,
+            _ => upper,
+        };
+        Ok(Page {
+            events,
+            next_after,
+            end: !full && upper >= head,
+        })
     }
 
     async fn read_once(

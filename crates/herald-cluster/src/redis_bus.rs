@@ -501,21 +501,10 @@ impl History for MongoHistory {
                 end: true,
             });
         }
-        let events = self
-            .mongo
-            .read(&query.filter, query.after, head, query.limit)
-            .await?;
-        self.metrics.replay_read("mongodb", events.len() as u64);
-        let full = events.len() >= query.limit;
-        let next_after = match events.last() {
-            Some(last) if full => last.seq,
-            _ => head,
-        };
-        Ok(Page {
-            events,
-            next_after,
-            end: !full,
-        })
+        let page = self.mongo.page(&query, head, head).await?;
+        self.metrics
+            .replay_read("mongodb", page.events.len() as u64);
+        Ok(page)
     }
 
     async fn latest(&self, topic: &Topic, limit: usize) -> Result<Vec<Arc<Event>>, StoreError> {

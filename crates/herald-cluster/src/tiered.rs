@@ -84,22 +84,11 @@ impl Tiered {
     ) -> Result<Page, StoreError> {
         let upper = (first - 1).min(head);
         tracing::debug!(after = query.after, upper, head, "replay page from mongodb");
-        let events = self
-            .mongo
-            .read(&query.filter, query.after, upper, query.limit)
-            .await?;
-        tracing::debug!(events = events.len(), "replay page from mongodb read");
-        self.metrics.replay_read("mongodb", events.len() as u64);
-        let full = events.len() >= query.limit;
-        let next_after = match events.last() {
-            Some(last) if full => last.seq,
-            _ => upper,
-        };
-        Ok(Page {
-            events,
-            next_after,
-            end: !full && upper >= head,
-        })
+        let page = self.mongo.page(query, upper, head).await?;
+        tracing::debug!(events = page.events.len(), "replay page from mongodb read");
+        self.metrics
+            .replay_read("mongodb", page.events.len() as u64);
+        Ok(page)
     }
 
     /// The epoch, the smaller of MongoDB's and JetStream's first sequences, and the head.
