@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use herald_config::Secret;
 use herald_tests::{epoch_of, seq_of};
 use serde_json::json;
 
@@ -127,7 +128,7 @@ async fn the_archiver_repairs_an_ingest_killed_between_its_two_writes() {
 fn mongo_config(cluster: &Cluster) -> herald_cluster::ClusterConfig {
     herald_cluster::ClusterConfig {
         nats_url: cluster.deployment.nats_url.clone(),
-        mongodb_uri: cluster.deployment.mongodb_uri.clone(),
+        mongodb_uri: Secret::new(cluster.deployment.mongodb_uri.clone()),
         mongodb_database: cluster.deployment.database.clone(),
         stream: "HERALD".into(),
         stream_max_age: None,

@@ -6,6 +6,8 @@ mod api;
 mod bridge;
 mod cli;
 mod common;
+mod config;
+mod contracts;
 mod epoch;
 mod fanout;
 mod faults;

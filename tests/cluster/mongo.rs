@@ -5,13 +5,14 @@
 use std::{sync::Arc, time::Duration};
 
 use herald_cluster::{ClusterConfig, Mongo};
+use herald_config::Secret;
 use herald_core::{Epoch, Event, EventType, Topic, TopicFilter, TraceContext, event::parse_data};
 use herald_tests::cluster;
 
 fn config(server: &cluster::Mongo, retention: Option<Duration>) -> ClusterConfig {
     ClusterConfig {
         nats_url: String::new(),
-        mongodb_uri: server.uri.clone(),
+        mongodb_uri: Secret::new(server.uri.clone()),
         mongodb_database: server.database.clone(),
         stream: "HERALD".into(),
         stream_max_age: None,

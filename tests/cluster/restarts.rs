@@ -80,6 +80,18 @@ async fn nats_and_mongodb_restarts_lose_and_double_nothing() {
 
     cluster.mongo.stop().await.unwrap();
     not_ready_within(&gateway, "mongodb").await;
+    // A topic's latest events come from MongoDB: unreachable, the history answers as a publish
+    // and a stream do (503 `unavailable` with Retry-After), not 500.
+    let history = gateway
+        .http
+        .get(format!("{}/v1/topics/scores/events", gateway.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(history.status().as_u16(), 503);
+    assert!(history.headers().contains_key("retry-after"));
+    let body: serde_json::Value = history.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "unavailable");
     tokio::time::sleep(OUTAGE).await;
     cluster.mongo.resume().await.unwrap();
     let n = count.load(Ordering::Relaxed);

@@ -758,7 +758,10 @@ fn every_configured_setting_is_a_flag_of_the_binary_it_configures() {
                         help("herald-probe").contains("$HERALD_PROBE_URL"),
                     )
                 } else {
-                    (binary, flags.contains(&format!("env: {key}=")))
+                    // `[env: KEY=value]`, or `[env: KEY]` for a secret whose value help hides.
+                    let shown = format!("env: {key}=");
+                    let hidden = format!("env: {key}]");
+                    (binary, flags.contains(&shown) || flags.contains(&hidden))
                 };
                 assert!(
                     known,

@@ -9,6 +9,7 @@
 //! fill gaps from the store; the gateway's hub does.
 //!
 //! - [`memory`]: the in-process bus of the standalone node (a broadcast channel).
+//! - `contract` (feature `test-util`): the feed contract every bus answers to.
 
 use std::{fmt, pin::Pin, sync::Arc};
 
@@ -16,6 +17,8 @@ use async_trait::async_trait;
 use futures_util::Stream;
 use herald_core::Event;
 
+#[cfg(any(test, feature = "test-util"))]
+pub mod contract;
 pub mod memory;
 
 pub use memory::MemoryBus;

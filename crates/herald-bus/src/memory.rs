@@ -93,4 +93,31 @@ mod tests {
         assert_eq!(feed.next().await.unwrap().seq, 4);
         assert_eq!(feed.next().await.unwrap().seq, 5);
     }
+
+    #[tokio::test]
+    async fn the_memory_bus_keeps_the_feed_contract() {
+        let bus = MemoryBus::new(64);
+        let next = std::sync::atomic::AtomicU64::new(1);
+        let publish = |batch: Vec<herald_core::NewEvent>| {
+            let events: Vec<Arc<Event>> = batch
+                .into_iter()
+                .map(|e| {
+                    Arc::new(Event {
+                        seq: next.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+                        topic: e.topic,
+                        event_type: e.event_type,
+                        data: e.data,
+                        time_ms: 0,
+                        trace: None,
+                    })
+                })
+                .collect();
+            let bus = &bus;
+            async move {
+                bus.publish(&events).await.unwrap();
+                events
+            }
+        };
+        crate::contract::check_feed("memory", &bus, publish).await;
+    }
 }

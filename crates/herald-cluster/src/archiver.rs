@@ -13,6 +13,7 @@ use async_nats::jetstream::{
 use futures_util::StreamExt;
 use herald_core::Event;
 use herald_telemetry::Metrics;
+use herald_telemetry::{Consumer, StoreOp};
 
 use crate::{
     Mongo,
@@ -76,7 +77,7 @@ impl Archiver {
             .await?;
         // A continuous pull; whatever has arrived is written at once, up to BATCH at a time, so
         // the archiver trails JetStream by one MongoDB write, not by a batch timeout.
-        let pending = self.metrics.consumer_pending("archiver");
+        let pending = self.metrics.consumer_pending(Consumer::Archiver);
         let mut chunks = consumer
             .stream()
             .max_messages_per_batch(BATCH)
@@ -101,7 +102,7 @@ impl Archiver {
             }
             let Some(last) = last else { continue };
             if let Err(e) = self.mongo.insert(&events).await {
-                self.metrics.store_error("archive");
+                self.metrics.store_error(StoreOp::Archive);
                 return Err(e.into());
             }
             self.metrics.events_archived.inc_by(events.len() as u64);

@@ -18,6 +18,7 @@ use herald_bus::{Bus, BusError, Feed};
 use herald_core::{Epoch, Event, EventId, NewEvent, TopicFilter, TraceContext};
 use herald_proto::Origin;
 use herald_store::{Page, StoreError};
+use herald_telemetry::{BusOp, Consumer};
 use herald_telemetry::{Metrics, otel};
 use serde_json::Value;
 
@@ -370,7 +371,7 @@ impl Bus for JetStream {
             .map_err(|e| BusError::Backend(Box::new(e)))?;
         let messages = self.live_from(head + 1).await?;
         let this = self.clone();
-        let pending = self.metrics.consumer_pending("live");
+        let pending = self.metrics.consumer_pending(Consumer::Live);
         Ok(Box::pin(async_stream::stream! {
             let mut last = head;
             let mut messages = Some(messages);
@@ -383,7 +384,7 @@ impl Bus for JetStream {
                             messages = Some(m);
                         }
                         Err(e) => {
-                            this.metrics.bus_error("feed");
+                            this.metrics.bus_error(BusOp::Feed);
                             tracing::warn!(error = %e, "re-opening the live feed failed; retrying");
                         }
                     }
@@ -404,7 +405,7 @@ impl Bus for JetStream {
                         }
                     }
                     Some(Err(e)) => {
-                        this.metrics.bus_error("feed");
+                        this.metrics.bus_error(BusOp::Feed);
                         tracing::warn!(error = %e, after = last, "live feed failed; re-opening it");
                         messages = None;
                     }

@@ -15,8 +15,8 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use herald_core::{Event, EventId, NewEvent};
-use herald_ingest::EventLog;
 use herald_proto::Origin;
+use herald_store::EventLog;
 use herald_store::{Appended, Idempotency, StoreError};
 use herald_telemetry::{otel, traces_enabled};
 use tracing::{Instrument, Span, field::Empty};

@@ -1,17 +1,15 @@
 //! What `herald-ingest` and `herald-gateway` share as processes: listening, logging, the ops
 //! routes with NATS and MongoDB readiness, background tasks, and the drain.
 
-use std::{future::Future, net::SocketAddr, process::ExitCode, sync::Arc, time::Duration};
+use std::{future::Future, process::ExitCode, sync::Arc, time::Duration};
 
 use anyhow::Context;
 use axum::Router;
-use axum::http::StatusCode;
 use herald_runtime::{
-    ApiError, Drain, Health,
-    config::parse_duration,
-    serve::{ServeOptions, admin_routes, ops_routes, serve, spawn_admin},
+    AdminOptions, ApiError, Drain, ErrorCode, Health, ProcessOptions,
+    serve::{admin_routes, ops_routes, serve, spawn_admin},
 };
-use herald_telemetry::{LogFormat, Metrics, TracesMode};
+use herald_telemetry::Metrics;
 use tokio::task::JoinHandle;
 
 use crate::{
@@ -22,46 +20,15 @@ use crate::{
 /// How often MongoDB is pinged for readiness.
 const PING_EVERY: Duration = Duration::from_secs(2);
 
-/// Process options both services take.
+/// The process options of the distributed services: every process's, and the admin listener.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ServiceOptions {
-    /// Address to listen on.
-    #[arg(
-        long,
-        env = "HERALD_LISTEN",
-        value_name = "ADDR",
-        default_value = "127.0.0.1:8080"
-    )]
-    pub listen: SocketAddr,
-    /// Serve /healthz, /readyz, /metrics and the preStop hook /prestop on this address instead of
-    /// on --listen (on Kubernetes: the probes' and Prometheus' port, never behind the Ingress).
-    #[arg(long, env = "HERALD_ADMIN_LISTEN", value_name = "ADDR")]
-    pub admin_listen: Option<SocketAddr>,
-    /// How long GET /prestop (admin listener) waits, readiness already failing, before it answers
-    /// and the kubelet sends SIGTERM: the time load balancers take to drop the endpoint.
-    #[arg(long, env = "HERALD_PRESTOP_DELAY", value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
-    pub prestop_delay: Duration,
-    /// A connection whose peer accepts no bytes for this long is closed.
-    #[arg(long, env = "HERALD_WRITE_TIMEOUT", value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
-    pub write_timeout: Duration,
-    /// On SIGTERM/SIGINT, time allowed for streams to end and requests to finish.
-    #[arg(long, env = "HERALD_DRAIN_DEADLINE", value_name = "DURATION", default_value = "25s", value_parser = parse_duration)]
-    pub drain_deadline: Duration,
-    /// Log filter, RUST_LOG syntax.
-    #[arg(
-        long,
-        env = "HERALD_LOG",
-        value_name = "FILTER",
-        default_value = "info"
-    )]
-    pub log: String,
-    /// Log format.
-    #[arg(long, env = "HERALD_LOG_FORMAT", value_enum, default_value = "text")]
-    pub log_format: LogFormat,
-    /// Export spans over OTLP: `auto` when OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT is set, `otlp`,
-    /// or `off`; the OTEL_* environment configures the rest (service name, sampler, headers).
-    #[arg(long, env = "HERALD_TRACES", value_enum, default_value = "auto")]
-    pub traces: TracesMode,
+    /// Every Herald process's options.
+    #[command(flatten)]
+    pub process: ProcessOptions,
+    /// The admin listener.
+    #[command(flatten)]
+    pub admin: AdminOptions,
 }
 
 /// A service ready to run: its routes and the background tasks that live as long as it.
@@ -97,13 +64,14 @@ impl Service {
             Arc::new(move || metrics.render())
         };
         // The service address first: its line is the first one printed.
-        let listener = tokio::net::TcpListener::bind(options.listen)
+        let listen = options.process.listen;
+        let listener = tokio::net::TcpListener::bind(listen)
             .await
-            .with_context(|| format!("binding {}", options.listen))?;
+            .with_context(|| format!("binding {listen}"))?;
         let addr = listener.local_addr().context("reading the bound address")?;
         tracing::info!(%addr, "listening");
         println!("{name} listening on http://{addr}");
-        let router = match options.admin_listen {
+        let router = match options.admin.admin_listen {
             None => self.router.merge(ops_routes(health, render)),
             Some(admin) => {
                 let admin_listener = tokio::net::TcpListener::bind(admin)
@@ -114,21 +82,17 @@ impl Service {
                     .context("reading the bound address")?;
                 tracing::info!(%addr, "admin listening");
                 println!("{name} admin listening on http://{addr}");
-                let routes = admin_routes(health, render, options.prestop_delay);
+                let routes = admin_routes(health, render, options.admin.prestop_delay);
                 tasks.push(spawn_admin(admin_listener, routes));
-                self.router.fallback(|| async {
-                    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
-                })
+                self.router
+                    .fallback(|| async { ApiError::new(ErrorCode::NotFound, "no such endpoint") })
             }
         };
         let served = serve(
             listener,
             router,
             &drain,
-            &ServeOptions {
-                write_timeout: options.write_timeout,
-                drain_deadline: options.drain_deadline,
-            },
+            &options.process.serve(),
             Arc::new(move || {
                 metrics.slow_cut_off.inc();
             }),
@@ -165,9 +129,9 @@ pub async fn main(
 ) -> ExitCode {
     let code = herald_runtime::serve::exit_code(
         name,
-        &options.log,
-        options.log_format,
-        options.traces,
+        &options.process.log,
+        options.process.log_format,
+        options.process.traces,
         run,
     )
     .await;

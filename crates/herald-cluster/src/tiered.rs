@@ -6,6 +6,7 @@ use async_trait::async_trait;
 use herald_core::{Bounds, Event, Topic};
 use herald_store::{History, Page, ReadQuery, StoreError};
 use herald_telemetry::Metrics;
+use herald_telemetry::Tier;
 
 use crate::{JetStream, Mongo};
 
@@ -57,7 +58,7 @@ impl History for Tiered {
                 }
             }
             self.metrics
-                .replay_read("jetstream", page.events.len() as u64);
+                .replay_read(Tier::Jetstream, page.events.len() as u64);
             return Ok(page);
         }
         self.mongodb_page(&query, first, head).await
@@ -87,7 +88,7 @@ impl Tiered {
         let page = self.mongo.page(query, upper, head).await?;
         tracing::debug!(events = page.events.len(), "replay page from mongodb read");
         self.metrics
-            .replay_read("mongodb", page.events.len() as u64);
+            .replay_read(Tier::Mongodb, page.events.len() as u64);
         Ok(page)
     }
 

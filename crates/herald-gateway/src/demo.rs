@@ -15,7 +15,7 @@ use axum::{
     response::Html,
 };
 use herald_core::{EventId, Topic};
-use herald_runtime::ApiError;
+use herald_runtime::{ApiError, ErrorCode};
 use serde::Deserialize;
 
 use crate::GatewayState;
@@ -43,7 +43,7 @@ pub(crate) async fn page(
 ) -> Result<Html<String>, ApiError> {
     let topic = match params.topic {
         Some(t) => {
-            Topic::new(&t).map_err(|e| ApiError::bad_request("invalid_topic", e.to_string()))?
+            Topic::new(&t).map_err(|e| ApiError::new(ErrorCode::InvalidTopic, e.to_string()))?
         }
         None => gw.config.demo_topic.clone(),
     };

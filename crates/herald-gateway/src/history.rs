@@ -14,14 +14,14 @@ use std::sync::Arc;
 use axum::{
     Json, Router,
     extract::{Path, Query, State},
-    http::StatusCode,
     response::{IntoResponse, Response},
     routing::get,
 };
 use herald_core::{Bounds, Event, EventId, ResumeReason, ResumeVerdict, Topic, TopicFilter};
-use herald_runtime::ApiError;
+use herald_runtime::{ApiError, ErrorCode};
 use herald_store::ReadQuery;
 use herald_telemetry::Metrics;
+use herald_telemetry::StoreOp;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
@@ -107,7 +107,7 @@ async fn list(
     Query(params): Query<Params>,
 ) -> Result<Response, ApiError> {
     let topic =
-        Topic::new(&topic).map_err(|e| ApiError::bad_request("invalid_topic", e.to_string()))?;
+        Topic::new(&topic).map_err(|e| ApiError::new(ErrorCode::InvalidTopic, e.to_string()))?;
     let limit = params.limit.unwrap_or(DEFAULT_LIMIT).clamp(1, reader.limit);
     let (bounds, events) = read(&reader, &topic, params.after.as_deref(), limit).await?;
     let history = History {
@@ -126,8 +126,8 @@ pub(crate) async fn read(
     limit: usize,
 ) -> Result<(Bounds, Vec<Arc<Event>>), ApiError> {
     let bounds = reader.store.bounds().await.map_err(|e| {
-        reader.metrics.store_error("bounds");
-        ApiError::internal(&e)
+        reader.metrics.store_error(StoreOp::Bounds);
+        ApiError::from(e)
     })?;
     let events = match after {
         None => reader.store.latest(topic, limit).await,
@@ -151,21 +151,20 @@ pub(crate) async fn read(
         }
     };
     let events = events.map_err(|e| {
-        reader.metrics.store_error("read");
-        ApiError::internal(&e)
+        reader.metrics.store_error(StoreOp::Read);
+        ApiError::from(e)
     })?;
     Ok((bounds, events))
 }
 
 fn refused(reason: ResumeReason, earliest: EventId, head: EventId) -> ApiError {
-    let (status, code) = match reason {
-        ResumeReason::Malformed => (StatusCode::BAD_REQUEST, "malformed_id"),
-        ResumeReason::Unknown => (StatusCode::CONFLICT, "unknown_id"),
-        ResumeReason::Expired => (StatusCode::GONE, "expired_id"),
-        ResumeReason::Epoch => (StatusCode::GONE, "epoch_id"),
+    let code = match reason {
+        ResumeReason::Malformed => ErrorCode::MalformedId,
+        ResumeReason::Unknown => ErrorCode::UnknownId,
+        ResumeReason::Expired => ErrorCode::ExpiredId,
+        ResumeReason::Epoch => ErrorCode::EpochId,
     };
     ApiError::new(
-        status,
         code,
         format!(
             "`after` cannot be served ({}); the retained ids run from {earliest} to {head}",

@@ -23,6 +23,7 @@ use axum::{
 };
 use herald_core::EventId;
 use herald_runtime::{ApiError, http::read_json};
+use herald_telemetry::SampleResult;
 use serde::Deserialize;
 use serde_json::json;
 
@@ -68,7 +69,7 @@ pub(crate) async fn report(
         let id = sample.id.parse::<EventId>().ok();
         if id.is_none() || !(0.0..=MAX_AGO_MS).contains(&sample.ago_ms) {
             invalid += 1;
-            gw.metrics.browser_sample("invalid");
+            gw.metrics.browser_sample(SampleResult::Invalid);
             continue;
         }
         let published = id
@@ -76,13 +77,13 @@ pub(crate) async fn report(
             .and_then(|id| gw.hub.published_at(id.seq));
         let Some(published) = published else {
             unknown += 1;
-            gw.metrics.browser_sample("unknown");
+            gw.metrics.browser_sample(SampleResult::Unknown);
             continue;
         };
         // A server clock a little behind the publisher's can make it negative: that is zero.
         let lag_ms = (arrived_ms - sample.ago_ms - published as f64).max(0.0);
         gw.metrics.browser_lag.observe(lag_ms / 1000.0);
-        gw.metrics.browser_sample("accepted");
+        gw.metrics.browser_sample(SampleResult::Accepted);
         accepted += 1;
     }
     Ok(

@@ -1,14 +1,18 @@
 //! The gateway: where browsers connect.
 //!
-//! - [`hub`]: one live feed in, a bounded queue per subscriber out, in strict sequence order.
+//! - [`hub`]: one live feed in, a bounded queue per subscriber out, in strict sequence order; its
+//!   registry is where a slow subscriber is marked lagged and skipped, its sequencer where gaps
+//!   are filled.
 //! - [`stream`]: `GET /v1/stream` and the article's `GET /api/updates`: an SSE connection that
 //!   resumes from a Last-Event-ID (verdict, replay, then live with no gap or duplicate at the
 //!   seam), catches up in place when it falls behind, sends heartbeats and ends on drain.
+//! - [`replay`]: the one replay and catch-up path: window pages and store pages, sent alike.
 //! - [`history`]: `GET /v1/topics/{topic}/events`, the same events as JSON.
 //! - [`window`]: the last events the hub delivered, kept encoded, so resumes and catch-ups inside
 //!   it are served from memory.
 //! - [`bounds`]: one store-bounds read shared by all the connections that wait for it, so a
 //!   reconnect storm is not a storm of store reads.
+//! - [`options`]: the gateway's options and the [`GatewayConfig`] they resolve to.
 //! - [`demo`]: the demo page at `/`, and the original article's client at `/article`.
 //! - [`lag`]: browser-observed delivery latency, reported by pages to `POST /v1/telemetry/lag`,
 //!   and the helper script `/herald-lag.js`.
@@ -20,13 +24,12 @@ pub mod demo;
 pub mod history;
 pub mod hub;
 pub mod lag;
+pub mod options;
+pub mod replay;
 pub mod stream;
 pub mod window;
 
-use std::{
-    sync::{Arc, atomic::AtomicUsize},
-    time::Duration,
-};
+use std::sync::{Arc, atomic::AtomicUsize};
 
 use anyhow::Context;
 use axum::{
@@ -34,61 +37,12 @@ use axum::{
     routing::{get, post},
 };
 use herald_bus::Bus;
-use herald_core::Topic;
 use herald_runtime::DrainWatch;
 use herald_store::History;
 use herald_telemetry::Metrics;
 
-pub use hub::Hub;
-
-/// The gateway's settings.
-#[derive(Debug, Clone)]
-pub struct GatewayConfig {
-    /// Idle time after which a comment heartbeat is sent.
-    pub heartbeat: Duration,
-    /// The reconnection delay sent to browsers in `retry:`.
-    pub retry: Duration,
-    /// The most topics and patterns one connection may name.
-    pub max_topics: usize,
-    /// The most open SSE connections; past it, 503 with `Retry-After`.
-    pub max_connections: usize,
-    /// Events queued per subscriber before it is switched to catching up from the store.
-    pub subscriber_queue: usize,
-    /// Events per store read during replay and catch-up.
-    pub replay_page: usize,
-    /// Bytes of recently delivered events kept in memory to serve replays and catch-ups without
-    /// reading the store; 0 keeps none.
-    pub replay_window: usize,
-    /// Streams end at a random moment within this after a drain starts.
-    pub drain_jitter: Duration,
-    /// The most events one history request returns.
-    pub history_limit: usize,
-    /// How long the hub waits for a missing sequence before reading it from the store.
-    pub gap_timeout: Duration,
-    /// The topic the demo page shows.
-    pub demo_topic: Topic,
-    /// The topic behind the article's `/api/updates` and `/api/post-update`.
-    pub compat_topic: Topic,
-}
-
-impl Default for GatewayConfig {
-    fn default() -> Self {
-        Self {
-            heartbeat: Duration::from_secs(15),
-            retry: Duration::from_secs(2),
-            max_topics: 32,
-            max_connections: 10_000,
-            subscriber_queue: 256,
-            replay_page: 256,
-            replay_window: 64 << 20,
-            drain_jitter: Duration::from_secs(5),
-            history_limit: 1000,
-            gap_timeout: Duration::from_millis(100),
-            demo_topic: Topic::new("scores").expect("valid topic"),
-            compat_topic: Topic::new("updates").expect("valid topic"),
-        }
-    }
-}
+pub use hub::{Hub, HubConfig};
+pub use options::{GatewayConfig, GatewayOptions};
 
 /// Everything a gateway request needs.
 #[derive(Debug)]
@@ -126,11 +80,13 @@ impl Gateway {
         let hub = Hub::start(
             feed,
             Arc::clone(&store),
-            bounds.epoch,
-            bounds.head,
-            config.subscriber_queue,
-            config.gap_timeout,
-            config.replay_window,
+            HubConfig {
+                epoch: bounds.epoch,
+                head: bounds.head,
+                queue_capacity: config.subscriber_queue,
+                gap_timeout: config.gap_timeout,
+                window_bytes: config.replay_window,
+            },
             Arc::clone(&metrics),
         );
         let history = history::HistoryReader::new(

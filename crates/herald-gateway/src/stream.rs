@@ -4,11 +4,11 @@
 //! 1. Register with the hub (live events queue from now on) and read the store's bounds, both
 //!    before answering; then `retry:`.
 //! 2. With a Last-Event-ID: `event: herald.resume` with the verdict; if recovered, replay after
-//!    the id page by page (from the hub's window of recent events while it covers them, from the
-//!    store before that), then `event: herald.live` with the count replayed.
+//!    the id ([`crate::replay`]), then `event: herald.live` with the count replayed.
 //! 3. Live: queued events with a sequence above the last one sent (so nothing at the seam is sent
 //!    twice), comment heartbeats after `heartbeat` of silence.
-//! 4. If the queue overflowed, drain it, re-arm, catch up (window, then store), and go on live.
+//! 4. If the queue overflowed (the hub marked it lagged, see [`crate::hub`]'s registry), drain
+//!    it, re-arm, catch up the same way as a replay, and go on live.
 //! 5. On drain, end after a random delay within `drain_jitter`.
 
 use std::{
@@ -23,15 +23,19 @@ use axum::{
     http::{HeaderMap, HeaderValue, header},
     response::{IntoResponse, Response},
 };
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 use herald_core::{Bounds, EventId, ResumeVerdict, TopicFilter, sse};
-use herald_runtime::{ApiError, drain::jitter};
-use herald_store::ReadQuery;
+use herald_runtime::{ApiError, ErrorCode, drain::jitter};
 use herald_telemetry::{CloseReason, otel};
+use herald_telemetry::{Rejection, StoreOp};
 use tokio::time::{Instant, Sleep, sleep};
 
-use crate::{GatewayState, hub::Subscription};
+use crate::{
+    GatewayState,
+    hub::Subscription,
+    replay::{Chunk, MAX_CHUNK, Replay},
+};
 
 /// `GET /v1/stream?topic=a&topic=b.*&lastEventId=X`
 pub(crate) async fn v1(
@@ -45,14 +49,14 @@ pub(crate) async fn v1(
         .map(|(_, v)| v.as_str())
         .collect();
     if topics.is_empty() {
-        return Err(ApiError::bad_request(
-            "missing_topic",
+        return Err(ApiError::new(
+            ErrorCode::MissingTopic,
             "name at least one topic: /v1/stream?topic=NAME",
         ));
     }
     if topics.len() > gw.config.max_topics {
-        return Err(ApiError::bad_request(
-            "too_many_topics",
+        return Err(ApiError::new(
+            ErrorCode::TooManyTopics,
             format!(
                 "{} topics named; a connection may name at most {}",
                 topics.len(),
@@ -61,7 +65,7 @@ pub(crate) async fn v1(
         ));
     }
     let filter = TopicFilter::parse(topics)
-        .map_err(|e| ApiError::bad_request("invalid_topic", e.to_string()))?;
+        .map_err(|e| ApiError::new(ErrorCode::InvalidTopic, e.to_string()))?;
     let query_id = params
         .iter()
         .find(|(k, _)| k == "lastEventId")
@@ -94,32 +98,31 @@ async fn open(
     last_event_id: Option<String>,
 ) -> Result<Response, ApiError> {
     if gw.drain.is_draining() {
-        gw.metrics.connection_rejected("draining");
-        return Err(ApiError::unavailable(
-            "draining",
+        gw.metrics.connection_rejected(Rejection::Draining);
+        return Err(ApiError::new(
+            ErrorCode::Draining,
             "this server is shutting down; reconnect",
-            1,
         ));
     }
     let guard = ConnectionGuard::acquire(Arc::clone(&gw)).ok_or_else(|| {
-        gw.metrics.connection_rejected("limit");
-        ApiError::unavailable(
-            "too_many_connections",
+        gw.metrics.connection_rejected(Rejection::Limit);
+        ApiError::new(
+            ErrorCode::TooManyConnections,
             format!(
                 "this server holds its limit of {} connections",
                 gw.config.max_connections
             ),
-            5,
         )
+        .retry_after(5)
     })?;
     // Register first, then read the head, both before the answer: every event committed after the
     // client has the response headers is either at or below this head (and committed before it)
     // or above it (and queued), so "live from now" means from the moment the client connected.
     let subscription = gw.hub.subscribe(filter.clone());
     let bounds = gw.store.bounds().await.map_err(|e| {
-        gw.metrics.store_error("bounds");
+        gw.metrics.store_error(StoreOp::Bounds);
         tracing::warn!(error = %e, "stream: reading the store bounds failed");
-        ApiError::unavailable("unavailable", "the event history is unavailable; retry", 1)
+        ApiError::from(e)
     })?;
     let stream = connection(gw, subscription, filter, last_event_id, bounds, guard);
     let mut response = Body::from_stream(stream.map(Ok::<_, Infallible>)).into_response();
@@ -171,48 +174,6 @@ impl Drop for ConnectionGuard {
     }
 }
 
-/// The most bytes of queued frames sent as one chunk.
-const MAX_CHUNK: usize = 64 * 1024;
-
-/// Frames gathered into one body chunk: the first is kept as it is (no copy for the usual single
-/// frame); a second one starts a buffer.
-#[derive(Debug, Default)]
-struct Chunk {
-    first: Option<Bytes>,
-    rest: Option<BytesMut>,
-}
-
-impl Chunk {
-    fn push(&mut self, frame: Bytes) {
-        match (&self.first, &mut self.rest) {
-            (None, _) => self.first = Some(frame),
-            (Some(first), None) => {
-                let both = first.len() + frame.len();
-                let mut buf = BytesMut::with_capacity((both * 4).min(MAX_CHUNK).max(both));
-                buf.extend_from_slice(first);
-                buf.extend_from_slice(&frame);
-                self.rest = Some(buf);
-            }
-            (Some(_), Some(buf)) => buf.extend_from_slice(&frame),
-        }
-    }
-
-    fn len(&self) -> usize {
-        match (&self.first, &self.rest) {
-            (_, Some(buf)) => buf.len(),
-            (Some(first), None) => first.len(),
-            (None, None) => 0,
-        }
-    }
-
-    fn take(self) -> Option<Bytes> {
-        match self.rest {
-            Some(buf) => Some(buf.freeze()),
-            None => self.first,
-        }
-    }
-}
-
 /// What woke the live loop.
 enum Wake {
     Delivery(Option<crate::hub::Delivery>),
@@ -255,48 +216,27 @@ fn connection(
         loop {
             if catch_up {
                 sub.rearm();
-                let mut replayed = 0u64;
+                let mut replay = Replay::new(&gw, &filter, bounds.epoch, last);
                 loop {
-                    // Recent events come encoded from the hub's window; older ones from the store.
-                    if let Some(page) = gw.hub.window_page(&filter, last, config.replay_page) {
-                        replayed += page.frames.len() as u64;
-                        last = page.next_after;
-                        let mut chunk = Chunk::default();
-                        for frame in page.frames {
-                            chunk.push(frame);
-                            if chunk.len() >= MAX_CHUNK
-                                && let Some(bytes) = std::mem::take(&mut chunk).take()
-                            {
-                                yield bytes;
+                    match replay.next_page().await {
+                        Ok(page) => {
+                            for chunk in page.chunks {
+                                yield chunk;
+                            }
+                            if page.end {
+                                break;
                             }
                         }
-                        if let Some(bytes) = chunk.take() {
-                            yield bytes;
-                        }
-                        if page.end {
-                            break;
-                        }
-                        continue;
-                    }
-                    let query = ReadQuery { filter: filter.clone(), after: last, limit: config.replay_page };
-                    let page = match gw.store.read(query).await {
-                        Ok(page) => page,
                         Err(e) => {
-                            gw.metrics.store_error("read");
-                            tracing::warn!(error = %e, after = last, "stream: replay read failed; the client will resume");
+                            gw.metrics.store_error(StoreOp::Read);
+                            tracing::warn!(error = %e, after = replay.last(), "stream: replay read failed; the client will resume");
                             guard.ending(CloseReason::Error);
                             return;
                         }
-                    };
-                    for event in &page.events {
-                        yield sse::event(EventId::new(bounds.epoch, event.seq), &event.event_type, event.data.get());
-                    }
-                    replayed += page.events.len() as u64;
-                    last = page.next_after;
-                    if page.end {
-                        break;
                     }
                 }
+                let replayed = replay.replayed();
+                last = replay.last();
                 gw.metrics.events_replayed.inc_by(replayed);
                 gw.metrics.events_delivered.inc_by(replayed);
                 if announce_live {

@@ -7,9 +7,10 @@
 
 use std::fmt;
 
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, header};
+use herald_config::Secret;
 use herald_core::NewEvent;
-use herald_runtime::ApiError;
+use herald_runtime::{ApiError, ErrorCode};
 
 /// Decides whether a request may publish these events (all of a batch at once).
 pub trait Authorize: Send + Sync + fmt::Debug {
@@ -28,22 +29,15 @@ impl Authorize for AllowAll {
 }
 
 /// Every publish must carry `Authorization: Bearer <token>`.
+#[derive(Debug)]
 pub struct BearerToken {
-    token: String,
-}
-
-impl fmt::Debug for BearerToken {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("BearerToken").finish_non_exhaustive()
-    }
+    token: Secret,
 }
 
 impl BearerToken {
     /// Requires `token`.
-    pub fn new(token: impl Into<String>) -> Self {
-        Self {
-            token: token.into(),
-        }
+    pub fn new(token: Secret) -> Self {
+        Self { token }
     }
 }
 
@@ -54,10 +48,11 @@ impl Authorize for BearerToken {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "));
         match given {
-            Some(given) if constant_time_eq(given.as_bytes(), self.token.as_bytes()) => Ok(()),
+            Some(given) if constant_time_eq(given.as_bytes(), self.token.expose().as_bytes()) => {
+                Ok(())
+            }
             _ => Err(ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "unauthorized",
+                ErrorCode::Unauthorized,
                 "publishing needs `Authorization: Bearer <token>` with the publish token",
             )),
         }
@@ -77,7 +72,7 @@ mod tests {
 
     #[test]
     fn a_bearer_token_is_checked() {
-        let auth = BearerToken::new("s3cret");
+        let auth = BearerToken::new(Secret::new("s3cret"));
         let mut h = HeaderMap::new();
         assert!(auth.publish(&h, &[]).is_err());
         h.insert(

@@ -1,25 +1,14 @@
-//! What a publish is committed to.
+//! The standalone node's [`EventLog`]: the store is the commit point, then the in-process bus
+//! announces the new events.
 
-use std::{fmt, sync::Arc};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use herald_bus::Announce;
 use herald_core::{Event, NewEvent};
-use herald_store::{Appended, Idempotency, Store, StoreError};
+use herald_store::{Appended, EventLog, Idempotency, Store, StoreError};
 use herald_telemetry::otel;
 use tracing::{Instrument, Span};
-
-/// Sequences and durably records a batch, then makes it visible to subscribers. `Ok` means the
-/// events will never be lost (G1).
-#[async_trait]
-pub trait EventLog: Send + Sync + fmt::Debug {
-    /// Appends a batch, all or nothing.
-    async fn append(
-        &self,
-        batch: Vec<NewEvent>,
-        idempotency: Option<Idempotency>,
-    ) -> Result<Appended, StoreError>;
-}
 
 /// The standalone log: the store is the commit point, then the bus announces the new events.
 #[derive(Debug, Clone)]

@@ -10,8 +10,9 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use herald_core::{EventId, EventType, NewEvent, Topic, ValidationError};
-use herald_runtime::{ApiError, http::read_json};
+use herald_runtime::{ApiError, ErrorCode, http::read_json};
 use herald_store::{Appended, Idempotency, StoreError};
+use herald_telemetry::{PublishOutcome, StoreOp};
 use serde::Deserialize;
 use serde_json::{json, value::RawValue};
 use tracing::{Instrument, Span};
@@ -53,10 +54,10 @@ fn validate_span() -> Span {
 /// answered before), `rejected` (4xx) or `unavailable` (5xx).
 fn counted(state: &IngestState, result: Result<Response, ApiError>) -> Result<Response, ApiError> {
     let outcome = match &result {
-        Ok(r) if r.headers().contains_key("idempotent-replayed") => "duplicate",
-        Ok(_) => "created",
-        Err(e) if e.status.is_server_error() => "unavailable",
-        Err(_) => "rejected",
+        Ok(r) if r.headers().contains_key("idempotent-replayed") => PublishOutcome::Duplicate,
+        Ok(_) => PublishOutcome::Created,
+        Err(e) if e.status.is_server_error() => PublishOutcome::Unavailable,
+        Err(_) => PublishOutcome::Rejected,
     };
     state.metrics.publish_request(outcome);
     result
@@ -103,8 +104,8 @@ async fn batch_inner(
     let events = async {
         let items: Vec<BatchItem> = read_json(body, state.config.max_body_bytes).await?;
         if items.is_empty() {
-            return Err(ApiError::bad_request(
-                "empty_batch",
+            return Err(ApiError::new(
+                ErrorCode::EmptyBatch,
                 "the batch has no events",
             ));
         }
@@ -191,12 +192,12 @@ fn new_event(
 
 fn invalid(e: ValidationError) -> ApiError {
     let code = match e {
-        ValidationError::Topic(_) | ValidationError::Pattern(_) => "invalid_topic",
-        ValidationError::EventType(_) => "invalid_type",
-        ValidationError::Data(_) => "invalid_data",
-        ValidationError::IdempotencyKey => "invalid_idempotency_key",
+        ValidationError::Topic(_) | ValidationError::Pattern(_) => ErrorCode::InvalidTopic,
+        ValidationError::EventType(_) => ErrorCode::InvalidType,
+        ValidationError::Data(_) => ErrorCode::InvalidData,
+        ValidationError::IdempotencyKey => ErrorCode::InvalidIdempotencyKey,
     };
-    ApiError::bad_request(code, e.to_string())
+    ApiError::new(code, e.to_string())
 }
 
 async fn commit(
@@ -206,33 +207,12 @@ async fn commit(
 ) -> Result<Appended, ApiError> {
     state.config.auth.publish(headers, &events)?;
     let idempotency = idempotency(headers, &events)?;
-    state
-        .log
-        .append(events, idempotency)
-        .await
-        .map_err(|e| match e {
-            StoreError::IdempotencyConflict => ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "idempotency_conflict",
-                e.to_string(),
-            ),
-            StoreError::Closed => {
-                ApiError::unavailable("draining", "this server is shutting down; retry", 1)
-            }
-            StoreError::Unavailable(_) => {
-                state.metrics.store_error("append");
-                tracing::warn!(error = %e, "publish failed: a backend is unavailable");
-                ApiError::unavailable(
-                    "unavailable",
-                    "the event log is unavailable; retry with the same Idempotency-Key",
-                    1,
-                )
-            }
-            StoreError::Backend(_) => {
-                state.metrics.store_error("append");
-                ApiError::internal(&e)
-            }
-        })
+    state.log.append(events, idempotency).await.map_err(|e| {
+        if matches!(e, StoreError::Unavailable(_) | StoreError::Backend(_)) {
+            state.metrics.store_error(StoreOp::Append);
+        }
+        ApiError::from(e)
+    })
 }
 
 /// Reads `Idempotency-Key` and fingerprints the request it comes with.

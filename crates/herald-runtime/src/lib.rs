@@ -1,22 +1,27 @@
 //! The process runtime every Herald service shares.
 //!
-//! - [`config`]: layered configuration helpers (TOML file, durations in `15s` form).
+//! - [`options`]: the options every process takes (listen, logs, traces, drain, config file),
+//!   the admin listener's, and the article's topic.
 //! - [`signal`]: SIGTERM (Kubernetes) and SIGINT (a developer) as one future.
 //! - [`drain`]: the drain switch: readiness flips, the listener stops, streams end with jitter.
 //! - [`health`]: `/healthz` and `/readyz`.
-//! - [`http`]: the API error type with its one `IntoResponse`, and bounded JSON bodies.
+//! - [`error`]: the API's error codes, the error answer with its one `IntoResponse`, and the one
+//!   mapping of store failures to answers.
+//! - [`http`]: bounded JSON bodies.
 //! - [`listener`]: a TCP listener whose connections time out writes to a peer that stopped
 //!   reading, so a stalled subscriber is cut off instead of pinning memory.
 //! - [`serve`]: serve a router until shutdown, then drain it under a deadline; the ops routes.
 
-pub mod config;
 pub mod drain;
+pub mod error;
 pub mod health;
 pub mod http;
 pub mod listener;
+pub mod options;
 pub mod serve;
 pub mod signal;
 
 pub use drain::{Drain, DrainWatch};
+pub use error::{ApiError, ErrorCode};
 pub use health::Health;
-pub use http::ApiError;
+pub use options::{AdminOptions, ArticleOptions, ProcessOptions};

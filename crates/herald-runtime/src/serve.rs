@@ -7,7 +7,7 @@ use axum::middleware::Next;
 use axum::{
     Router,
     extract::{MatchedPath, Request},
-    http::{StatusCode, header},
+    http::header,
     response::{IntoResponse, Response},
     routing::{IntoMakeService, get},
 };
@@ -15,7 +15,7 @@ use tokio::net::TcpListener;
 use tower_http::trace::{DefaultOnFailure, TraceLayer};
 use tracing::{Instrument, field::Empty};
 
-use crate::{ApiError, Drain, Health, health, listener::TimedListener};
+use crate::{ApiError, Drain, ErrorCode, Health, health, listener::TimedListener};
 
 /// How a server is run and drained.
 #[derive(Debug, Clone)]
@@ -222,7 +222,5 @@ pub fn ops_routes(health: Health, metrics: Arc<dyn Fn() -> String + Send + Sync>
                 }
             }),
         )
-        .fallback(|| async {
-            ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
-        })
+        .fallback(|| async { ApiError::new(ErrorCode::NotFound, "no such endpoint") })
 }

@@ -5,24 +5,32 @@
 //! - [`embedded`]: the standalone node's durable store on local disk (redb), with a single writer
 //!   thread that commits concurrent appends together (group commit).
 //! - [`memory`]: the same contract in memory, for tests and `--store memory`.
-//! - [`options`]: retention by age and size, and the idempotency window.
+//! - [`options`]: retention by age and size, the idempotency window, and their options.
+//! - [`log`]: [`EventLog`], what a publish is committed to: the store itself in standalone mode,
+//!   JetStream then MongoDB, or MongoDB then Redis in the distributed modes.
 //!
-//! Backends share one contract test suite (`tests/contract.rs`).
+//! Backends share one contract test suite (`tests/contract.rs`); the [`History`] contract every
+//! history implementation answers to, in this crate or another, is `contract` (feature
+//! `test-util`).
 
 use std::{fmt, sync::Arc};
 
 use async_trait::async_trait;
 use herald_core::{Bounds, Epoch, Event, NewEvent, Topic, TopicFilter};
 
+#[cfg(any(test, feature = "test-util"))]
+pub mod contract;
 pub mod embedded;
 mod error;
+pub mod log;
 pub mod memory;
 pub mod options;
 
 pub use embedded::EmbeddedStore;
 pub use error::StoreError;
+pub use log::EventLog;
 pub use memory::MemoryStore;
-pub use options::StoreOptions;
+pub use options::{EmbeddedOptions, RetentionOptions, StoreKind, StoreOptions};
 
 /// An idempotency key with a fingerprint of the request it was first used for.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -4,7 +4,7 @@ use std::{sync::Arc, time::Duration};
 
 use herald_core::{EventType, NewEvent, Topic, TopicFilter, event::parse_data};
 use herald_store::{
-    EmbeddedStore, Idempotency, MemoryStore, ReadQuery, Store, StoreError, StoreOptions,
+    EmbeddedStore, Idempotency, MemoryStore, ReadQuery, Store, StoreError, StoreOptions, contract,
 };
 
 fn new_event(topic: &str, n: u64) -> NewEvent {
@@ -215,5 +215,25 @@ async fn a_closed_store_refuses_appends() {
         store.close().await.unwrap();
         let r = store.append(vec![new_event("t", 1)], None).await;
         assert!(matches!(r, Err(StoreError::Closed)), "{store:?}");
+    }
+}
+
+#[tokio::test]
+async fn every_store_keeps_the_history_contract() {
+    for (store, dir) in backends(StoreOptions::default()).await {
+        let name = if dir.is_some() { "embedded" } else { "memory" };
+        let sample = contract::sample();
+        let mut written = Vec::new();
+        // Singles and batches of two and three.
+        let mut rest = sample.as_slice();
+        for size in [1, 2, 3].into_iter().cycle() {
+            if rest.is_empty() {
+                break;
+            }
+            let (batch, tail) = rest.split_at(size.min(rest.len()));
+            rest = tail;
+            written.extend(store.append(batch.to_vec(), None).await.unwrap().events);
+        }
+        contract::check_history(name, &*store, &written).await;
     }
 }

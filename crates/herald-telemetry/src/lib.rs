@@ -5,12 +5,17 @@
 //!   [`Telemetry::shutdown`] flushes the spans still queued; services call it after draining.
 //! - [`Metrics`]: the Prometheus registry and every metric Herald exports, passed to services as
 //!   `Arc<Metrics>` so each test can have its own. Names follow OpenMetrics conventions and labels
-//!   have low cardinality: never a topic name.
+//!   have low cardinality: never a topic name; their values are the enums of [`labels`].
 
+pub mod labels;
 mod metrics;
 pub mod otel;
 
-pub use metrics::{CloseReason, Metrics};
+pub use labels::{
+    BridgeDirection, BridgeOutcome, BusOp, CloseReason, Consumer, PublishOutcome, Rejection,
+    SampleResult, StoreOp, Tier,
+};
+pub use metrics::Metrics;
 pub use otel::{TracesMode, traces_enabled};
 
 use opentelemetry::trace::TracerProvider as _;

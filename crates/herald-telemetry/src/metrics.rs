@@ -2,32 +2,15 @@
 
 use std::sync::Mutex;
 
+use crate::labels::{
+    BridgeDirection, BridgeOutcome, BusOp, CloseReason, Consumer, PublishOutcome, Rejection,
+    SampleResult, StoreOp, Tier,
+};
 use prometheus_client::{
     encoding::{EncodeLabelSet, text::encode},
     metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
     registry::Registry,
 };
-
-/// Why a stream connection ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum CloseReason {
-    /// The client went away.
-    Client,
-    /// The server drained.
-    Drain,
-    /// The store failed during replay or catch-up.
-    Error,
-}
-
-impl CloseReason {
-    fn as_str(self) -> &'static str {
-        match self {
-            Self::Client => "client",
-            Self::Drain => "drain",
-            Self::Error => "error",
-        }
-    }
-}
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct ReasonLabel {
@@ -320,9 +303,12 @@ impl Metrics {
     }
 
     /// Counts a message the Redis bridge handled.
-    pub fn bridged(&self, direction: &'static str, outcome: &'static str) {
+    pub fn bridged(&self, direction: BridgeDirection, outcome: BridgeOutcome) {
         self.bridged
-            .get_or_create(&BridgeLabel { direction, outcome })
+            .get_or_create(&BridgeLabel {
+                direction: direction.as_str(),
+                outcome: outcome.as_str(),
+            })
             .inc();
     }
 
@@ -336,8 +322,12 @@ impl Metrics {
     }
 
     /// Counts a connection refused (`limit`, `draining`).
-    pub fn connection_rejected(&self, reason: &'static str) {
-        self.rejected.get_or_create(&RejectLabel { reason }).inc();
+    pub fn connection_rejected(&self, reason: Rejection) {
+        self.rejected
+            .get_or_create(&RejectLabel {
+                reason: reason.as_str(),
+            })
+            .inc();
     }
 
     /// Counts a resume verdict; `reason` is empty when recovered.
@@ -349,41 +339,53 @@ impl Metrics {
     }
 
     /// Counts events read back from a tier (`window`, `jetstream`, `mongodb`).
-    pub fn replay_read(&self, tier: &'static str, events: u64) {
+    pub fn replay_read(&self, tier: Tier, events: u64) {
         self.replay_reads
-            .get_or_create(&TierLabel { tier })
+            .get_or_create(&TierLabel {
+                tier: tier.as_str(),
+            })
             .inc_by(events);
     }
 
     /// Counts a bus failure (`publish`, `announce`, `feed`).
-    pub fn bus_error(&self, op: &'static str) {
-        self.bus_errors.get_or_create(&OpLabel { op }).inc();
+    pub fn bus_error(&self, op: BusOp) {
+        self.bus_errors
+            .get_or_create(&OpLabel { op: op.as_str() })
+            .inc();
     }
 
     /// Counts a store failure (`append`, `read`, `bounds`, `archive`).
-    pub fn store_error(&self, op: &'static str) {
-        self.store_errors.get_or_create(&OpLabel { op }).inc();
+    pub fn store_error(&self, op: StoreOp) {
+        self.store_errors
+            .get_or_create(&OpLabel { op: op.as_str() })
+            .inc();
     }
 
     /// The gauge of how many messages a JetStream consumer (`live`, `archiver`) has yet to
     /// receive: take it once, set it per message.
-    pub fn consumer_pending(&self, consumer: &'static str) -> Gauge {
+    pub fn consumer_pending(&self, consumer: Consumer) -> Gauge {
         self.consumer_pending
-            .get_or_create(&ConsumerLabel { consumer })
+            .get_or_create(&ConsumerLabel {
+                consumer: consumer.as_str(),
+            })
             .clone()
     }
 
     /// Counts a publish request's outcome (`created`, `duplicate`, `rejected`, `unavailable`).
-    pub fn publish_request(&self, outcome: &'static str) {
+    pub fn publish_request(&self, outcome: PublishOutcome) {
         self.publish_requests
-            .get_or_create(&OutcomeLabel { outcome })
+            .get_or_create(&OutcomeLabel {
+                outcome: outcome.as_str(),
+            })
             .inc();
     }
 
     /// Counts a browser lag sample (`accepted`, `unknown`, `invalid`).
-    pub fn browser_sample(&self, result: &'static str) {
+    pub fn browser_sample(&self, result: SampleResult) {
         self.browser_samples
-            .get_or_create(&ResultLabel { result })
+            .get_or_create(&ResultLabel {
+                result: result.as_str(),
+            })
             .inc();
     }
 
@@ -430,14 +432,14 @@ mod tests {
         let m = Metrics::new();
         // Families with labels appear once they have a sample.
         m.connection_closed(CloseReason::Client);
-        m.connection_rejected("limit");
+        m.connection_rejected(Rejection::Limit);
         m.resume(true, "");
-        m.replay_read("jetstream", 1);
-        m.bus_error("feed");
-        m.store_error("read");
-        m.consumer_pending("live");
-        m.publish_request("created");
-        m.browser_sample("accepted");
+        m.replay_read(Tier::Jetstream, 1);
+        m.bus_error(BusOp::Feed);
+        m.store_error(StoreOp::Read);
+        m.consumer_pending(Consumer::Live);
+        m.publish_request(PublishOutcome::Created);
+        m.browser_sample(SampleResult::Accepted);
         let text = m.render();
         let mut used = 0;
         for (start, _) in dashboard.match_indices("herald_") {

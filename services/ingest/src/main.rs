@@ -4,18 +4,16 @@
 
 use std::{process::ExitCode, sync::Arc};
 
-use anyhow::Context;
 use clap::{ArgAction, Parser};
 use herald_cluster::{
-    Archiver, ClusterLog, ClusterOptions, Mongo, Tiered,
+    Archiver, ClusterConfig, ClusterLog, ClusterOptions, Mongo, Tiered,
     redis_bus::{self, BusKind, BusOptions, MongoHistory, RedisLog},
     service::{Service, ServiceOptions, trim_periodically},
 };
-use herald_core::Topic;
 use herald_gateway::{GatewayConfig, history::HistoryReader};
-use herald_ingest::{AllowAll, BearerToken, IngestConfig};
-use herald_runtime::{Drain, config::parse_bytes};
-use herald_store::History;
+use herald_ingest::{IngestConfig, IngestOptions};
+use herald_runtime::{ArticleOptions, Drain};
+use herald_store::{History, RetentionOptions};
 use herald_telemetry::Metrics;
 
 /// Every option can also be set with its `HERALD_*` environment variable.
@@ -38,34 +36,13 @@ struct Options {
     #[command(flatten)]
     cluster: ClusterOptions,
     #[command(flatten)]
+    retention: RetentionOptions,
+    #[command(flatten)]
     bus: BusOptions,
-    /// Largest request body; 413 past it.
-    #[arg(long, env = "HERALD_MAX_BODY", value_name = "SIZE", default_value = "64KiB", value_parser = parse_bytes)]
-    max_body: u64,
-    /// Most events in one batch publish; 413 past it (JetStream's atomic batches allow 1000).
-    #[arg(
-        long,
-        env = "HERALD_MAX_BATCH",
-        value_name = "N",
-        default_value_t = 100
-    )]
-    max_batch: usize,
-    /// Topic behind the article's PUT /api/post-update.
-    #[arg(
-        long,
-        env = "HERALD_COMPAT_TOPIC",
-        value_name = "TOPIC",
-        default_value = "updates"
-    )]
-    compat_topic: String,
-    /// Publishes must send `Authorization: Bearer TOKEN`; 401 otherwise (unset: open).
-    #[arg(
-        long,
-        env = "HERALD_PUBLISH_TOKEN",
-        value_name = "TOKEN",
-        hide_env_values = true
-    )]
-    publish_token: Option<String>,
+    #[command(flatten)]
+    ingest: IngestOptions,
+    #[command(flatten)]
+    article: ArticleOptions,
     /// Run the archiver in this process (turn off to run it elsewhere; not used with --bus redis).
     #[arg(long, env = "HERALD_ARCHIVER", value_name = "BOOL", default_value_t = true, action = ArgAction::Set)]
     archiver: bool,
@@ -73,33 +50,24 @@ struct Options {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let options = Options::parse();
+    let options = herald_config::parse::<Options>();
+    let cluster = options
+        .cluster
+        .clone()
+        .resolve(&options.retention)
+        .unwrap_or_else(|e| e.exit("herald-ingest"));
     let service = options.service.clone();
-    herald_cluster::service::main("herald-ingest", &service, Box::pin(run(options))).await
+    herald_cluster::service::main("herald-ingest", &service, Box::pin(run(options, cluster))).await
 }
 
-async fn run(options: Options) -> anyhow::Result<()> {
-    if options.max_batch == 0 || options.max_batch > 1000 {
-        anyhow::bail!("--max-batch must be 1 to 1000");
-    }
-    let ingest = IngestConfig {
-        max_body_bytes: usize::try_from(options.max_body).context("--max-body")?,
-        max_batch: options.max_batch,
-        compat_topic: Topic::new(&options.compat_topic).context("--compat-topic")?,
-        auth: match options.publish_token {
-            Some(token) if token.is_empty() => anyhow::bail!("--publish-token must not be empty"),
-            Some(token) => Arc::new(BearerToken::new(token)),
-            None => Arc::new(AllowAll),
-        },
-    };
-    options.bus.check()?;
-    let cluster = options.cluster.resolve()?;
+async fn run(options: Options, cluster: ClusterConfig) -> anyhow::Result<()> {
+    let ingest = options.ingest.resolve(&options.article);
     let metrics = Arc::new(Metrics::new());
     let (drain, _watch) = Drain::new();
     // Both buses: MongoDB trimmed to retention; JetStream's also has the archiver and two-tier
     // history, the Redis bus reads history from MongoDB alone.
     let (log, history, tasks, js, mongo): (
-        Arc<dyn herald_ingest::EventLog>,
+        Arc<dyn herald_store::EventLog>,
         Arc<dyn History>,
         _,
         _,
@@ -163,7 +131,7 @@ async fn run(options: Options) -> anyhow::Result<()> {
 /// history.
 fn service(
     ingest: IngestConfig,
-    log: Arc<dyn herald_ingest::EventLog>,
+    log: Arc<dyn herald_store::EventLog>,
     history: Arc<dyn History>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     metrics: &Arc<Metrics>,

@@ -15,9 +15,10 @@ use std::{sync::Arc, time::Duration};
 use futures_util::StreamExt;
 use herald_cluster::ClusterLog;
 use herald_core::NewEvent;
-use herald_ingest::EventLog;
+use herald_store::EventLog;
 use herald_store::{Idempotency, StoreError};
 use herald_telemetry::Metrics;
+use herald_telemetry::{BridgeDirection, BridgeOutcome};
 use redis::{
     AsyncCommands,
     aio::{ConnectionManager, ConnectionManagerConfig},
@@ -34,7 +35,7 @@ const PUBSUB_RETRY: Duration = Duration::from_millis(50);
 const READ_COUNT: usize = 100;
 /// How long one XREADGROUP waits for entries.
 const BLOCK: Duration = Duration::from_secs(1);
-const DIRECTION: &str = "from_redis";
+const DIRECTION: BridgeDirection = BridgeDirection::FromRedis;
 
 /// Publishes into Herald.
 #[derive(Debug, Clone)]
@@ -62,20 +63,20 @@ impl Inbound {
             {
                 Ok(appended) => {
                     let outcome = if appended.duplicate {
-                        "duplicate"
+                        BridgeOutcome::Duplicate
                     } else {
-                        "published"
+                        BridgeOutcome::Published
                     };
                     self.metrics.bridged(DIRECTION, outcome);
                     return;
                 }
                 Err(StoreError::IdempotencyConflict) => {
                     tracing::warn!(%key, "a message reuses the identity of another one; not bridged");
-                    self.metrics.bridged(DIRECTION, "invalid");
+                    self.metrics.bridged(DIRECTION, BridgeOutcome::Invalid);
                     return;
                 }
                 Err(e) => {
-                    self.metrics.bridged(DIRECTION, "failed");
+                    self.metrics.bridged(DIRECTION, BridgeOutcome::Failed);
                     if !warned {
                         tracing::warn!(error = %e, %key, "publishing into Herald failed; retrying");
                         warned = true;
@@ -88,10 +89,10 @@ impl Inbound {
 
     fn skipped(&self, skip: &Skip) {
         match skip {
-            Skip::Loop => self.metrics.bridged(DIRECTION, "skipped_loop"),
+            Skip::Loop => self.metrics.bridged(DIRECTION, BridgeOutcome::SkippedLoop),
             Skip::Topic(name) => {
                 tracing::warn!(channel = %name, "the channel does not name a Herald topic; message not bridged");
-                self.metrics.bridged(DIRECTION, "skipped_topic");
+                self.metrics.bridged(DIRECTION, BridgeOutcome::SkippedTopic);
             }
         }
     }

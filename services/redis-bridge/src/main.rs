@@ -18,12 +18,15 @@ use std::{process::ExitCode, sync::Arc, time::Duration};
 use anyhow::Context;
 use clap::{ArgAction, Parser};
 use herald_cluster::{
-    ClusterLog, ClusterOptions,
+    ClusterConfig, ClusterLog, ClusterOptions,
+    redis_bus::RedisOptions,
     service::{Service, ServiceOptions},
 };
+use herald_config::{ConfigError, units};
 use herald_core::TopicFilter;
 use herald_proto::Origin;
-use herald_runtime::{Drain, config::parse_duration};
+use herald_runtime::Drain;
+use herald_store::RetentionOptions;
 use herald_telemetry::Metrics;
 
 use crate::{
@@ -54,14 +57,10 @@ struct Options {
     service: ServiceOptions,
     #[command(flatten)]
     cluster: ClusterOptions,
-    /// Redis URL.
-    #[arg(
-        long,
-        env = "HERALD_REDIS_URL",
-        value_name = "URL",
-        default_value = "redis://127.0.0.1:6379"
-    )]
-    redis_url: String,
+    #[command(flatten)]
+    retention: RetentionOptions,
+    #[command(flatten)]
+    redis: RedisOptions,
     /// Bring legacy Redis messages into Herald.
     #[arg(long, env = "HERALD_FROM_REDIS", value_name = "BOOL", default_value_t = true, action = ArgAction::Set)]
     from_redis: bool,
@@ -102,7 +101,7 @@ struct Options {
     #[arg(long, env = "HERALD_REDIS_CONSUMER", value_name = "NAME")]
     consumer: Option<String>,
     /// Entries another consumer has held unacknowledged this long are claimed (it died).
-    #[arg(long, env = "HERALD_REDIS_CLAIM_IDLE", value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    #[arg(long, env = "HERALD_REDIS_CLAIM_IDLE", value_name = "DURATION", default_value = "30s", value_parser = units::positive_duration)]
     claim_idle: Duration,
     /// Every bridged channel is this prefix and a topic, both ways.
     #[arg(
@@ -117,10 +116,10 @@ struct Options {
         long,
         env = "HERALD_TO_REDIS_TOPICS",
         value_name = "TOPICS",
-        value_delimiter = ',',
-        default_value = ">"
+        default_value = ">",
+        value_parser = topic_filter
     )]
-    to_redis_topics: Vec<String>,
+    to_redis_topics: TopicFilter,
     /// The JSON member that identifies a legacy message (its idempotency key). A Pub/Sub message
     /// without it is identified by its content, so identical messages on one channel within the
     /// idempotency window count once; a stream entry without it by its entry id.
@@ -135,36 +134,21 @@ struct Options {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let options = Options::parse();
+    let mut options = herald_config::parse::<Options>();
+    let cluster = options
+        .check()
+        .and_then(|()| options.cluster.clone().resolve(&options.retention))
+        .unwrap_or_else(|e| e.exit("herald-redis-bridge"));
     let service = options.service.clone();
-    herald_cluster::service::main("herald-redis-bridge", &service, Box::pin(run(options))).await
+    let run = Box::pin(run(options, cluster));
+    herald_cluster::service::main("herald-redis-bridge", &service, run).await
 }
 
-async fn run(options: Options) -> anyhow::Result<()> {
-    let client = redis::Client::open(options.redis_url.as_str()).context("--redis-url")?;
-    let subscribe: Vec<String> = options
-        .subscribe
-        .into_iter()
-        .filter(|s| !s.is_empty())
-        .collect();
-    let streams: Vec<String> = options
-        .streams
-        .into_iter()
-        .filter(|s| !s.is_empty())
-        .collect();
-    if !options.from_redis && !options.to_redis {
-        anyhow::bail!("--from-redis and --to-redis are both off: nothing to bridge");
-    }
-    if options.from_redis && subscribe.is_empty() && streams.is_empty() {
-        anyhow::bail!("--from-redis needs --subscribe channels or --streams");
-    }
-    if options.claim_idle.is_zero() {
-        anyhow::bail!("--claim-idle must be above zero");
-    }
-    let topics = TopicFilter::parse(options.to_redis_topics.iter().map(String::as_str))
-        .context("--to-redis-topics")?;
+async fn run(options: Options, cluster: ClusterConfig) -> anyhow::Result<()> {
+    let client = options.redis.client().context("--redis-url")?;
+    let (subscribe, streams) = (options.subscribe, options.streams);
+    let topics = options.to_redis_topics;
     let mapping = Mapping::new(&options.channel_prefix, &options.id_field);
-    let cluster = options.cluster.resolve()?;
     let metrics = Arc::new(Metrics::new());
     let (js, mongo) =
         herald_cluster::connect(&cluster, "herald-redis-bridge", Arc::clone(&metrics)).await?;
@@ -228,6 +212,32 @@ async fn run(options: Options) -> anyhow::Result<()> {
             drain,
         )
         .await
+}
+
+impl Options {
+    /// Checks the directions against the sources they need (empty names dropped).
+    fn check(&mut self) -> Result<(), ConfigError> {
+        self.subscribe.retain(|s| !s.is_empty());
+        self.streams.retain(|s| !s.is_empty());
+        if !self.from_redis && !self.to_redis {
+            return Err(ConfigError::new(
+                "--from-redis",
+                "and --to-redis are both off: nothing to bridge",
+            ));
+        }
+        if self.from_redis && self.subscribe.is_empty() && self.streams.is_empty() {
+            return Err(ConfigError::new(
+                "--from-redis",
+                "needs --subscribe channels or --streams",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// `--to-redis-topics`: topics and patterns.
+fn topic_filter(s: &str) -> Result<TopicFilter, String> {
+    TopicFilter::parse(s.split(',')).map_err(|e| e.to_string())
 }
 
 /// The host name: the pod name on Kubernetes, which a restarted container keeps.

@@ -21,6 +21,7 @@ use herald_cluster::envelope::{ALL_SUBJECTS, decode};
 use herald_core::{EventId, TopicFilter};
 use herald_proto::Origin;
 use herald_telemetry::Metrics;
+use herald_telemetry::{BridgeDirection, BridgeOutcome};
 use redis::AsyncCommands;
 
 use crate::mapping::{Mapping, article_payload};
@@ -36,7 +37,7 @@ const PIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long one pull waits for messages: well below [`PIN_TIMEOUT`], so a live replica keeps
 /// its pin between pulls.
 const PULL_EXPIRES: Duration = Duration::from_secs(1);
-const DIRECTION: &str = "to_redis";
+const DIRECTION: BridgeDirection = BridgeDirection::ToRedis;
 
 /// Republishes Herald's events on Redis.
 #[derive(Debug)]
@@ -97,10 +98,10 @@ impl Outbound {
                 .stream_sequence;
             match decode(&message.payload, seq, None) {
                 Ok(d) if d.origin == Origin::Redis => {
-                    self.metrics.bridged(DIRECTION, "skipped_loop");
+                    self.metrics.bridged(DIRECTION, BridgeOutcome::SkippedLoop);
                 }
                 Ok(d) if !self.topics.matches(d.event.topic.as_str()) => {
-                    self.metrics.bridged(DIRECTION, "skipped_topic");
+                    self.metrics.bridged(DIRECTION, BridgeOutcome::SkippedTopic);
                 }
                 Ok(d) => {
                     let e = &d.event;
@@ -120,7 +121,7 @@ impl Outbound {
                         match published {
                             Ok(_) => break,
                             Err(e) => {
-                                self.metrics.bridged(DIRECTION, "failed");
+                                self.metrics.bridged(DIRECTION, BridgeOutcome::Failed);
                                 if !warned {
                                     tracing::warn!(error = %e, "publishing on redis failed; retrying");
                                     warned = true;
@@ -130,11 +131,11 @@ impl Outbound {
                             }
                         }
                     }
-                    self.metrics.bridged(DIRECTION, "published");
+                    self.metrics.bridged(DIRECTION, BridgeOutcome::Published);
                 }
                 Err(e) => {
                     tracing::warn!(seq, error = %e, "not republishing a message that is not a Herald event");
-                    self.metrics.bridged(DIRECTION, "invalid");
+                    self.metrics.bridged(DIRECTION, BridgeOutcome::Invalid);
                 }
             }
             message.ack().await.map_err(|e| anyhow::anyhow!(e))?;

@@ -10,4 +10,5 @@ pub mod app;
 pub mod config;
 
 pub use app::App;
-pub use config::{Config, Options, StoreKind};
+pub use config::{Config, Options};
+pub use herald_store::StoreKind;

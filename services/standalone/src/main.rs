@@ -4,18 +4,12 @@
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::Parser;
 use herald_standalone::{App, Config, Options};
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let config = match Options::parse().over_file().and_then(Config::resolve) {
-        Ok(config) => config,
-        Err(e) => {
-            eprintln!("herald: {e:#}");
-            return ExitCode::from(2);
-        }
-    };
+    let config =
+        Config::resolve(herald_config::parse::<Options>()).unwrap_or_else(|e| e.exit("herald"));
     let (log, format, traces) = (config.log.clone(), config.log_format, config.traces);
     herald_runtime::serve::main("herald", &log, format, traces, run(config)).await
 }

@@ -1,0 +1,151 @@
+use herald_bus::{Announce, Bus, MemoryBus};
+use herald_core::{EventType, NewEvent, Topic, event::parse_data};
+use herald_store::{MemoryStore, Store, StoreOptions};
+
+use super::*;
+
+fn new_event(topic: &str) -> NewEvent {
+    NewEvent {
+        topic: Topic::new(topic).unwrap(),
+        event_type: EventType::default(),
+        data: parse_data("1".into()).unwrap(),
+    }
+}
+
+async fn setup(capacity: usize) -> (Hub, Arc<dyn Store>, MemoryBus) {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new(StoreOptions::default()));
+    let bus = MemoryBus::new(64);
+    let bounds = store.bounds().await.unwrap();
+    let hub = Hub::start(
+        bus.subscribe().await.unwrap(),
+        Arc::clone(&store) as Arc<dyn herald_store::History>,
+        HubConfig {
+            epoch: bounds.epoch,
+            head: bounds.head,
+            queue_capacity: capacity,
+            gap_timeout: Duration::from_millis(20),
+            window_bytes: 1 << 20,
+        },
+        Arc::new(Metrics::new()),
+    );
+    (hub, store, bus)
+}
+
+async fn seqs(sub: &mut Subscription, n: usize) -> Vec<u64> {
+    let mut out = Vec::new();
+    for _ in 0..n {
+        let d = tokio::time::timeout(Duration::from_secs(2), sub.recv())
+            .await
+            .expect("delivery in time")
+            .unwrap();
+        out.push(d.seq);
+    }
+    out
+}
+
+#[tokio::test(start_paused = true)]
+async fn out_of_order_publishes_are_delivered_in_order_once() {
+    let (hub, store, bus) = setup(64).await;
+    let mut sub = hub.subscribe(TopicFilter::parse(["a"]).unwrap());
+    let mut events = Vec::new();
+    for _ in 0..4 {
+        events.extend(
+            store
+                .append(vec![new_event("a")], None)
+                .await
+                .unwrap()
+                .events,
+        );
+    }
+    bus.publish(&[events[1].clone(), events[0].clone(), events[0].clone()])
+        .await
+        .unwrap();
+    bus.publish(&[events[3].clone(), events[2].clone()])
+        .await
+        .unwrap();
+    assert_eq!(seqs(&mut sub, 4).await, vec![1, 2, 3, 4]);
+    assert!(sub.is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn every_subscriber_gets_the_same_encoded_bytes() {
+    let (hub, store, bus) = setup(8).await;
+    let mut a = hub.subscribe(TopicFilter::parse(["t"]).unwrap());
+    let mut b = hub.subscribe(TopicFilter::parse(["t.>", "x"]).unwrap());
+    let mut c = hub.subscribe(TopicFilter::parse(["t", "t.*"]).unwrap());
+    let appended = store.append(vec![new_event("t")], None).await.unwrap();
+    bus.publish(&appended.events).await.unwrap();
+    let (da, dc) = (a.recv().await.unwrap(), c.recv().await.unwrap());
+    assert_eq!(da.frame.as_ptr(), dc.frame.as_ptr(), "one encoding, shared");
+    assert!(da.frame.starts_with(b"id: "));
+    let appended = store.append(vec![new_event("t.y")], None).await.unwrap();
+    bus.publish(&appended.events).await.unwrap();
+    let (db, dc) = (b.recv().await.unwrap(), c.recv().await.unwrap());
+    assert_eq!(
+        (db.seq, dc.seq),
+        (2, 2),
+        "t.y reaches the pattern subscribers once each"
+    );
+    assert!(a.is_empty() && b.is_empty() && c.is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_gap_that_never_fills_is_read_from_the_store() {
+    let (hub, store, bus) = setup(64).await;
+    let mut sub = hub.subscribe(TopicFilter::parse(["a.*"]).unwrap());
+    let mut events = Vec::new();
+    for topic in ["a.x", "b", "a.y"] {
+        events.extend(
+            store
+                .append(vec![new_event(topic)], None)
+                .await
+                .unwrap()
+                .events,
+        );
+    }
+    // Only the last one is announced: 1 and 2 must come from the store, 2 is filtered out.
+    bus.publish(&[events[2].clone()]).await.unwrap();
+    assert_eq!(seqs(&mut sub, 2).await, vec![1, 3]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_lost_event_is_filled_within_the_gap_timeout_despite_steady_traffic() {
+    let (hub, store, bus) = setup(64).await;
+    let mut sub = hub.subscribe(TopicFilter::parse(["a"]).unwrap());
+    store.append(vec![new_event("a")], None).await.unwrap();
+    let started = tokio::time::Instant::now();
+    let publisher = tokio::spawn(async move {
+        // Event 1 is never announced; the others keep coming every 10 ms.
+        for _ in 0..30 {
+            let a = store.append(vec![new_event("a")], None).await.unwrap();
+            bus.publish(&a.events).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    });
+    assert_eq!(seqs(&mut sub, 1).await, vec![1]);
+    let waited = started.elapsed();
+    assert!(
+        waited < Duration::from_millis(150),
+        "gap filled after {waited:?}"
+    );
+    publisher.await.unwrap();
+    assert_eq!(seqs(&mut sub, 30).await, (2..=31).collect::<Vec<_>>());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_full_queue_marks_only_that_subscriber_lagged() {
+    let (hub, store, bus) = setup(2).await;
+    let slow = hub.subscribe(TopicFilter::parse(["t"]).unwrap());
+    let mut fast = hub.subscribe(TopicFilter::parse(["t"]).unwrap());
+    for _ in 0..5 {
+        let a = store.append(vec![new_event("t")], None).await.unwrap();
+        bus.publish(&a.events).await.unwrap();
+        let got = seqs(&mut fast, 1).await;
+        assert_eq!(got, a.seqs);
+    }
+    assert!(slow.lagged() && !fast.lagged());
+    slow.rearm();
+    assert!(!slow.lagged());
+    drop(slow);
+    assert_eq!(hub.subscribers(), 1);
+}

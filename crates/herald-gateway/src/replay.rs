@@ -1,0 +1,165 @@
+//! Replay and catch-up: one path for both.
+//!
+//! A stream that resumes from a Last-Event-ID, and a subscriber that fell behind and catches up
+//! in place, read the same way: page by page after the last sequence covered, from the hub's
+//! window of recent events while it covers the next sequence, from the store before that. Window
+//! pages (frames already encoded) and store pages (events encoded here) go out the same way, as
+//! chunks of at most [`MAX_CHUNK`] bytes. The caller re-arms its subscription before the first
+//! page, so every event is either in a page or in its queue; its live loop skips what a page
+//! already covered.
+
+use bytes::{Bytes, BytesMut};
+use herald_core::{Epoch, EventId, TopicFilter, sse};
+use herald_store::{ReadQuery, StoreError};
+
+use crate::GatewayState;
+
+/// The most bytes of queued frames sent as one chunk.
+pub(crate) const MAX_CHUNK: usize = 64 * 1024;
+
+/// Frames gathered into one body chunk: the first is kept as it is (no copy for the usual single
+/// frame); a second one starts a buffer.
+#[derive(Debug, Default)]
+pub(crate) struct Chunk {
+    first: Option<Bytes>,
+    rest: Option<BytesMut>,
+}
+
+impl Chunk {
+    pub(crate) fn push(&mut self, frame: Bytes) {
+        match (&self.first, &mut self.rest) {
+            (None, _) => self.first = Some(frame),
+            (Some(first), None) => {
+                let both = first.len() + frame.len();
+                let mut buf = BytesMut::with_capacity((both * 4).min(MAX_CHUNK).max(both));
+                buf.extend_from_slice(first);
+                buf.extend_from_slice(&frame);
+                self.rest = Some(buf);
+            }
+            (Some(_), Some(buf)) => buf.extend_from_slice(&frame),
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        match (&self.first, &self.rest) {
+            (_, Some(buf)) => buf.len(),
+            (Some(first), None) => first.len(),
+            (None, None) => 0,
+        }
+    }
+
+    pub(crate) fn take(self) -> Option<Bytes> {
+        match self.rest {
+            Some(buf) => Some(buf.freeze()),
+            None => self.first,
+        }
+    }
+}
+
+/// Frames as chunks of at most [`MAX_CHUNK`] bytes (a larger frame is a chunk of its own).
+fn chunked(frames: impl IntoIterator<Item = Bytes>) -> Vec<Bytes> {
+    let mut chunks = Vec::new();
+    let mut chunk = Chunk::default();
+    for frame in frames {
+        chunk.push(frame);
+        if chunk.len() >= MAX_CHUNK {
+            chunks.extend(std::mem::take(&mut chunk).take());
+        }
+    }
+    chunks.extend(chunk.take());
+    chunks
+}
+
+/// One page of a replay.
+#[derive(Debug)]
+pub(crate) struct ReplayPage {
+    /// The page's frames, as body chunks.
+    pub(crate) chunks: Vec<Bytes>,
+    /// Whether the replay has reached the head it was asked for.
+    pub(crate) end: bool,
+}
+
+/// A replay of a filter's events after a sequence.
+#[derive(Debug)]
+pub(crate) struct Replay<'a> {
+    gw: &'a GatewayState,
+    filter: &'a TopicFilter,
+    epoch: Epoch,
+    last: u64,
+    replayed: u64,
+}
+
+impl<'a> Replay<'a> {
+    /// A replay of `filter`'s events after `after`, written with ids of `epoch`.
+    pub(crate) fn new(
+        gw: &'a GatewayState,
+        filter: &'a TopicFilter,
+        epoch: Epoch,
+        after: u64,
+    ) -> Self {
+        Self {
+            gw,
+            filter,
+            epoch,
+            last: after,
+            replayed: 0,
+        }
+    }
+
+    /// The next page: from the window while it covers the next sequence, else from the store.
+    pub(crate) async fn next_page(&mut self) -> Result<ReplayPage, StoreError> {
+        let limit = self.gw.config.replay_page;
+        if let Some(page) = self.gw.hub.window_page(self.filter, self.last, limit) {
+            self.replayed += page.frames.len() as u64;
+            self.last = page.next_after;
+            return Ok(ReplayPage {
+                chunks: chunked(page.frames),
+                end: page.end,
+            });
+        }
+        let query = ReadQuery {
+            filter: self.filter.clone(),
+            after: self.last,
+            limit,
+        };
+        let page = self.gw.store.read(query).await?;
+        self.replayed += page.events.len() as u64;
+        self.last = page.next_after;
+        let epoch = self.epoch;
+        let frames = page
+            .events
+            .iter()
+            .map(|e| sse::event(EventId::new(epoch, e.seq), &e.event_type, e.data.get()));
+        Ok(ReplayPage {
+            chunks: chunked(frames),
+            end: page.end,
+        })
+    }
+
+    /// The last sequence the pages so far covered.
+    pub(crate) fn last(&self) -> u64 {
+        self.last
+    }
+
+    /// How many events the pages so far held.
+    pub(crate) fn replayed(&self) -> u64 {
+        self.replayed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_go_out_in_chunks_of_at_most_max_chunk() {
+        let frame = Bytes::from(vec![b'x'; 1000]);
+        let chunks = chunked(std::iter::repeat_n(frame, 200));
+        let sizes: Vec<usize> = chunks.iter().map(Bytes::len).collect();
+        // 66 frames reach MAX_CHUNK; the rest is the last chunk.
+        assert_eq!(sizes, [66_000, 66_000, 66_000, 2_000]);
+        let big = Bytes::from(vec![b'y'; MAX_CHUNK * 2]);
+        assert_eq!(chunked([big.clone()]), vec![big]);
+        assert!(chunked(std::iter::empty()).is_empty());
+    }
+}

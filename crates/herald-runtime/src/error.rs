@@ -1,0 +1,232 @@
+//! The API's one error vocabulary: [`ErrorCode`] says what went wrong and decides the status,
+//! [`ApiError`] is the answer (one `IntoResponse`: the status, `Retry-After` when a retry may
+//! work, and `{"error": {"code", "message"}}`), and a [`StoreError`] maps to the same answer on
+//! every endpoint.
+
+use axum::{
+    Json,
+    http::{HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use herald_store::StoreError;
+use serde_json::json;
+
+/// Seconds a client is asked to wait before retrying a transient refusal.
+const RETRY_AFTER: u64 = 1;
+
+macro_rules! codes {
+    ($($(#[$doc:meta])* $name:ident = $text:literal, $status:ident;)*) => {
+        /// Every error code the API answers with. Each has one status, whichever endpoint
+        /// answers it.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum ErrorCode {
+            $($(#[$doc])* $name,)*
+        }
+
+        impl ErrorCode {
+            /// Every code.
+            pub const ALL: &'static [ErrorCode] = &[$(ErrorCode::$name),*];
+
+            /// The code as it is written in answers (`invalid_topic`).
+            pub fn as_str(self) -> &'static str {
+                match self { $(ErrorCode::$name => $text,)* }
+            }
+
+            /// The status every answer with this code has.
+            pub fn status(self) -> StatusCode {
+                match self { $(ErrorCode::$name => StatusCode::$status,)* }
+            }
+        }
+    };
+}
+
+codes! {
+    /// A topic or pattern that is not valid.
+    InvalidTopic = "invalid_topic", BAD_REQUEST;
+    /// An event type that is not valid.
+    InvalidType = "invalid_type", BAD_REQUEST;
+    /// Event data that is not valid JSON.
+    InvalidData = "invalid_data", BAD_REQUEST;
+    /// A body that is not the expected JSON.
+    InvalidJson = "invalid_json", BAD_REQUEST;
+    /// A body that could not be read.
+    UnreadableBody = "unreadable_body", BAD_REQUEST;
+    /// An `Idempotency-Key` that is not valid.
+    InvalidIdempotencyKey = "invalid_idempotency_key", BAD_REQUEST;
+    /// A batch with no events.
+    EmptyBatch = "empty_batch", BAD_REQUEST;
+    /// A stream that names no topic.
+    MissingTopic = "missing_topic", BAD_REQUEST;
+    /// A stream that names more topics than `--max-topics`.
+    TooManyTopics = "too_many_topics", BAD_REQUEST;
+    /// A history `after=` that is not an id.
+    MalformedId = "malformed_id", BAD_REQUEST;
+    /// Publishing without the publish token.
+    Unauthorized = "unauthorized", UNAUTHORIZED;
+    /// No such endpoint.
+    NotFound = "not_found", NOT_FOUND;
+    /// A history `after=` beyond the head.
+    UnknownId = "unknown_id", CONFLICT;
+    /// A history `after=` older than the retained history.
+    ExpiredId = "expired_id", GONE;
+    /// A history `after=` from an earlier epoch.
+    EpochId = "epoch_id", GONE;
+    /// A body over `--max-body`, a batch over `--max-batch`.
+    PayloadTooLarge = "payload_too_large", PAYLOAD_TOO_LARGE;
+    /// An `Idempotency-Key` reused with a different request.
+    IdempotencyConflict = "idempotency_conflict", UNPROCESSABLE_ENTITY;
+    /// A failure the client cannot fix; the cause is logged, not shown.
+    Internal = "internal", INTERNAL_SERVER_ERROR;
+    /// A stream over `--max-connections`.
+    TooManyConnections = "too_many_connections", SERVICE_UNAVAILABLE;
+    /// The server is shutting down.
+    Draining = "draining", SERVICE_UNAVAILABLE;
+    /// A backend (NATS, MongoDB, the store) is unreachable.
+    Unavailable = "unavailable", SERVICE_UNAVAILABLE;
+}
+
+/// Every error the HTTP API answers with: a code (which decides the status) and a message for
+/// people. Internals are never shown; the server logs them.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}: {message}", code.as_str())]
+pub struct ApiError {
+    /// The HTTP status (the code's).
+    pub status: StatusCode,
+    /// The stable machine-readable code.
+    pub code: ErrorCode,
+    /// What went wrong, for a person.
+    pub message: String,
+    /// Seconds to wait before retrying (sent as `Retry-After`).
+    pub retry_after: Option<u64>,
+}
+
+impl ApiError {
+    /// An error with this code and message; a 503 carries `Retry-After`.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        let status = code.status();
+        Self {
+            status,
+            code,
+            message: message.into(),
+            retry_after: (status == StatusCode::SERVICE_UNAVAILABLE).then_some(RETRY_AFTER),
+        }
+    }
+
+    /// 413 Payload Too Large.
+    pub fn too_large(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::PayloadTooLarge, message)
+    }
+
+    /// A 503 asking the client to retry after `secs`.
+    pub fn retry_after(mut self, secs: u64) -> Self {
+        self.retry_after = Some(secs);
+        self
+    }
+
+    /// 500, for failures the client cannot fix; the cause is logged, not shown.
+    pub fn internal(cause: &(dyn std::error::Error + 'static)) -> Self {
+        tracing::error!(error = %cause, source = ?cause.source(), "request failed");
+        Self::new(
+            ErrorCode::Internal,
+            "internal error; the request may be retried",
+        )
+    }
+}
+
+/// The one mapping from store and bus failures to answers: the same cause gets the same status
+/// on every endpoint (an unreachable backend is 503 with `Retry-After` for a publish, a stream
+/// and a history read alike).
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::IdempotencyConflict => {
+                Self::new(ErrorCode::IdempotencyConflict, e.to_string())
+            }
+            StoreError::Closed => {
+                Self::new(ErrorCode::Draining, "this server is shutting down; retry")
+            }
+            StoreError::Unavailable(_) => {
+                tracing::warn!(error = %e, "a backend is unavailable");
+                Self::new(
+                    ErrorCode::Unavailable,
+                    "the event log is unavailable; retry (a publish with the same Idempotency-Key)",
+                )
+            }
+            StoreError::Backend(_) => Self::internal(&e),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body =
+            Json(json!({ "error": { "code": self.code.as_str(), "message": self.message } }));
+        let mut response = (self.status, body).into_response();
+        if let Some(secs) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_is_sent() {
+        let r = ApiError::new(ErrorCode::Draining, "try later")
+            .retry_after(3)
+            .into_response();
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(r.headers()[header::RETRY_AFTER], "3");
+    }
+
+    #[test]
+    fn an_unreachable_backend_is_503_with_retry_after() {
+        let e = ApiError::from(StoreError::Unavailable("mongodb timed out".into()));
+        assert_eq!(
+            (e.status, e.code),
+            (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable)
+        );
+        assert_eq!(e.retry_after, Some(RETRY_AFTER));
+        let e = ApiError::from(StoreError::Backend("disk".into()));
+        assert_eq!(
+            (e.status, e.retry_after),
+            (StatusCode::INTERNAL_SERVER_ERROR, None)
+        );
+    }
+
+    /// The API document's error table lists every code with its status, and nothing else.
+    #[test]
+    fn the_documented_error_table_matches_the_codes() {
+        let doc =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/api.md"))
+                .expect("docs/api.md");
+        let table = doc
+            .split("## Errors and limits")
+            .nth(1)
+            .expect("an Errors and limits section")
+            .lines()
+            .skip_while(|l| !l.starts_with('|'))
+            .take_while(|l| l.starts_with('|'))
+            .skip(2);
+        let mut documented = Vec::new();
+        for row in table {
+            let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+            let status: u16 = cells[1][..3].parse().expect("a status first");
+            for code in cells[2].split('`').skip(1).step_by(2) {
+                documented.push((code.to_owned(), status));
+            }
+        }
+        documented.sort();
+        let mut codes: Vec<(String, u16)> = ErrorCode::ALL
+            .iter()
+            .map(|c| (c.as_str().to_owned(), c.status().as_u16()))
+            .collect();
+        codes.sort();
+        assert_eq!(documented, codes);
+    }
+}
