@@ -180,3 +180,32 @@ fn the_environment_and_the_file_are_validated_like_flags() {
     assert_eq!(code, 2);
     assert!(line.contains("--listen"), "{line}");
 }
+
+/// Every `HERALD_*` variable is declared by one option in the whole source: an option two
+/// binaries share is one definition, never two copies that could drift.
+#[test]
+fn each_variable_is_declared_once() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut declared = std::collections::BTreeMap::<String, Vec<String>>::new();
+    let mut dirs = vec![root.join("crates"), root.join("services")];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                let text = std::fs::read_to_string(&path).unwrap();
+                for (i, _) in text.match_indices("env = \"HERALD_") {
+                    let name: String = text[i + 7..].chars().take_while(|c| *c != '"').collect();
+                    declared
+                        .entry(name)
+                        .or_default()
+                        .push(path.display().to_string());
+                }
+            }
+        }
+    }
+    assert!(declared.len() > 40, "{declared:?}");
+    let twice: Vec<_> = declared.iter().filter(|(_, at)| at.len() > 1).collect();
+    assert!(twice.is_empty(), "declared more than once: {twice:?}");
+}

@@ -20,20 +20,8 @@ use herald_telemetry::Metrics;
 use herald_tests::cluster;
 
 fn config(nats: Option<&cluster::Nats>, mongo: &cluster::Mongo) -> ClusterConfig {
-    ClusterConfig {
-        nats_url: nats.map(cluster::Nats::url).unwrap_or_default(),
-        mongodb_uri: Secret::new(mongo.uri.clone()),
-        mongodb_database: mongo.database.clone(),
-        stream: "HERALD".into(),
-        stream_max_age: None,
-        stream_max_bytes: None,
-        stream_replicas: 1,
-        duplicate_window: Duration::from_secs(120),
-        retention_age: None,
-        idempotency_window: Duration::from_secs(60),
-        trim_interval: Duration::from_secs(10),
-        backend_timeout: Duration::from_secs(5),
-    }
+    let nats_url = nats.map(cluster::Nats::url).unwrap_or_default();
+    cluster::cluster_config(&nats_url, &mongo.uri, &mongo.database)
 }
 
 /// Appends the sample through `log` in singles and small batches.

@@ -3,7 +3,6 @@
 
 use std::time::Duration;
 
-use herald_config::Secret;
 use herald_tests::{epoch_of, seq_of};
 use serde_json::json;
 
@@ -126,18 +125,6 @@ async fn the_archiver_repairs_an_ingest_killed_between_its_two_writes() {
 }
 
 fn mongo_config(cluster: &Cluster) -> herald_cluster::ClusterConfig {
-    herald_cluster::ClusterConfig {
-        nats_url: cluster.deployment.nats_url.clone(),
-        mongodb_uri: Secret::new(cluster.deployment.mongodb_uri.clone()),
-        mongodb_database: cluster.deployment.database.clone(),
-        stream: "HERALD".into(),
-        stream_max_age: None,
-        stream_max_bytes: None,
-        stream_replicas: 1,
-        duplicate_window: Duration::from_secs(120),
-        retention_age: None,
-        idempotency_window: Duration::from_secs(3600),
-        trim_interval: Duration::from_secs(10),
-        backend_timeout: Duration::from_secs(5),
-    }
+    let d = &cluster.deployment;
+    herald_tests::cluster::cluster_config(&d.nats_url, &d.mongodb_uri, &d.database)
 }

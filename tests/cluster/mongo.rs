@@ -5,24 +5,15 @@
 use std::{sync::Arc, time::Duration};
 
 use herald_cluster::{ClusterConfig, Mongo};
-use herald_config::Secret;
 use herald_core::{Epoch, Event, EventType, Topic, TopicFilter, TraceContext, event::parse_data};
 use herald_tests::cluster;
 
 fn config(server: &cluster::Mongo, retention: Option<Duration>) -> ClusterConfig {
     ClusterConfig {
-        nats_url: String::new(),
-        mongodb_uri: Secret::new(server.uri.clone()),
-        mongodb_database: server.database.clone(),
-        stream: "HERALD".into(),
-        stream_max_age: None,
-        stream_max_bytes: None,
-        stream_replicas: 1,
-        duplicate_window: Duration::from_secs(120),
         retention_age: retention,
         idempotency_window: Duration::from_secs(2),
         trim_interval: Duration::from_secs(1),
-        backend_timeout: Duration::from_secs(5),
+        ..cluster::cluster_config("", &server.uri, &server.database)
     }
 }
 

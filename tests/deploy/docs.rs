@@ -96,6 +96,7 @@ const OTHER_TOOLS: &[(&str, &str)] = &[
     ("--release", "cargo"),
     ("--bench", "cargo"),
     ("--open", "cargo doc"),
+    ("--depth", "cargo tree"),
     ("--build", "docker compose up"),
     ("--tool", "valgrind"),
     ("--from-literal", "kubectl create secret"),

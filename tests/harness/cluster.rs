@@ -71,6 +71,26 @@ pub fn herald_binary(name: &str) -> PathBuf {
     bin
 }
 
+/// The distributed mode's settings for a test's own servers, as the binaries resolve them from
+/// their defaults: NATS at `nats_url` (empty for none), MongoDB at `uri` in `database`, no
+/// retention, a one-hour idempotency window.
+pub fn cluster_config(nats_url: &str, uri: &str, database: &str) -> herald_cluster::ClusterConfig {
+    herald_cluster::ClusterConfig {
+        nats_url: nats_url.to_owned(),
+        mongodb_uri: herald_config::Secret::new(uri),
+        mongodb_database: database.to_owned(),
+        stream: "HERALD".into(),
+        stream_max_age: None,
+        stream_max_bytes: None,
+        stream_replicas: 1,
+        duplicate_window: Duration::from_secs(120),
+        retention_age: None,
+        idempotency_window: Duration::from_secs(3600),
+        trim_interval: Duration::from_secs(10),
+        backend_timeout: Duration::from_secs(5),
+    }
+}
+
 /// Waits until something listens on `port` (up to [`PATIENCE`]).
 pub async fn wait_port(port: u16) -> anyhow::Result<()> {
     let deadline = tokio::time::Instant::now() + PATIENCE;

@@ -289,59 +289,28 @@ impl JetStream {
             .get_stream_no_info(&*self.stream)
             .await
             .map_err(unavailable)?;
-        let subjects = filter_subjects(filter);
-        let (filter_subject, filter_subjects) = match subjects.len() {
-            1 => (subjects[0].clone(), Vec::new()),
-            _ => (String::new(), subjects),
-        };
         let consumer = stream
-            .create_consumer(pull::Config {
-                deliver_policy: DeliverPolicy::ByStartSequence {
-                    start_sequence: after + 1,
-                },
-                ack_policy: AckPolicy::None,
-                filter_subject,
-                filter_subjects,
-                inactive_threshold: READ_CONSUMER_TTL,
-                memory_storage: true,
-                num_replicas: 1,
-                ..Default::default()
-            })
+            .create_consumer(read_consumer(filter, after))
             .await
             .map_err(unavailable)?;
         let name = consumer.cached_info().name.clone();
         let pending = consumer.cached_info().num_pending;
         let want = (limit as u64).min(pending) as usize;
-        let mut events: Vec<Arc<Event>> = Vec::with_capacity(want);
-        let mut last_seq = after;
-        let mut read = 0usize;
+        let mut fetched = Fetched {
+            events: Vec::with_capacity(want),
+            last_seq: after,
+            read: 0,
+        };
         if want > 0 {
-            let fetch = async {
-                let mut messages = consumer
-                    .fetch()
-                    .max_messages(want)
-                    .messages()
-                    .await
-                    .map_err(unavailable)?;
-                while let Some(message) = messages.next().await {
-                    let message = message.map_err(unavailable)?;
-                    let Ok(info) = message.info() else { continue };
-                    let seq = info.stream_sequence;
-                    last_seq = seq;
-                    read += 1;
-                    match decode(&message.payload, seq, traceparent(message.headers.as_ref())) {
-                        Ok(d) => events.push(d.event),
-                        Err(e) => {
-                            tracing::warn!(seq, error = %e, "skipping a message that is not a Herald event")
-                        }
-                    }
-                }
-                Ok::<(), StoreError>(())
-            };
-            tokio::time::timeout(self.timeout, fetch)
+            tokio::time::timeout(self.timeout, fetched.fetch(&consumer, want))
                 .await
                 .map_err(|_| unavailable("JetStream did not deliver the replay page in time"))??;
         }
+        let Fetched {
+            events,
+            last_seq,
+            read,
+        } = fetched;
         tokio::spawn(async move {
             let _ = stream.delete_consumer(&name).await;
         });
@@ -356,6 +325,64 @@ impl JetStream {
             next_after: if end { last_seq.max(head) } else { last_seq },
             end,
         })
+    }
+}
+
+/// A short-lived, unacknowledged consumer of `filter`'s subjects from `after + 1` on.
+fn read_consumer(filter: &TopicFilter, after: u64) -> pull::Config {
+    let subjects = filter_subjects(filter);
+    let (filter_subject, filter_subjects) = match subjects.len() {
+        1 => (subjects[0].clone(), Vec::new()),
+        _ => (String::new(), subjects),
+    };
+    pull::Config {
+        deliver_policy: DeliverPolicy::ByStartSequence {
+            start_sequence: after + 1,
+        },
+        ack_policy: AckPolicy::None,
+        filter_subject,
+        filter_subjects,
+        inactive_threshold: READ_CONSUMER_TTL,
+        memory_storage: true,
+        num_replicas: 1,
+        ..Default::default()
+    }
+}
+
+/// What one replay fetch got: the events, the last sequence delivered, how many messages.
+struct Fetched {
+    events: Vec<Arc<Event>>,
+    last_seq: u64,
+    read: usize,
+}
+
+impl Fetched {
+    /// Fetches up to `want` messages; one that is not a Herald event is passed over.
+    async fn fetch(
+        &mut self,
+        consumer: &jetstream::consumer::Consumer<pull::Config>,
+        want: usize,
+    ) -> Result<(), StoreError> {
+        let mut messages = consumer
+            .fetch()
+            .max_messages(want)
+            .messages()
+            .await
+            .map_err(unavailable)?;
+        while let Some(message) = messages.next().await {
+            let message = message.map_err(unavailable)?;
+            let Ok(info) = message.info() else { continue };
+            let seq = info.stream_sequence;
+            self.last_seq = seq;
+            self.read += 1;
+            match decode(&message.payload, seq, traceparent(message.headers.as_ref())) {
+                Ok(d) => self.events.push(d.event),
+                Err(e) => {
+                    tracing::warn!(seq, error = %e, "skipping a message that is not a Herald event")
+                }
+            }
+        }
+        Ok(())
     }
 }
 

@@ -1,7 +1,8 @@
 //! Herald's distributed mode: NATS JetStream sequences, carries and keeps recent events; MongoDB
 //! keeps the long history and the idempotency records.
 //!
-//! - [`options`]: the connection and retention options `herald-ingest` and `herald-gateway` share.
+//! - [`options`]: the connection and JetStream options `herald-ingest` and `herald-gateway` share.
+//! - [`backends`]: MongoDB and the chosen bus, connected once; the log, history and feed of either mode.
 //! - [`envelope`]: events to and from the protobuf bus envelope, topics to and from subjects.
 //! - [`stream`]: the `HERALD` stream, created or checked at start-up, and its epoch.
 //! - [`jetstream`]: publish (the PubAck sequence is the global sequence), the gateway's one live
@@ -17,6 +18,7 @@
 //! - [`service`]: the process around either service: options, ops routes, serving and draining.
 
 pub mod archiver;
+pub mod backends;
 pub mod envelope;
 pub mod health;
 pub mod jetstream;
@@ -29,6 +31,7 @@ pub mod stream;
 pub mod tiered;
 
 pub use archiver::Archiver;
+pub use backends::Backends;
 pub use jetstream::JetStream;
 pub use log::ClusterLog;
 pub use mongo::Mongo;

@@ -1,7 +1,7 @@
 //! What `herald-ingest` and `herald-gateway` share as processes: listening, logging, the ops
 //! routes with NATS and MongoDB readiness, background tasks, and the drain.
 
-use std::{future::Future, process::ExitCode, sync::Arc, time::Duration};
+use std::{future::Future, net::SocketAddr, process::ExitCode, sync::Arc, time::Duration};
 
 use anyhow::Context;
 use axum::Router;
@@ -10,7 +10,7 @@ use herald_runtime::{
     serve::{admin_routes, ops_routes, serve, spawn_admin},
 };
 use herald_telemetry::Metrics;
-use tokio::task::JoinHandle;
+use tokio::{net::TcpListener, task::JoinHandle};
 
 use crate::{
     JetStream, Mongo,
@@ -31,75 +31,114 @@ pub struct ServiceOptions {
     pub admin: AdminOptions,
 }
 
-/// A service ready to run: its routes and the background tasks that live as long as it.
+/// Where a service listens: its public address and, when `--admin-listen` is set, the admin
+/// address (probes, metrics, the preStop hook). Bound by the caller, so a test can bind port 0.
+#[derive(Debug)]
+pub struct Listeners {
+    /// The public listener (the API).
+    pub public: TcpListener,
+    /// The admin listener, if the ops routes are served apart.
+    pub admin: Option<TcpListener>,
+}
+
+impl Listeners {
+    /// Binds the addresses `options` names and prints `<name> listening on http://ADDR` (the
+    /// public one first: scripts read the port from it), then the admin line.
+    pub async fn bind(name: &str, options: &ServiceOptions) -> anyhow::Result<Self> {
+        let public = bind(name, "listening", options.process.listen).await?;
+        let admin = match options.admin.admin_listen {
+            Some(addr) => Some(bind(name, "admin listening", addr).await?),
+            None => None,
+        };
+        Ok(Self { public, admin })
+    }
+}
+
+async fn bind(name: &str, what: &str, addr: SocketAddr) -> anyhow::Result<TcpListener> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding {addr}"))?;
+    let addr = listener.local_addr().context("reading the bound address")?;
+    tracing::info!(%addr, "{what}");
+    println!("{name} {what} on http://{addr}");
+    Ok(listener)
+}
+
+/// A service ready to run: its routes, the background tasks that live as long as it, and what
+/// its readiness depends on.
 #[derive(Debug)]
 pub struct Service {
-    /// The service's own routes (the ops routes are added by [`Service::run`]).
-    pub router: Router,
-    /// Tasks aborted when the service stops.
-    pub tasks: Vec<JoinHandle<()>>,
+    router: Router,
+    tasks: Vec<JoinHandle<()>>,
+    health: Health,
+    nats: Option<JetStream>,
+    metrics: Arc<Metrics>,
 }
 
 impl Service {
-    /// Serves until SIGTERM/SIGINT, then drains. Prints `<name> listening on http://ADDR`. Ready
-    /// while MongoDB and, when the service uses it, NATS are reachable.
-    pub async fn run(
-        self,
-        name: &str,
-        options: &ServiceOptions,
+    /// A service of `router` and `tasks`, ready while `drain` has not started, MongoDB answers
+    /// and, when the service uses it, NATS does.
+    pub fn new(
+        router: Router,
+        mut tasks: Vec<JoinHandle<()>>,
+        drain: &Drain,
         nats: Option<&JetStream>,
         mongo: &Mongo,
         metrics: Arc<Metrics>,
-        drain: Drain,
-    ) -> anyhow::Result<()> {
+    ) -> Self {
         let mut health = Health::new(drain.watch());
         if let Some(js) = nats {
             health = health.with_check(Arc::new(NatsCheck(js.clone())));
         }
         let health = health.with_check(Arc::new(MongoCheck(mongo.clone())));
-        let mut tasks = self.tasks;
         tasks.push(tokio::spawn(ping_mongo(mongo.clone(), PING_EVERY)));
+        Self {
+            router,
+            tasks,
+            health,
+            nats: nats.cloned(),
+            metrics,
+        }
+    }
+
+    /// Serves `listeners` until `shutdown` resolves, then drains under `options`' deadline and
+    /// flushes NATS.
+    pub async fn run(
+        self,
+        listeners: Listeners,
+        options: &ServiceOptions,
+        drain: Drain,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let Self {
+            router,
+            mut tasks,
+            health,
+            nats,
+            metrics,
+        } = self;
         let render = {
             let metrics = Arc::clone(&metrics);
             Arc::new(move || metrics.render())
         };
-        // The service address first: its line is the first one printed.
-        let listen = options.process.listen;
-        let listener = tokio::net::TcpListener::bind(listen)
-            .await
-            .with_context(|| format!("binding {listen}"))?;
-        let addr = listener.local_addr().context("reading the bound address")?;
-        tracing::info!(%addr, "listening");
-        println!("{name} listening on http://{addr}");
-        let router = match options.admin.admin_listen {
-            None => self.router.merge(ops_routes(health, render)),
+        let router = match listeners.admin {
+            None => router.merge(ops_routes(health, render)),
             Some(admin) => {
-                let admin_listener = tokio::net::TcpListener::bind(admin)
-                    .await
-                    .with_context(|| format!("binding the admin address {admin}"))?;
-                let addr = admin_listener
-                    .local_addr()
-                    .context("reading the bound address")?;
-                tracing::info!(%addr, "admin listening");
-                println!("{name} admin listening on http://{addr}");
                 let routes = admin_routes(health, render, options.admin.prestop_delay);
-                tasks.push(spawn_admin(admin_listener, routes));
-                self.router
-                    .fallback(|| async { ApiError::new(ErrorCode::NotFound, "no such endpoint") })
+                tasks.push(spawn_admin(admin, routes));
+                router.fallback(|| async { ApiError::new(ErrorCode::NotFound, "no such endpoint") })
             }
         };
+        let on_cut_off = Arc::new(move || {
+            metrics.slow_cut_off.inc();
+        });
         let served = serve(
-            listener,
+            listeners.public,
             router,
             &drain,
             &options.process.serve(),
-            Arc::new(move || {
-                metrics.slow_cut_off.inc();
-            }),
-            async {
-                let signal = herald_runtime::signal::shutdown().await;
-                tracing::info!(signal, "shutdown requested");
-            },
+            on_cut_off,
+            shutdown,
         )
         .await;
         for task in tasks {
@@ -112,6 +151,22 @@ impl Service {
         }
         tracing::info!("drained");
         served
+    }
+
+    /// [`Service::run`] on the addresses `options` names, until SIGTERM or SIGINT: what the
+    /// binaries do.
+    pub async fn run_until_signal(
+        self,
+        name: &str,
+        options: &ServiceOptions,
+        drain: Drain,
+    ) -> anyhow::Result<()> {
+        let listeners = Listeners::bind(name, options).await?;
+        self.run(listeners, options, drain, async {
+            let signal = herald_runtime::signal::shutdown().await;
+            tracing::info!(signal, "shutdown requested");
+        })
+        .await
     }
 }
 

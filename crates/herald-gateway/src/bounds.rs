@@ -193,4 +193,17 @@ mod tests {
             assert!(err.to_string().contains("mongodb timed out"), "{err}");
         }
     }
+
+    /// The shared bounds are a `History` like any other: the contract holds through them.
+    #[tokio::test]
+    async fn shared_bounds_keep_the_history_contract() {
+        use herald_store::{MemoryStore, Store, StoreOptions, contract};
+        let store = Arc::new(MemoryStore::new(StoreOptions::default()));
+        let mut written = Vec::new();
+        for batch in contract::sample().chunks(2) {
+            written.extend(store.append(batch.to_vec(), None).await.unwrap().events);
+        }
+        let shared = SharedBounds::new(store as Arc<dyn History>);
+        contract::check_history("shared bounds", &shared, &written).await;
+    }
 }

@@ -70,15 +70,6 @@ fn chunked(frames: impl IntoIterator<Item = Bytes>) -> Vec<Bytes> {
     chunks
 }
 
-/// One page of a replay.
-#[derive(Debug)]
-pub(crate) struct ReplayPage {
-    /// The page's frames, as body chunks.
-    pub(crate) chunks: Vec<Bytes>,
-    /// Whether the replay has reached the head it was asked for.
-    pub(crate) end: bool,
-}
-
 /// A replay of a filter's events after a sequence.
 #[derive(Debug)]
 pub(crate) struct Replay<'a> {
@@ -87,6 +78,7 @@ pub(crate) struct Replay<'a> {
     epoch: Epoch,
     last: u64,
     replayed: u64,
+    done: bool,
 }
 
 impl<'a> Replay<'a> {
@@ -103,19 +95,22 @@ impl<'a> Replay<'a> {
             epoch,
             last: after,
             replayed: 0,
+            done: false,
         }
     }
 
-    /// The next page: from the window while it covers the next sequence, else from the store.
-    pub(crate) async fn next_page(&mut self) -> Result<ReplayPage, StoreError> {
+    /// The next page's frames as body chunks, from the window while it covers the next
+    /// sequence, else from the store; `None` once a page has reached the head.
+    pub(crate) async fn next_page(&mut self) -> Result<Option<Vec<Bytes>>, StoreError> {
+        if self.done {
+            return Ok(None);
+        }
         let limit = self.gw.config.replay_page;
         if let Some(page) = self.gw.hub.window_page(self.filter, self.last, limit) {
             self.replayed += page.frames.len() as u64;
             self.last = page.next_after;
-            return Ok(ReplayPage {
-                chunks: chunked(page.frames),
-                end: page.end,
-            });
+            self.done = page.end;
+            return Ok(Some(chunked(page.frames)));
         }
         let query = ReadQuery {
             filter: self.filter.clone(),
@@ -125,15 +120,13 @@ impl<'a> Replay<'a> {
         let page = self.gw.store.read(query).await?;
         self.replayed += page.events.len() as u64;
         self.last = page.next_after;
+        self.done = page.end;
         let epoch = self.epoch;
         let frames = page
             .events
             .iter()
             .map(|e| sse::event(EventId::new(epoch, e.seq), &e.event_type, e.data.get()));
-        Ok(ReplayPage {
-            chunks: chunked(frames),
-            end: page.end,
-        })
+        Ok(Some(chunked(frames)))
     }
 
     /// The last sequence the pages so far covered.

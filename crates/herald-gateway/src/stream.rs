@@ -15,6 +15,7 @@ use std::{
     convert::Infallible,
     pin::Pin,
     sync::{Arc, atomic::Ordering},
+    time::Duration,
 };
 
 use axum::{
@@ -25,15 +26,15 @@ use axum::{
 };
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
-use herald_core::{Bounds, EventId, ResumeVerdict, TopicFilter, sse};
-use herald_runtime::{ApiError, ErrorCode, drain::jitter};
+use herald_core::{Bounds, Epoch, EventId, ResumeVerdict, TopicFilter, sse};
+use herald_runtime::{ApiError, DrainWatch, ErrorCode, drain::jitter};
 use herald_telemetry::{CloseReason, otel};
 use herald_telemetry::{Rejection, StoreOp};
 use tokio::time::{Instant, Sleep, sleep};
 
 use crate::{
     GatewayState,
-    hub::Subscription,
+    hub::{Delivery, Subscription},
     replay::{Chunk, MAX_CHUNK, Replay},
 };
 
@@ -176,10 +177,127 @@ impl Drop for ConnectionGuard {
 
 /// What woke the live loop.
 enum Wake {
-    Delivery(Option<crate::hub::Delivery>),
+    Delivery(Option<Delivery>),
     Heartbeat,
-    DrainStarted,
     Close,
+}
+
+/// When a draining server ends this stream: at a random moment within `jitter` of the drain's
+/// start, so clients do not all reconnect at once.
+struct Closing {
+    drain: DrainWatch,
+    jitter: Duration,
+    at: Option<Pin<Box<Sleep>>>,
+}
+
+impl Closing {
+    /// Resolves when the stream should end. Cancel-safe: once drawn, the close time is kept.
+    async fn due(&mut self) {
+        if self.at.is_none() {
+            self.drain.started().await;
+            self.at = Some(Box::pin(sleep(jitter(self.jitter))));
+        }
+        if let Some(at) = self.at.as_mut() {
+            at.await;
+        }
+    }
+}
+
+/// Counts a finished replay or catch-up; after a resume's replay, the `herald.live` frame.
+fn replayed(gw: &GatewayState, replayed: u64, resume: bool) -> Option<Bytes> {
+    gw.metrics.events_replayed.inc_by(replayed);
+    gw.metrics.events_delivered.inc_by(replayed);
+    resume.then(|| sse::control("herald.live", &format!("{{\"replayed\":{replayed}}}")))
+}
+
+/// The comment heartbeat: due after `every` without a frame. The timer is not moved on every
+/// frame (a timer-wheel update per delivery): when it fires after recent frames, it is set again
+/// from the last one.
+struct Heartbeat {
+    timer: Pin<Box<Sleep>>,
+    every: Duration,
+    last_sent: Instant,
+}
+
+impl Heartbeat {
+    fn new(every: Duration) -> Self {
+        Self {
+            timer: Box::pin(sleep(every)),
+            every,
+            last_sent: Instant::now(),
+        }
+    }
+
+    /// Something was sent just now.
+    fn sent(&mut self) {
+        self.last_sent = Instant::now();
+    }
+
+    /// The timer fired: whether a heartbeat is due (it then counts as sent).
+    fn fired(&mut self) -> bool {
+        let quiet_until = self.last_sent + self.every;
+        if quiet_until > Instant::now() {
+            self.timer.as_mut().reset(quiet_until);
+            return false;
+        }
+        self.timer.as_mut().reset(Instant::now() + self.every);
+        self.sent();
+        true
+    }
+}
+
+/// Judges a Last-Event-ID and counts the verdict: the `herald.resume` frame, and the sequence
+/// to replay after when the client can resume.
+fn judge(gw: &GatewayState, id: &str, bounds: Bounds) -> (Bytes, Option<u64>) {
+    let verdict = ResumeVerdict::judge(id, bounds);
+    let after = match &verdict {
+        ResumeVerdict::Recovered { after } => {
+            gw.metrics.resume(true, "");
+            Some(*after)
+        }
+        ResumeVerdict::NotRecovered { reason, .. } => {
+            gw.metrics.resume(false, reason.as_str());
+            None
+        }
+    };
+    (sse::control("herald.resume", &verdict.to_json()), after)
+}
+
+/// The frames queued from `first` on with a sequence above `last`, as one chunk (a backlogged
+/// connection gets one write), stopping at [`MAX_CHUNK`] or at a sampled delivery, which is
+/// answered apart to go out alone inside its span. Moves `last` past what it takes.
+fn gather(
+    sub: &mut Subscription,
+    first: Delivery,
+    last: &mut u64,
+) -> (Option<Bytes>, Option<Delivery>) {
+    let mut chunk = Chunk::default();
+    let mut next = Some(first);
+    while let Some(d) = next.take() {
+        if d.seq > *last {
+            *last = d.seq;
+            if d.trace.is_some() {
+                return (chunk.take(), Some(d));
+            }
+            chunk.push(d.frame);
+            if chunk.len() >= MAX_CHUNK {
+                break;
+            }
+        }
+        next = sub.try_recv();
+    }
+    (chunk.take(), None)
+}
+
+/// The span of a sampled delivery's socket write: it lasts until the body asks for the next
+/// chunk, that is, until the frame has been handed to the socket.
+fn write_span(d: &Delivery, epoch: Epoch) -> Option<tracing::Span> {
+    d.trace.as_ref().map(|parent| {
+        let span =
+            tracing::info_span!("sse write", messaging.message.id = %EventId::new(epoch, d.seq));
+        otel::set_parent(&span, **parent);
+        span
+    })
 }
 
 fn connection(
@@ -195,38 +313,24 @@ fn connection(
         yield sse::retry(config.retry.as_millis() as u64);
         // The last sequence this connection has covered: sent, or known not to match.
         let mut last = bounds.head;
-        let mut catch_up = false;
-        let mut announce_live = false;
+        let (mut catch_up, mut announce_live) = (false, false);
         if let Some(id) = last_event_id {
-            let verdict = ResumeVerdict::judge(&id, bounds);
-            match &verdict {
-                ResumeVerdict::Recovered { after } => {
-                    gw.metrics.resume(true, "");
-                    (last, catch_up, announce_live) = (*after, true, true);
-                }
-                ResumeVerdict::NotRecovered { reason, .. } => gw.metrics.resume(false, reason.as_str()),
+            let (frame, after) = judge(&gw, &id, bounds);
+            if let Some(after) = after {
+                (last, catch_up, announce_live) = (after, true, true);
             }
-            yield sse::control("herald.resume", &verdict.to_json());
+            yield frame;
         }
-        let mut heartbeat = Box::pin(sleep(config.heartbeat));
-        let mut last_sent = Instant::now();
-        let drain = gw.drain.clone();
-        let mut drain_started = Box::pin(drain.started());
-        let mut close: Option<Pin<Box<Sleep>>> = None;
+        let mut heartbeat = Heartbeat::new(config.heartbeat);
+        let mut closing = Closing { drain: gw.drain.clone(), jitter: config.drain_jitter, at: None };
         loop {
             if catch_up {
                 sub.rearm();
                 let mut replay = Replay::new(&gw, &filter, bounds.epoch, last);
                 loop {
                     match replay.next_page().await {
-                        Ok(page) => {
-                            for chunk in page.chunks {
-                                yield chunk;
-                            }
-                            if page.end {
-                                break;
-                            }
-                        }
+                        Ok(Some(chunks)) => for chunk in chunks { yield chunk; },
+                        Ok(None) => break,
                         Err(e) => {
                             gw.metrics.store_error(StoreOp::Read);
                             tracing::warn!(error = %e, after = replay.last(), "stream: replay read failed; the client will resume");
@@ -235,16 +339,12 @@ fn connection(
                         }
                     }
                 }
-                let replayed = replay.replayed();
                 last = replay.last();
-                gw.metrics.events_replayed.inc_by(replayed);
-                gw.metrics.events_delivered.inc_by(replayed);
-                if announce_live {
-                    announce_live = false;
-                    yield sse::control("herald.live", &format!("{{\"replayed\":{replayed}}}"));
+                if let Some(live) = replayed(&gw, replay.replayed(), std::mem::take(&mut announce_live)) {
+                    yield live;
                 }
                 catch_up = false;
-                last_sent = Instant::now();
+                heartbeat.sent();
             }
             if sub.lagged() && sub.is_empty() {
                 gw.metrics.slow_caught_up.inc();
@@ -253,66 +353,78 @@ fn connection(
             }
             let wake = tokio::select! {
                 d = sub.recv() => Wake::Delivery(d),
-                () = &mut heartbeat => Wake::Heartbeat,
-                () = &mut drain_started, if close.is_none() => Wake::DrainStarted,
-                () = async { if let Some(c) = close.as_mut() { c.await } }, if close.is_some() => Wake::Close,
+                () = &mut heartbeat.timer => Wake::Heartbeat,
+                () = closing.due() => Wake::Close,
             };
             match wake {
                 Wake::Delivery(Some(d)) => {
-                    // Everything already queued goes out as one chunk (one write for a
-                    // backlogged connection); a sampled delivery goes alone, inside its span.
-                    let mut chunk = Chunk::default();
-                    let mut traced = None;
-                    let mut next = Some(d);
-                    while let Some(d) = next.take() {
-                        if d.seq > last {
-                            last = d.seq;
-                            if d.trace.is_some() {
-                                traced = Some(d);
-                                break;
-                            }
-                            chunk.push(d.frame);
-                            if chunk.len() >= MAX_CHUNK {
-                                break;
-                            }
-                        }
-                        next = sub.try_recv();
-                    }
-                    if let Some(bytes) = chunk.take() {
-                        last_sent = Instant::now();
+                    let (chunk, traced) = gather(&mut sub, d, &mut last);
+                    if let Some(bytes) = chunk {
+                        heartbeat.sent();
                         yield bytes;
                     }
                     if let Some(d) = traced {
-                        last_sent = Instant::now();
-                        // Sampled: the span lasts until the body asks for the next chunk, that
-                        // is, until this frame has been handed to the socket.
-                        let _write = d.trace.map(|parent| {
-                            let span = tracing::info_span!("sse write", messaging.message.id = %EventId::new(bounds.epoch, d.seq));
-                            otel::set_parent(&span, *parent);
-                            span
-                        });
+                        heartbeat.sent();
+                        let _write = write_span(&d, bounds.epoch);
                         yield d.frame;
                     }
                 }
                 Wake::Delivery(None) => return,
                 Wake::Heartbeat => {
-                    // The timer is not moved on every frame (a timer-wheel update per delivery):
-                    // when it fires after recent frames, it is set again from the last one.
-                    let quiet_until = last_sent + config.heartbeat;
-                    if quiet_until > Instant::now() {
-                        heartbeat.as_mut().reset(quiet_until);
-                    } else {
-                        heartbeat.as_mut().reset(Instant::now() + config.heartbeat);
-                        last_sent = Instant::now();
+                    if heartbeat.fired() {
                         yield sse::comment("");
                     }
                 }
-                Wake::DrainStarted => close = Some(Box::pin(sleep(jitter(config.drain_jitter)))),
                 Wake::Close => {
                     guard.ending(CloseReason::Drain);
                     return;
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// On tokio's paused clock: a heartbeat is due after `every` of silence, and traffic moves it.
+    #[tokio::test(start_paused = true)]
+    async fn a_heartbeat_comes_after_silence_and_traffic_postpones_it() {
+        let every = Duration::from_secs(15);
+        let mut heartbeat = Heartbeat::new(every);
+        let start = Instant::now();
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        heartbeat.sent();
+        (&mut heartbeat.timer).await;
+        assert_eq!(start.elapsed(), every);
+        assert!(!heartbeat.fired(), "a frame went out 5 s ago");
+        (&mut heartbeat.timer).await;
+        assert_eq!(start.elapsed(), Duration::from_secs(25));
+        assert!(heartbeat.fired());
+        (&mut heartbeat.timer).await;
+        assert_eq!(start.elapsed(), Duration::from_secs(40));
+        assert!(heartbeat.fired(), "silence since the last heartbeat");
+    }
+
+    /// On tokio's paused clock: a stream ends only once the drain starts, within the jitter.
+    #[tokio::test(start_paused = true)]
+    async fn a_draining_stream_closes_within_the_jitter() {
+        let (drain, watch) = herald_runtime::Drain::new();
+        let jitter = Duration::from_secs(5);
+        let mut closing = Closing {
+            drain: watch,
+            jitter,
+            at: None,
+        };
+        let hour = Duration::from_secs(3600);
+        assert!(
+            tokio::time::timeout(hour, closing.due()).await.is_err(),
+            "closed with no drain"
+        );
+        let started = Instant::now();
+        drain.start();
+        closing.due().await;
+        assert!(started.elapsed() <= jitter, "{:?}", started.elapsed());
     }
 }

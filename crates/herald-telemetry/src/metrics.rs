@@ -165,141 +165,155 @@ impl Metrics {
             hooks: Mutex::default(),
         };
         let mut registry = Registry::with_prefix("herald");
-        let r = &mut registry;
+        m.register_connections(&mut registry);
+        m.register_events(&mut registry);
+        m.register_backends(&mut registry);
+        m.registry = registry;
+        m
+    }
+
+    /// Registers the stream side's metrics: connections, resumes, slow subscribers, the hub.
+    fn register_connections(&self, r: &mut Registry) {
         r.register(
             "connections_open",
             "Open SSE connections",
-            m.connections_open.clone(),
+            self.connections_open.clone(),
         );
         r.register(
             "connections_accepted",
             "SSE connections accepted",
-            m.connections_accepted.clone(),
+            self.connections_accepted.clone(),
         );
         r.register(
             "connections_closed",
             "SSE connections ended, by reason",
-            m.closed.clone(),
+            self.closed.clone(),
         );
         r.register(
             "connections_rejected",
             "SSE connections refused, by reason (limit, draining)",
-            m.rejected.clone(),
-        );
-        r.register(
-            "events_published",
-            "Events accepted by publish requests",
-            m.events_published.clone(),
-        );
-        r.register(
-            "publish_duration_seconds",
-            "Publish request latency until the durable answer",
-            m.publish_duration.clone(),
-        );
-        r.register(
-            "events_delivered",
-            "Event frames handed to subscribers",
-            m.events_delivered.clone(),
-        );
-        r.register(
-            "replay_reads",
-            "Events read back for replay, catch-up or gap fills, by tier (window, jetstream, mongodb)",
-            m.replay_reads.clone(),
-        );
-        r.register(
-            "events_archived",
-            "Events the archiver wrote to MongoDB",
-            m.events_archived.clone(),
-        );
-        r.register(
-            "events_replayed",
-            "Event frames sent from the store",
-            m.events_replayed.clone(),
+            self.rejected.clone(),
         );
         r.register(
             "resumes",
             "Connections that carried a Last-Event-ID, by verdict",
-            m.resumes.clone(),
+            self.resumes.clone(),
         );
         r.register(
             "slow_subscribers_caught_up",
             "Subscribers whose queue overflowed and caught up from the store",
-            m.slow_caught_up.clone(),
+            self.slow_caught_up.clone(),
         );
         r.register(
             "slow_subscribers_cut_off",
             "Connections cut off because the peer stopped reading",
-            m.slow_cut_off.clone(),
+            self.slow_cut_off.clone(),
         );
         r.register(
             "hub_gap_fills",
             "Gaps in the live feed filled from the store",
-            m.gap_fills.clone(),
+            self.gap_fills.clone(),
         );
         r.register(
             "subscribers",
             "Subscribers registered with this gateway's hub",
-            m.subscribers.clone(),
-        );
-        r.register(
-            "delivery_lag_seconds",
-            "Time from an event's publish to this gateway handing it to its subscribers, per event",
-            m.delivery_lag.clone(),
-        );
-        r.register(
-            "browser_delivery_lag_seconds",
-            "Publish-to-render time reported by browsers (sampled)",
-            m.browser_lag.clone(),
-        );
-        r.register(
-            "browser_lag_samples",
-            "Browser lag samples received, by result (accepted, unknown, invalid)",
-            m.browser_samples.clone(),
+            self.subscribers.clone(),
         );
         r.register(
             "hub_pending_events",
             "Events the hub holds behind a gap in the sequence",
-            m.hub_pending.clone(),
+            self.hub_pending.clone(),
         );
         r.register(
             "subscriber_queued_frames",
             "Frames queued for subscribers, not yet written",
-            m.queued_frames.clone(),
+            self.queued_frames.clone(),
         );
+    }
+
+    /// Registers the event path's metrics: publishes, deliveries, replays, lag.
+    fn register_events(&self, r: &mut Registry) {
+        r.register(
+            "events_published",
+            "Events accepted by publish requests",
+            self.events_published.clone(),
+        );
+        r.register(
+            "publish_duration_seconds",
+            "Publish request latency until the durable answer",
+            self.publish_duration.clone(),
+        );
+        r.register(
+            "events_delivered",
+            "Event frames handed to subscribers",
+            self.events_delivered.clone(),
+        );
+        r.register(
+            "replay_reads",
+            "Events read back for replay, catch-up or gap fills, by tier (window, jetstream, mongodb)",
+            self.replay_reads.clone(),
+        );
+        r.register(
+            "events_archived",
+            "Events the archiver wrote to MongoDB",
+            self.events_archived.clone(),
+        );
+        r.register(
+            "events_replayed",
+            "Event frames sent from the store",
+            self.events_replayed.clone(),
+        );
+        r.register(
+            "delivery_lag_seconds",
+            "Time from an event's publish to this gateway handing it to its subscribers, per event",
+            self.delivery_lag.clone(),
+        );
+        r.register(
+            "browser_delivery_lag_seconds",
+            "Publish-to-render time reported by browsers (sampled)",
+            self.browser_lag.clone(),
+        );
+        r.register(
+            "browser_lag_samples",
+            "Browser lag samples received, by result (accepted, unknown, invalid)",
+            self.browser_samples.clone(),
+        );
+    }
+
+    /// Registers the backends' and the bridge's metrics: errors, consumers, outcomes.
+    fn register_backends(&self, r: &mut Registry) {
         r.register(
             "bus_errors",
             "Bus failures, by operation (publish, announce, feed)",
-            m.bus_errors.clone(),
+            self.bus_errors.clone(),
         );
         r.register(
             "store_errors",
             "Store failures, by operation (append, read, bounds, archive)",
-            m.store_errors.clone(),
+            self.store_errors.clone(),
         );
         r.register(
             "jetstream_consumer_pending",
             "Messages a JetStream consumer has yet to receive, by consumer (live, archiver)",
-            m.consumer_pending.clone(),
+            self.consumer_pending.clone(),
         );
         r.register(
             "publish_requests",
             "Publish requests, by outcome (created, duplicate, rejected, unavailable)",
-            m.publish_requests.clone(),
+            self.publish_requests.clone(),
         );
         r.register(
             "bridge_messages",
             "Messages the Redis bridge handled, by direction (from_redis, to_redis) and outcome \
              (published, duplicate, skipped_loop, skipped_topic, invalid, failed)",
-            m.bridged.clone(),
+            self.bridged.clone(),
         );
         r.register(
             "redis_bus_polled_events",
             "Events the gateway's poll of MongoDB found with no Redis message for them \
              (`--bus redis`: lost at the tail of the feed, or during a Redis outage)",
-            m.redis_polled.clone(),
+            self.redis_polled.clone(),
         );
-        m.registry = registry;
-        m
     }
 
     /// Counts a message the Redis bridge handled.

@@ -6,8 +6,8 @@ use std::{process::ExitCode, sync::Arc, time::Duration};
 
 use clap::Parser;
 use herald_cluster::{
-    ClusterConfig, ClusterOptions, Mongo, Tiered,
-    redis_bus::{self, BusKind, BusOptions, MongoHistory, RedisBus},
+    Backends, ClusterConfig, ClusterOptions,
+    redis_bus::BusOptions,
     service::{Service, ServiceOptions},
 };
 use herald_config::{ConfigError, units};
@@ -88,40 +88,19 @@ async fn run(config: Config) -> anyhow::Result<()> {
     } = config;
     let metrics = Arc::new(Metrics::new());
     let (drain, watch) = Drain::new();
-    let (gateway, js, mongo) = match bus.bus {
-        BusKind::Jetstream => {
-            let (js, mongo) =
-                herald_cluster::connect(&cluster, "herald-gateway", Arc::clone(&metrics)).await?;
-            let history = Arc::new(Tiered::new(js.clone(), mongo.clone(), Arc::clone(&metrics)));
-            let gateway = Gateway::start(config, history, &js, Arc::clone(&metrics), watch).await?;
-            (gateway, Some(js), mongo)
-        }
-        BusKind::Redis => {
-            let mongo = Mongo::connect(&cluster).await?;
-            let epoch = redis_bus::prepare(&mongo).await?;
-            let bus = RedisBus::new(&bus, mongo.clone(), epoch, redis_poll, Arc::clone(&metrics))?;
-            let history = Arc::new(MongoHistory::new(
-                mongo.clone(),
-                epoch,
-                Arc::clone(&metrics),
-            ));
-            let gateway =
-                Gateway::start(config, history, &bus, Arc::clone(&metrics), watch).await?;
-            (gateway, None, mongo)
-        }
-    };
-    let router = Service {
-        router: gateway.router(),
-        tasks: Vec::new(),
-    };
-    router
-        .run(
-            "herald-gateway",
-            &service,
-            js.as_ref(),
-            &mongo,
-            metrics,
-            drain,
-        )
-        .await
+    let backends =
+        Backends::connect(&cluster, &bus, "herald-gateway", Arc::clone(&metrics)).await?;
+    let feed = backends.feed(redis_poll)?;
+    let history = backends.history();
+    let gateway = Gateway::start(config, history, &*feed, Arc::clone(&metrics), watch).await?;
+    Service::new(
+        gateway.router(),
+        Vec::new(),
+        &drain,
+        backends.jetstream(),
+        &backends.mongo,
+        metrics,
+    )
+    .run_until_signal("herald-gateway", &service, drain)
+    .await
 }

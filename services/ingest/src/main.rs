@@ -6,14 +6,14 @@ use std::{process::ExitCode, sync::Arc};
 
 use clap::{ArgAction, Parser};
 use herald_cluster::{
-    Archiver, ClusterConfig, ClusterLog, ClusterOptions, Mongo, Tiered,
-    redis_bus::{self, BusKind, BusOptions, MongoHistory, RedisLog},
+    Archiver, Backends, ClusterConfig, ClusterOptions,
+    redis_bus::BusOptions,
     service::{Service, ServiceOptions, trim_periodically},
 };
 use herald_gateway::{GatewayConfig, history::HistoryReader};
 use herald_ingest::{IngestConfig, IngestOptions};
 use herald_runtime::{ArticleOptions, Drain};
-use herald_store::{History, RetentionOptions};
+use herald_store::{EventLog, History, RetentionOptions};
 use herald_telemetry::Metrics;
 
 /// Every option can also be set with its `HERALD_*` environment variable.
@@ -64,85 +64,56 @@ async fn run(options: Options, cluster: ClusterConfig) -> anyhow::Result<()> {
     let ingest = options.ingest.resolve(&options.article);
     let metrics = Arc::new(Metrics::new());
     let (drain, _watch) = Drain::new();
-    // Both buses: MongoDB trimmed to retention; JetStream's also has the archiver and two-tier
-    // history, the Redis bus reads history from MongoDB alone.
-    let (log, history, tasks, js, mongo): (
-        Arc<dyn herald_store::EventLog>,
-        Arc<dyn History>,
-        _,
-        _,
-        _,
-    ) = match options.bus.bus {
-        BusKind::Jetstream => {
-            let (js, mongo) =
-                herald_cluster::connect(&cluster, "herald-ingest", Arc::clone(&metrics)).await?;
-            let mut tasks = vec![tokio::spawn(trim_periodically(
-                mongo.clone(),
-                cluster.trim_interval,
-            ))];
-            if options.archiver {
-                let archiver =
-                    Archiver::new(&js, &cluster.stream, mongo.clone(), Arc::clone(&metrics));
-                tasks.push(tokio::spawn(archiver.run()));
-            }
-            (
-                Arc::new(ClusterLog::new(js.clone(), mongo.clone())),
-                Arc::new(Tiered::new(js.clone(), mongo.clone(), Arc::clone(&metrics))),
-                tasks,
-                Some(js),
-                mongo,
-            )
-        }
-        BusKind::Redis => {
-            let mongo = Mongo::connect(&cluster).await?;
-            let epoch = redis_bus::prepare(&mongo).await?;
-            let log =
-                RedisLog::connect(&options.bus, mongo.clone(), epoch, Arc::clone(&metrics)).await?;
-            let tasks = vec![tokio::spawn(trim_periodically(
-                mongo.clone(),
-                cluster.trim_interval,
-            ))];
-            (
-                Arc::new(log),
-                Arc::new(MongoHistory::new(
-                    mongo.clone(),
-                    epoch,
-                    Arc::clone(&metrics),
-                )),
-                tasks,
-                None,
-                mongo,
-            )
-        }
-    };
-    service(ingest, log, history, tasks, &metrics)
-        .run(
-            "herald-ingest",
-            &options.service,
-            js.as_ref(),
-            &mongo,
-            metrics,
-            drain,
-        )
+    let backends = Backends::connect(
+        &cluster,
+        &options.bus,
+        "herald-ingest",
+        Arc::clone(&metrics),
+    )
+    .await?;
+    // MongoDB trimmed to retention on both buses; on JetStream's, the archiver (unless off).
+    let mut tasks = vec![tokio::spawn(trim_periodically(
+        backends.mongo.clone(),
+        cluster.trim_interval,
+    ))];
+    if let Some(js) = backends.jetstream()
+        && options.archiver
+    {
+        let archiver = Archiver::new(
+            js,
+            &cluster.stream,
+            backends.mongo.clone(),
+            Arc::clone(&metrics),
+        );
+        tasks.push(tokio::spawn(archiver.run()));
+    }
+    let (log, history) = (backends.log().await?, backends.history());
+    let router = routes(ingest, log, history, &metrics);
+    let service = Service::new(
+        router,
+        tasks,
+        &drain,
+        backends.jetstream(),
+        &backends.mongo,
+        metrics,
+    );
+    service
+        .run_until_signal("herald-ingest", &options.service, drain)
         .await
 }
 
 /// The publish API and, so an Ingress can route the whole /v1/topics/ resource here, the topic's
 /// history.
-fn service(
+fn routes(
     ingest: IngestConfig,
-    log: Arc<dyn herald_store::EventLog>,
+    log: Arc<dyn EventLog>,
     history: Arc<dyn History>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
     metrics: &Arc<Metrics>,
-) -> Service {
+) -> axum::Router {
     let history = HistoryReader::new(
         history,
         Arc::clone(metrics),
         GatewayConfig::default().history_limit,
     );
-    Service {
-        router: herald_ingest::router(ingest, log, Arc::clone(metrics)).merge(history.router()),
-        tasks,
-    }
+    herald_ingest::router(ingest, log, Arc::clone(metrics)).merge(history.router())
 }

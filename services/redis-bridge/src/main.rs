@@ -198,19 +198,16 @@ async fn run(options: Options, cluster: ClusterConfig) -> anyhow::Result<()> {
         tasks.push(tokio::spawn(outbound.run()));
     }
     // No API of its own: the service adds the ops routes.
-    let service = Service {
-        router: axum::Router::new(),
+    let service = Service::new(
+        axum::Router::new(),
         tasks,
-    };
+        &drain,
+        Some(&js),
+        &mongo,
+        metrics,
+    );
     service
-        .run(
-            "herald-redis-bridge",
-            &options.service,
-            Some(&js),
-            &mongo,
-            metrics,
-            drain,
-        )
+        .run_until_signal("herald-redis-bridge", &options.service, drain)
         .await
 }
 
