@@ -124,6 +124,103 @@ async fn the_archiver_repairs_an_ingest_killed_between_its_two_writes() {
     assert!(archived >= 1.0);
 }
 
+/// G1 for the MongoDB tier: when the archiver's insert of an orphan fails, the orphan comes back
+/// and is written — the acknowledgement of a later chunk must not cover it. (With
+/// `AckPolicy::All`, acknowledging the next chunk's last message acknowledged the failed one's
+/// too, and the orphan never reached MongoDB.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_orphan_whose_archiving_fails_is_archived_on_the_retry() {
+    let cluster = Cluster::start(0, 0, &[]).await;
+    let deployment = &cluster.deployment;
+    // An orphan: in JetStream only (its ingest killed between the two writes).
+    let mut faulty = deployment
+        .ingest(
+            &["--archiver", "false"],
+            &[("HERALD_FAULT", "pause-after-jetstream-ack")],
+        )
+        .await
+        .unwrap();
+    let lost = tokio::spawn({
+        let api = faulty.api();
+        async move { api.publish("orders", json!("orphan")).await }
+    });
+    faulty
+        .wait_stderr("fault: paused after the JetStream ack")
+        .await
+        .unwrap();
+    faulty.kill9().await;
+    let _ = lost.await;
+    // The archiving ingest's first insert of the orphan fails; then more events follow.
+    let fault = "archiver-fails-once:1";
+    let mut archiving = deployment
+        .ingest(&[], &[("HERALD_FAULT", fault)])
+        .await
+        .unwrap();
+    archiving
+        .wait_stderr("fault: the archiver's insert of [1] fails")
+        .await
+        .unwrap();
+    let api = archiving.api();
+    for i in 0..20 {
+        publish_until_acked(&api, "orders", &format!("after{i}"), json!(i)).await;
+    }
+    let mongo = herald_cluster::Mongo::connect(&mongo_config(&cluster))
+        .await
+        .unwrap();
+    let orders = herald_core::TopicFilter::parse(["orders"]).unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let found = mongo.read(&orders, 0, 1, 1).await.unwrap();
+        if let Some(event) = found.first() {
+            assert_eq!(event.data.get(), r#""orphan""#);
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the orphan never reached MongoDB: its failed insert was acknowledged"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A deployment upgraded from a Herald whose archiver acknowledged with `AckPolicy::All` gets
+/// its durable consumer made again with explicit acks (the old one's acks cannot be trusted).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_archiver_consumer_with_cumulative_acks_is_made_again() {
+    use async_nats::jetstream::consumer::{AckPolicy, pull};
+    let cluster = Cluster::start(0, 0, &[]).await;
+    // An ingest without an archiver makes the stream.
+    let _first = cluster
+        .deployment
+        .ingest(&["--archiver", "false"], &[])
+        .await
+        .unwrap();
+    let js = async_nats::jetstream::new(async_nats::connect(cluster.nats.url()).await.unwrap());
+    let stream = js.get_stream("HERALD").await.unwrap();
+    let old = pull::Config {
+        durable_name: Some(herald_cluster::archiver::CONSUMER.to_owned()),
+        ack_policy: AckPolicy::All,
+        ..Default::default()
+    };
+    stream.create_consumer(old).await.unwrap();
+    let _archiving = cluster.deployment.ingest(&[], &[]).await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut consumer: async_nats::jetstream::consumer::Consumer<pull::Config> = stream
+            .get_consumer(herald_cluster::archiver::CONSUMER)
+            .await
+            .unwrap();
+        if consumer.info().await.unwrap().config.ack_policy == AckPolicy::Explicit {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still cumulative acks"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 fn mongo_config(cluster: &Cluster) -> herald_cluster::ClusterConfig {
     let d = &cluster.deployment;
     herald_tests::cluster::cluster_config(&d.nats_url, &d.mongodb_uri, &d.database)

@@ -164,3 +164,51 @@ async fn clients_of_a_killed_redis_bus_gateway_resume_on_another() {
     assert_eq!(status, 200);
     assert_eq!(history["events"].as_array().unwrap().len(), 5);
 }
+
+/// G4 with `--bus redis`: once retention has emptied the `events` collection, the last id a
+/// client received is still the head — it resumes (`recovered:true`), it is not `unknown`. (The
+/// head was MongoDB's newest event, which retention removes; it is the sequence counter.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_last_id_still_resumes_after_retention_emptied_mongodb() {
+    let redis = Redis::start().await.unwrap();
+    let mongo = Mongo::start().await.unwrap();
+    let deployment = Deployment::redis_bus(&redis, &mongo, &[]);
+    let ingest = deployment
+        .ingest(&["--retention-age", "1s", "--trim-interval", "200ms"], &[])
+        .await
+        .unwrap();
+    let gateway = deployment.gateway(&[]).await.unwrap();
+    let mut last = String::new();
+    for n in 0..5 {
+        last = ingest.api().publish("t", json!(n)).await.unwrap().id();
+    }
+    // Retention empties the collection.
+    let api = gateway.api();
+    for _ in 0..100 {
+        let (_, history) = api.get_json("/v1/topics/t/events").await.unwrap();
+        if history["events"].as_array().is_some_and(Vec::is_empty) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (_, history) = api.get_json("/v1/topics/t/events").await.unwrap();
+    assert_eq!(history["events"], json!([]), "retention ran");
+    assert_eq!(
+        history["head"],
+        json!(last),
+        "the head is the last id handed out"
+    );
+    let mut stream = api.stream("/v1/stream?topic=t", Some(&last)).await.unwrap();
+    let verdict = stream.next().await.unwrap().unwrap();
+    assert_eq!(verdict.event, "herald.resume");
+    let verdict: serde_json::Value = serde_json::from_str(&verdict.data).unwrap();
+    assert_eq!(verdict["recovered"], true, "{verdict}");
+    // And the next event follows it.
+    let next = ingest.api().publish("t", json!(5)).await.unwrap().id();
+    let mut got = stream.next().await.unwrap().unwrap();
+    while got.event == "herald.live" {
+        got = stream.next().await.unwrap().unwrap();
+    }
+    assert_eq!(got.id, next);
+    assert_eq!(herald_tests::seq_of(&next), herald_tests::seq_of(&last) + 1);
+}

@@ -213,3 +213,67 @@ async fn without_a_window_every_replay_reads_the_store() {
         .unwrap();
     assert_eq!(window, 0.0);
 }
+
+/// G4 mid-stream: a subscriber that stops reading falls behind and catches up from the store while
+/// retention removes what it has not read. It must be told (`herald.resume`,
+/// `recovered:false`, `expired`) before the ids jump — never a silent skip. (Found by review:
+/// the catch-up read pages after its position without checking that they still start there.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_catch_up_that_falls_behind_retention_says_so_before_the_ids_jump() {
+    let dir = tempfile::tempdir().unwrap();
+    let herald = Herald::start(
+        dir.path(),
+        &[
+            "--retention-bytes",
+            "1MiB",
+            "--trim-interval",
+            "100ms",
+            "--subscriber-queue",
+            "1",
+            "--replay-window",
+            "0",
+        ],
+    )
+    .await
+    .unwrap();
+    let api = herald.api();
+    // Open, then stop reading: the socket and the one-event queue fill, the hub skips it.
+    let mut stream = api.stream("/v1/stream?topic=t", None).await.unwrap();
+    let pad = "x".repeat(60_000);
+    let mut last = String::new();
+    for n in 0..300 {
+        last = api
+            .publish("t", json!({"n": n, "pad": pad}))
+            .await
+            .unwrap()
+            .id();
+    }
+    // Retention keeps about 17 of these 60 KB events; let it run.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (mut previous, mut told, mut verdicts) = (None::<u64>, false, 0);
+    loop {
+        let event = stream.next().await.unwrap().expect("the stream goes on");
+        if event.event == "herald.resume" {
+            let v: Value = serde_json::from_str(&event.data).unwrap();
+            assert_eq!(
+                (&v["recovered"], &v["reason"]),
+                (&json!(false), &json!("expired"))
+            );
+            (told, verdicts) = (true, verdicts + 1);
+            continue;
+        }
+        let seq = seq_of(&event.id);
+        if let Some(previous) = previous {
+            assert!(
+                seq == previous + 1 || told,
+                "the ids jumped from {previous} to {seq} with no verdict"
+            );
+            assert!(seq > previous, "{seq} after {previous}");
+        }
+        (previous, told) = (Some(seq), false);
+        if event.id == last {
+            break;
+        }
+    }
+    assert!(verdicts >= 1, "the catch-up did not fall behind retention");
+}

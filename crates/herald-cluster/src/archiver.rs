@@ -1,5 +1,8 @@
 //! The archiver: a durable JetStream consumer (`herald-archiver`) that writes every event to
-//! MongoDB, acknowledging only what MongoDB has. Ingest writes MongoDB itself before answering,
+//! MongoDB, acknowledging only what MongoDB has: each message explicitly, once its insert
+//! succeeded; a failed insert's messages are NAKed and come back. (With `AckPolicy::All`, the
+//! ack of a chunk's last message also acknowledged every lower sequence — a failed chunk's, and
+//! those another ingest's archiver still held — which then never reached MongoDB.) Ingest writes MongoDB itself before answering,
 //! so the archiver mostly finds events already there (the insert is idempotent on the sequence);
 //! it is what repairs the crash of an ingest between its two writes. Several ingests share the
 //! one durable consumer, so each event is archived by one of them.
@@ -7,7 +10,7 @@
 use std::{sync::Arc, time::Duration};
 
 use async_nats::jetstream::{
-    self,
+    self, AckKind,
     consumer::{AckPolicy, DeliverPolicy, pull},
 };
 use futures_util::StreamExt;
@@ -60,21 +63,26 @@ impl Archiver {
 
     async fn archive(&self) -> anyhow::Result<()> {
         let stream = self.js.get_stream_no_info(&self.stream).await?;
-        let consumer = stream
-            .get_or_create_consumer(
-                CONSUMER,
-                pull::Config {
-                    durable_name: Some(CONSUMER.to_owned()),
-                    description: Some("Herald: writes every event to MongoDB".to_owned()),
-                    deliver_policy: DeliverPolicy::All,
-                    ack_policy: AckPolicy::All,
-                    ack_wait: Duration::from_secs(30),
-                    filter_subject: ALL_SUBJECTS.to_owned(),
-                    max_ack_pending: 20_000,
-                    ..Default::default()
-                },
-            )
+        let config = pull::Config {
+            durable_name: Some(CONSUMER.to_owned()),
+            description: Some("Herald: writes every event to MongoDB".to_owned()),
+            deliver_policy: DeliverPolicy::All,
+            ack_policy: AckPolicy::Explicit,
+            ack_wait: Duration::from_secs(30),
+            filter_subject: ALL_SUBJECTS.to_owned(),
+            max_ack_pending: 20_000,
+            ..Default::default()
+        };
+        let mut consumer = stream
+            .get_or_create_consumer(CONSUMER, config.clone())
             .await?;
+        if consumer.cached_info().config.ack_policy != AckPolicy::Explicit {
+            // Made by an earlier Herald with AckPolicy::All, whose acks may cover events MongoDB
+            // never got: made again, it reads the stream from the start (inserts are idempotent).
+            tracing::info!("recreating the archiver's consumer with explicit acks");
+            stream.delete_consumer(CONSUMER).await?;
+            consumer = stream.get_or_create_consumer(CONSUMER, config).await?;
+        }
         // A continuous pull; whatever has arrived is written at once, up to BATCH at a time, so
         // the archiver trails JetStream by one MongoDB write, not by a batch timeout.
         let pending = self.metrics.consumer_pending(Consumer::Archiver);
@@ -86,7 +94,7 @@ impl Archiver {
             .ready_chunks(BATCH);
         while let Some(chunk) = chunks.next().await {
             let mut events: Vec<Arc<Event>> = Vec::with_capacity(chunk.len());
-            let mut last = None;
+            let mut messages = Vec::with_capacity(chunk.len());
             for message in chunk {
                 let message = message.map_err(|e| anyhow::anyhow!(e))?;
                 let Ok(info) = message.info() else { continue };
@@ -98,17 +106,58 @@ impl Archiver {
                         tracing::warn!(seq, error = %e, "not archiving a message that is not a Herald event")
                     }
                 }
-                last = Some(message);
+                messages.push(message);
             }
-            let Some(last) = last else { continue };
-            if let Err(e) = self.mongo.insert(&events).await {
+            if let Err(e) = self.insert(&events).await {
                 self.metrics.store_error(StoreOp::Archive);
+                // Back soon, to this archiver or another ingest's.
+                for message in &messages {
+                    let _ = message.ack_with(AckKind::Nak(Some(BACKOFF))).await;
+                }
                 return Err(e.into());
             }
             self.metrics.events_archived.inc_by(events.len() as u64);
-            // AckPolicy::All: this acknowledges everything up to it.
-            last.ack().await.map_err(|e| anyhow::anyhow!(e))?;
+            for message in &messages {
+                message.ack().await.map_err(|e| anyhow::anyhow!(e))?;
+            }
         }
         anyhow::bail!("the archiver's consumer ended")
     }
+}
+
+impl Archiver {
+    async fn insert(&self, events: &[Arc<Event>]) -> Result<(), herald_store::StoreError> {
+        fault_point(events)?;
+        self.mongo.insert(events).await
+    }
+}
+
+/// With the `fault-injection` feature and `HERALD_FAULT=archiver-fails-once:SEQ`, the first
+/// insert of a chunk holding sequence SEQ fails, as a MongoDB outage would. Never in release
+/// builds.
+#[cfg(feature = "fault-injection")]
+fn fault_point(events: &[Arc<Event>]) -> Result<(), herald_store::StoreError> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    static FIRED: AtomicBool = AtomicBool::new(false);
+    let Ok(fault) = std::env::var("HERALD_FAULT") else {
+        return Ok(());
+    };
+    let Some(seq) = fault
+        .strip_prefix("archiver-fails-once:")
+        .and_then(|s| s.parse::<u64>().ok())
+    else {
+        return Ok(());
+    };
+    if events.iter().any(|e| e.seq == seq) && !FIRED.swap(true, Ordering::SeqCst) {
+        eprintln!("fault: the archiver's insert of [{seq}] fails");
+        return Err(herald_store::StoreError::Unavailable(
+            "fault injection: the archiver's insert fails".into(),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(not(feature = "fault-injection"))]
+fn fault_point(_: &[Arc<Event>]) -> Result<(), herald_store::StoreError> {
+    Ok(())
 }

@@ -131,14 +131,16 @@ pub enum ResumeVerdict {
 impl ResumeVerdict {
     /// Judges a Last-Event-ID against the retained range.
     pub fn judge(last_event_id: &str, bounds: Bounds) -> Self {
-        let refuse = |reason| Self::NotRecovered {
-            reason,
-            earliest: EventId::new(bounds.epoch, bounds.earliest.max(1)),
-            head: EventId::new(bounds.epoch, bounds.head),
-        };
-        let Ok(id) = last_event_id.parse::<EventId>() else {
-            return refuse(ResumeReason::Malformed);
-        };
+        match last_event_id.parse::<EventId>() {
+            Ok(id) => Self::judge_id(id, bounds),
+            Err(_) => Self::refuse(ResumeReason::Malformed, bounds),
+        }
+    }
+
+    /// Judges an id against the retained range: also what a stream that is already replaying
+    /// checks its position with, when retention may have moved past it.
+    pub fn judge_id(id: EventId, bounds: Bounds) -> Self {
+        let refuse = |reason| Self::refuse(reason, bounds);
         if id.epoch != bounds.epoch {
             refuse(ResumeReason::Epoch)
         } else if id.seq > bounds.head {
@@ -147,6 +149,14 @@ impl ResumeVerdict {
             refuse(ResumeReason::Expired)
         } else {
             Self::Recovered { after: id.seq }
+        }
+    }
+
+    fn refuse(reason: ResumeReason, bounds: Bounds) -> Self {
+        Self::NotRecovered {
+            reason,
+            earliest: EventId::new(bounds.epoch, bounds.earliest.max(1)),
+            head: EventId::new(bounds.epoch, bounds.head),
         }
     }
 

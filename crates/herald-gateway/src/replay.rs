@@ -6,10 +6,11 @@
 //! pages (frames already encoded) and store pages (events encoded here) go out the same way, as
 //! chunks of at most [`MAX_CHUNK`] bytes. The caller re-arms its subscription before the first
 //! page, so every event is either in a page or in its queue; its live loop skips what a page
-//! already covered.
+//! already covered. A store page that may start late (retention moved past the position while
+//! the stream was behind) is checked against the bounds, and the stream is told in band.
 
 use bytes::{Bytes, BytesMut};
-use herald_core::{Epoch, EventId, TopicFilter, sse};
+use herald_core::{Epoch, EventId, ResumeVerdict, TopicFilter, sse};
 use herald_store::{ReadQuery, StoreError};
 
 use crate::GatewayState;
@@ -118,6 +119,10 @@ impl<'a> Replay<'a> {
             limit,
         };
         let page = self.gw.store.read(query).await?;
+        let verdict = match page.events.first() {
+            Some(first) if first.seq == self.last + 1 => None,
+            _ => self.fallen_behind().await?,
+        };
         self.replayed += page.events.len() as u64;
         self.last = page.next_after;
         self.done = page.end;
@@ -126,7 +131,27 @@ impl<'a> Replay<'a> {
             .events
             .iter()
             .map(|e| sse::event(EventId::new(epoch, e.seq), &e.event_type, e.data.get()));
-        Ok(Some(chunked(frames)))
+        Ok(Some(chunked(verdict.into_iter().chain(frames))))
+    }
+
+    /// Whether retention removed events after this replay's position while it was behind: a store
+    /// page does not say that it starts late. Asked after the page was read: retention removes
+    /// a prefix, so bounds that still reach back to the position mean the page was whole. If not,
+    /// the `herald.resume` verdict the client would get on reconnecting, sent in band before the
+    /// events that follow the hole (G4: a jump is never silent).
+    async fn fallen_behind(&self) -> Result<Option<Bytes>, StoreError> {
+        let bounds = self.gw.store.bounds().await?;
+        let verdict = ResumeVerdict::judge_id(EventId::new(self.epoch, self.last), bounds);
+        let ResumeVerdict::NotRecovered { reason, .. } = &verdict else {
+            return Ok(None);
+        };
+        self.gw.metrics.resume(false, reason.as_str());
+        tracing::debug!(
+            after = self.last,
+            earliest = bounds.earliest,
+            "replay fell behind retention"
+        );
+        Ok(Some(sse::control("herald.resume", &verdict.to_json())))
     }
 
     /// The last sequence the pages so far covered.

@@ -64,7 +64,7 @@ impl Bus for RedisBus {
         self.subscribed.store(true, Ordering::Release);
         let head = self
             .mongo
-            .head()
+            .sequenced_head()
             .await
             .map_err(|e| BusError::Backend(Box::new(e)))?;
         let (tx, rx) = mpsc::channel(4096);
@@ -144,7 +144,7 @@ impl RedisBus {
                             }
                         }
                     }
-                    match self.mongo.head().await {
+                    match self.mongo.sequenced_head().await {
                         Ok(head) => polled = head,
                         Err(e) => tracing::debug!(error = %e, "reading mongodb's head failed"),
                     }

@@ -3,7 +3,8 @@
 use super::*;
 use herald_telemetry::Tier;
 
-/// The gateway's history in the Redis bus mode: MongoDB alone.
+/// The gateway's history in the Redis bus mode: MongoDB alone. Its head is the sequence
+/// counter's, not the newest event's, which retention can remove.
 #[derive(Debug, Clone)]
 pub struct MongoHistory {
     mongo: Mongo,
@@ -25,7 +26,7 @@ impl MongoHistory {
 #[async_trait]
 impl History for MongoHistory {
     async fn read(&self, query: ReadQuery) -> Result<Page, StoreError> {
-        let head = self.mongo.head().await?;
+        let head = self.mongo.sequenced_head().await?;
         if query.after >= head {
             return Ok(Page {
                 events: Vec::new(),
@@ -40,12 +41,12 @@ impl History for MongoHistory {
     }
 
     async fn latest(&self, topic: &Topic, limit: usize) -> Result<Vec<Arc<Event>>, StoreError> {
-        let head = self.mongo.head().await?;
+        let head = self.mongo.sequenced_head().await?;
         self.mongo.latest(topic, limit, head).await
     }
 
     async fn bounds(&self) -> Result<Bounds, StoreError> {
-        let head = self.mongo.head().await?;
+        let head = self.mongo.sequenced_head().await?;
         Ok(Bounds {
             epoch: self.epoch,
             earliest: self.mongo.earliest().await?.unwrap_or(head + 1),

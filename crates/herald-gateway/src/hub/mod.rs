@@ -58,6 +58,19 @@ pub struct Delivery {
     pub trace: Option<Box<TraceContext>>,
 }
 
+impl Delivery {
+    /// A wake-up with no frame, for a subscriber marked lagged while its queue was empty: its
+    /// sequence (0) is at or below any connection's position, so the connection sends nothing
+    /// for it, finds itself lagged, and catches up.
+    pub(crate) fn wake() -> Self {
+        Self {
+            seq: 0,
+            frame: Bytes::new(),
+            trace: None,
+        }
+    }
+}
+
 /// What a hub is started with.
 #[derive(Debug, Clone)]
 pub struct HubConfig {

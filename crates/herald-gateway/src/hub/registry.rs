@@ -120,10 +120,12 @@ impl Registry {
         (count, queued)
     }
 
-    /// Marks every subscriber lagged.
+    /// Marks every subscriber lagged, and wakes it to catch up.
     pub(super) fn mark_all_lagged(&self) {
         for slot in self.all() {
             slot.lagged.store(true, Ordering::Release);
+            // One waiting on an empty queue would otherwise notice only at its next heartbeat.
+            let _ = slot.tx.try_send(Delivery::wake());
         }
     }
 }

@@ -1,6 +1,6 @@
 use herald_bus::{Announce, Bus, MemoryBus};
 use herald_core::{EventType, NewEvent, Topic, event::parse_data};
-use herald_store::{MemoryStore, Store, StoreOptions};
+use herald_store::{MemoryStore, Store, StoreError, StoreOptions};
 
 use super::*;
 
@@ -148,4 +148,56 @@ async fn a_full_queue_marks_only_that_subscriber_lagged() {
     assert!(!slow.lagged());
     drop(slow);
     assert_eq!(hub.subscribers(), 1);
+}
+
+/// A history whose reads fail (a store that is down): a gap cannot be filled.
+#[derive(Debug)]
+struct FailingReads(Arc<dyn Store>);
+
+#[async_trait::async_trait]
+impl herald_store::History for FailingReads {
+    async fn read(&self, _: herald_store::ReadQuery) -> Result<herald_store::Page, StoreError> {
+        Err(StoreError::Unavailable("the store is down".into()))
+    }
+
+    async fn latest(&self, topic: &Topic, limit: usize) -> Result<Vec<Arc<Event>>, StoreError> {
+        self.0.latest(topic, limit).await
+    }
+
+    async fn bounds(&self) -> Result<herald_core::Bounds, StoreError> {
+        self.0.bounds().await
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_gap_fill_wakes_idle_subscribers_to_catch_up() {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new(StoreOptions::default()));
+    let bus = MemoryBus::new(64);
+    let bounds = store.bounds().await.unwrap();
+    let hub = Hub::start(
+        bus.subscribe().await.unwrap(),
+        Arc::new(FailingReads(Arc::clone(&store))),
+        HubConfig {
+            epoch: bounds.epoch,
+            head: bounds.head,
+            queue_capacity: 8,
+            gap_timeout: Duration::from_millis(20),
+            window_bytes: 1 << 20,
+        },
+        Arc::new(Metrics::new()),
+    );
+    let mut idle = hub.subscribe(TopicFilter::parse(["t"]).unwrap());
+    let appended = store
+        .append(vec![new_event("t"), new_event("t")], None)
+        .await
+        .unwrap();
+    // Sequence 1 is never announced and cannot be read: the fill fails.
+    bus.publish(&appended.events[1..]).await.unwrap();
+    let woken = tokio::time::timeout(Duration::from_secs(1), idle.recv())
+        .await
+        .expect("woken well before a 15 s heartbeat")
+        .unwrap();
+    assert_eq!(woken.seq, 0, "a wake-up, not an event");
+    assert!(woken.frame.is_empty());
+    assert!(idle.lagged(), "it catches up from the store");
 }
