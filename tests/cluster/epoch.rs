@@ -53,3 +53,51 @@ async fn a_lost_stream_is_recreated_in_the_same_epoch_after_mongodbs_history() {
     let got: Vec<&str> = events.iter().map(|e| e.id.as_str()).collect();
     assert_eq!(got, [&ids[2], &ids[3], &ids[4], &after]);
 }
+
+/// G2: a stream recreated after MongoDB's retention removed every event never hands out an id
+/// again in the same epoch, and a subscriber that stayed connected gets the new events. (The
+/// stream restarted at MongoDB's newest event + 1: with none left, at 1 — the old ids again, which
+/// the running gateway dropped as already delivered.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_stream_never_reuses_ids_that_retention_removed() {
+    let retention = &["--retention-age", "2s", "--trim-interval", "200ms"];
+    let mut cluster = Cluster::start(1, 1, retention).await;
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let api = cluster.ingests[0].api();
+        let (id, _) = publish_until_acked(&api, "t", &format!("before{i}"), json!(i)).await;
+        ids.push(id);
+    }
+    let gateway = cluster.gateways[0].api();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, history) = gateway.get_json("/v1/topics/t/events").await.unwrap();
+        if history["events"].as_array().is_some_and(Vec::is_empty) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "retention never ran"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let mut live = gateway.stream("/v1/stream?topic=t", None).await.unwrap();
+
+    cluster.nats.restart_empty().await.unwrap();
+    cluster.ingests[0].restart_same_port().await.unwrap();
+    let api = cluster.ingests[0].api();
+    let (after, _) = publish_until_acked(&api, "t", "after", json!("after")).await;
+    assert!(
+        epoch_of(&after) != epoch_of(&ids[4]) || seq_of(&after) > seq_of(&ids[4]),
+        "{after} reuses an id handed out before ({ids:?})"
+    );
+    let got = live
+        .next_within(Duration::from_secs(20))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        got.id, after,
+        "the connected subscriber missed the new event"
+    );
+}

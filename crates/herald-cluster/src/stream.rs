@@ -3,8 +3,8 @@
 //!
 //! The epoch lives in the stream's metadata (`herald.epoch`) and in MongoDB's `meta` collection.
 //! A stream that is missing while MongoDB holds history (JetStream's storage was lost) is created
-//! again in the same epoch, starting right after MongoDB's last sequence, so ids stay valid and
-//! unique. A stream and a database from two different epochs are refused: the operator must say
+//! again in the same epoch, starting right after the highest sequence MongoDB ever held (its
+//! high-water mark, which retention does not remove), so ids stay valid and unique. A stream and a database from two different epochs are refused: the operator must say
 //! which history is the real one.
 
 use std::{collections::HashMap, time::Duration};
@@ -99,7 +99,7 @@ pub async fn ensure(
                 let (epoch, first) = match mongo.epoch().await.context("reading MongoDB's epoch")? {
                     Some(epoch) => {
                         let head = mongo
-                            .head()
+                            .handed_out()
                             .await
                             .context("reading MongoDB's last sequence")?;
                         tracing::warn!(stream = %cluster.stream, %epoch, continue_after = head, "the stream is missing; recreating it from MongoDB's history");

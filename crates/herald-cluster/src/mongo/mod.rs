@@ -5,7 +5,8 @@
 //!   write is idempotent and a range of sequences is a range of `_id`. Indexes: `(topic, _id)` for
 //!   a connection's topics, and a TTL index on `ts` for retention.
 //! - `idempotency`: `{_id: key, seqs, fingerprint, expires}`, TTL on `expires`.
-//! - `meta`: `{_id: "epoch", epoch}`: the epoch of the sequence the events belong to; in the Redis
+//! - `meta`: `{_id: "epoch", epoch}`: the epoch of the sequence the events belong to;
+//!   `{_id: "high", seq}`: the highest sequence ever written to `events`; in the Redis
 //!   bus mode also `{_id: "seq", seq}`, the counter that sequences events (see
 //!   [`Mongo::append_sequenced`]).
 //!
