@@ -206,11 +206,15 @@ async fn an_archiver_consumer_with_cumulative_acks_is_made_again() {
     let _archiving = cluster.deployment.ingest(&[], &[]).await.unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let mut consumer: async_nats::jetstream::consumer::Consumer<pull::Config> = stream
-            .get_consumer(herald_cluster::archiver::CONSUMER)
+        // Between its deletion and its creation the consumer is briefly missing.
+        let policy = match stream
+            .get_consumer::<pull::Config>(herald_cluster::archiver::CONSUMER)
             .await
-            .unwrap();
-        if consumer.info().await.unwrap().config.ack_policy == AckPolicy::Explicit {
+        {
+            Ok(mut consumer) => consumer.info().await.ok().map(|i| i.config.ack_policy),
+            Err(_) => None,
+        };
+        if policy == Some(AckPolicy::Explicit) {
             break;
         }
         assert!(

@@ -42,7 +42,7 @@ use mongodb::{
     Client, Collection, IndexModel,
     bson::{Bson, DateTime, Document, doc},
     error::{ErrorKind, TRANSIENT_TRANSACTION_ERROR, UNKNOWN_TRANSACTION_COMMIT_RESULT},
-    options::{ClientOptions, IndexOptions, ReturnDocument},
+    options::{ClientOptions, IndexOptions, ReturnDocument, WriteConcern},
 };
 
 use crate::ClusterConfig;
@@ -73,6 +73,7 @@ impl Mongo {
         options.app_name.get_or_insert_with(|| "herald".to_owned());
         options.server_selection_timeout = Some(config.backend_timeout);
         options.connect_timeout = Some(config.backend_timeout);
+        durable_writes(&mut options);
         let client = Client::with_options(options)?;
         let db = client.database(&config.mongodb_database);
         let mongo = Self {
@@ -251,7 +252,45 @@ impl Mongo {
     }
 }
 
+/// Every write waits for a majority of the replica set, journaled, unless the connection string
+/// says otherwise (`w=`, `journal=`): a 201 in the Redis bus mode (whose commit point is the
+/// MongoDB transaction) and the archiver's acknowledgement to JetStream must mean the write
+/// survives the loss of the primary, not only that one server took it.
+fn durable_writes(options: &mut ClientOptions) {
+    if options.write_concern.is_none() {
+        let mut concern = WriteConcern::majority();
+        concern.journal = Some(true);
+        options.write_concern = Some(concern);
+    }
+}
+
 /// A MongoDB operation got no answer within the backend timeout.
 #[derive(Debug, thiserror::Error)]
 #[error("mongodb did not answer within the backend timeout")]
 struct TimedOut;
+
+#[cfg(test)]
+mod tests {
+    use mongodb::options::Acknowledgment;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn writes_wait_for_a_journaled_majority_unless_the_uri_says_otherwise() {
+        let mut options = ClientOptions::parse("mongodb://127.0.0.1:1/")
+            .await
+            .unwrap();
+        durable_writes(&mut options);
+        let concern = options.write_concern.unwrap();
+        assert_eq!(concern.w, Some(Acknowledgment::Majority));
+        assert_eq!(concern.journal, Some(true));
+        let mut options = ClientOptions::parse("mongodb://127.0.0.1:1/?w=1")
+            .await
+            .unwrap();
+        durable_writes(&mut options);
+        assert_eq!(
+            options.write_concern.unwrap().w,
+            Some(Acknowledgment::Nodes(1))
+        );
+    }
+}
