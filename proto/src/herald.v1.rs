@@ -26,6 +26,17 @@ pub struct Envelope {
     /// event that came from its own side.
     #[prost(enumeration = "Origin", tag = "7")]
     pub origin: i32,
+    /// The publish's Idempotency-Key; empty when it had none. With `batch_index` and `batch_size`,
+    /// what lets the archiver record the key's answer (the publish's sequences) when the ingest
+    /// could not: MongoDB failed after the JetStream ack, or the ingest died there.
+    #[prost(string, tag = "8")]
+    pub idempotency_key: ::prost::alloc::string::String,
+    /// This event's position in its publish, from 0.
+    #[prost(uint32, tag = "9")]
+    pub batch_index: u32,
+    /// How many events the publish had (a batch's sequences are consecutive).
+    #[prost(uint32, tag = "10")]
+    pub batch_size: u32,
 }
 /// Where an event entered Herald.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]

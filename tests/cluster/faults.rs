@@ -225,6 +225,68 @@ async fn an_archiver_consumer_with_cumulative_acks_is_made_again() {
     }
 }
 
+/// G5 past JetStream's duplicate window: a keyed publish, and a keyed batch, whose MongoDB write
+/// failed after the JetStream ack (answered 503) make no second event when retried after the
+/// window: the archiver recorded their keys. (The ingest records a key only after its own
+/// MongoDB write; a batch has no `Nats-Msg-Id` at all.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_whose_mongodb_write_failed_still_answers_after_the_duplicate_window() {
+    let cluster = Cluster::start(0, 0, &["--duplicate-window", "1s"]).await;
+    let fault = [("HERALD_FAULT", "mongodb-fails-after-jetstream-ack")];
+    // The fault fires once per process: one ingest for the single publish, one for the batch.
+    let mut single = cluster.deployment.ingest(&[], &fault).await.unwrap();
+    let mut batch = cluster.deployment.ingest(&[], &fault).await.unwrap();
+    let body = json!({"data": "once"}).to_string();
+    let first = single
+        .api()
+        .publish_raw("orders", body.clone(), Some("k-single"))
+        .await
+        .unwrap();
+    assert_eq!(first.status.as_u16(), 503, "{}", first.body);
+    single.wait_stderr("fault: MongoDB fails").await.unwrap();
+    let events = json!([{"topic": "orders", "data": 1}, {"topic": "orders", "data": 2}]);
+    let keyed_batch = |api: herald_tests::Api| {
+        let events = events.clone();
+        async move {
+            api.http
+                .post(format!("{}/v1/events", api.base))
+                .header("idempotency-key", "k-batch")
+                .json(&events)
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let failed = keyed_batch(batch.api()).await;
+    assert_eq!(failed.status().as_u16(), 503);
+    batch.wait_stderr("fault: MongoDB fails").await.unwrap();
+    // Past the duplicate window, and time for an archiver to write the events.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    let again = single
+        .api()
+        .publish_raw("orders", body, Some("k-single"))
+        .await
+        .unwrap();
+    assert_eq!(again.status.as_u16(), 201, "{}", again.body);
+    assert!(again.replayed, "a second event: {}", again.body);
+    assert_eq!(seq_of(&again.id()), 1, "the first publish's id");
+    let again = keyed_batch(batch.api()).await;
+    assert_eq!(again.status().as_u16(), 201);
+    assert!(
+        again.headers().contains_key("idempotent-replayed"),
+        "a second batch"
+    );
+    let answer: serde_json::Value = again.json().await.unwrap();
+    let seqs: Vec<u64> = answer["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| seq_of(e["id"].as_str().unwrap()))
+        .collect();
+    assert_eq!(seqs, [2, 3], "the first batch's ids");
+}
+
 fn mongo_config(cluster: &Cluster) -> herald_cluster::ClusterConfig {
     let d = &cluster.deployment;
     herald_tests::cluster::cluster_config(&d.nats_url, &d.mongodb_uri, &d.database)

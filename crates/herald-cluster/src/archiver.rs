@@ -94,6 +94,7 @@ impl Archiver {
             .ready_chunks(BATCH);
         while let Some(chunk) = chunks.next().await {
             let mut events: Vec<Arc<Event>> = Vec::with_capacity(chunk.len());
+            let mut answers = Vec::new();
             let mut messages = Vec::with_capacity(chunk.len());
             for message in chunk {
                 let message = message.map_err(|e| anyhow::anyhow!(e))?;
@@ -101,14 +102,19 @@ impl Archiver {
                 let seq = info.stream_sequence;
                 pending.set(i64::try_from(info.pending).unwrap_or(i64::MAX));
                 match decode(&message.payload, seq, traceparent(message.headers.as_ref())) {
-                    Ok(d) => events.push(d.event),
+                    Ok(d) => {
+                        if let Some((key, seqs)) = d.answer {
+                            answers.push((key, seqs, d.fingerprint, d.event.time_ms));
+                        }
+                        events.push(d.event);
+                    }
                     Err(e) => {
                         tracing::warn!(seq, error = %e, "not archiving a message that is not a Herald event")
                     }
                 }
                 messages.push(message);
             }
-            if let Err(e) = self.insert(&events).await {
+            if let Err(e) = self.insert(&events, &answers).await {
                 self.metrics.store_error(StoreOp::Archive);
                 // Back soon, to this archiver or another ingest's.
                 for message in &messages {
@@ -126,9 +132,26 @@ impl Archiver {
 }
 
 impl Archiver {
-    async fn insert(&self, events: &[Arc<Event>]) -> Result<(), herald_store::StoreError> {
+    /// Writes the events, then the answers of their idempotency keys (first write wins): the
+    /// ingest records a key only after its own MongoDB write, which a failure or a crash between
+    /// the JetStream ack and MongoDB skips, and JetStream's duplicate window is short.
+    async fn insert(
+        &self,
+        events: &[Arc<Event>],
+        answers: &[(String, Vec<u64>, u64, u64)],
+    ) -> Result<(), herald_store::StoreError> {
         fault_point(events)?;
-        self.mongo.insert(events).await
+        self.mongo.insert(events).await?;
+        let mut recorded: Vec<&str> = Vec::new();
+        for (key, seqs, fingerprint, time_ms) in answers {
+            if !recorded.contains(&key.as_str()) {
+                self.mongo
+                    .remember_published(key, seqs, *fingerprint, *time_ms)
+                    .await?;
+                recorded.push(key);
+            }
+        }
+        Ok(())
     }
 }
 

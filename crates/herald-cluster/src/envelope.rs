@@ -58,14 +58,25 @@ fn covers(wide: &str, narrow: &str) -> bool {
     }
 }
 
-/// Encodes a new event for the bus.
-pub fn encode(
-    event: &NewEvent,
-    epoch: Epoch,
-    time_ms: u64,
-    fingerprint: u64,
-    origin: Origin,
-) -> Bytes {
+/// What every event of one publish carries in its envelope besides itself.
+#[derive(Debug, Clone, Copy)]
+pub struct Stamp<'a> {
+    /// The stream's epoch.
+    pub epoch: Epoch,
+    /// When the ingest accepted the publish.
+    pub time_ms: u64,
+    /// The request's fingerprint (0 without a key).
+    pub fingerprint: u64,
+    /// Where the events entered Herald.
+    pub origin: Origin,
+    /// The publish's Idempotency-Key.
+    pub key: Option<&'a str>,
+    /// How many events the publish has.
+    pub size: usize,
+}
+
+/// Encodes the event at `index` of a publish for the bus.
+pub fn encode(event: &NewEvent, index: usize, stamp: &Stamp<'_>) -> Bytes {
     Envelope {
         topic: event.topic.as_str().to_owned(),
         r#type: if event.event_type == EventType::default() {
@@ -74,10 +85,13 @@ pub fn encode(
             event.event_type.as_str().to_owned()
         },
         data: event.data.get().as_bytes().to_vec(),
-        time_ms,
-        epoch: epoch.0,
-        fingerprint,
-        origin: origin as i32,
+        time_ms: stamp.time_ms,
+        epoch: stamp.epoch.0,
+        fingerprint: stamp.fingerprint,
+        origin: stamp.origin as i32,
+        idempotency_key: stamp.key.unwrap_or_default().to_owned(),
+        batch_index: u32::try_from(index).unwrap_or(u32::MAX),
+        batch_size: u32::try_from(stamp.size).unwrap_or(u32::MAX),
     }
     .encode_to_vec()
     .into()
@@ -108,6 +122,8 @@ pub struct Decoded {
     pub epoch: Epoch,
     /// Where the event entered Herald.
     pub origin: Origin,
+    /// The publish's Idempotency-Key and all its sequences, when it had a key.
+    pub answer: Option<(String, Vec<u64>)>,
 }
 
 /// Decodes a bus message stored at `seq`, published in the trace `trace` (its `traceparent`).
@@ -118,6 +134,14 @@ pub fn decode(
 ) -> Result<Decoded, DecodeError> {
     let envelope = Envelope::decode(payload)?;
     let origin = envelope.origin();
+    let answer = (!envelope.idempotency_key.is_empty()).then(|| {
+        let first = seq.saturating_sub(u64::from(envelope.batch_index));
+        let size = u64::from(envelope.batch_size.max(1));
+        (
+            envelope.idempotency_key.clone(),
+            (first..first + size).collect(),
+        )
+    });
     let data = String::from_utf8(envelope.data).map_err(|_| DecodeError::Utf8)?;
     let event_type = if envelope.r#type.is_empty() {
         EventType::default()
@@ -136,6 +160,7 @@ pub fn decode(
         fingerprint: envelope.fingerprint,
         epoch: Epoch(envelope.epoch),
         origin,
+        answer,
     })
 }
 
@@ -152,8 +177,20 @@ mod tests {
             event_type: EventType::new("goal").unwrap(),
             data: RawValue::from_string(r#"{"a": [1, 2]}"#.into()).unwrap(),
         };
-        let bytes = encode(&new, Epoch(7), 1234, 99, Origin::Redis);
+        let stamp = Stamp {
+            epoch: Epoch(7),
+            time_ms: 1234,
+            fingerprint: 99,
+            origin: Origin::Redis,
+            key: Some("k"),
+            size: 3,
+        };
+        let bytes = encode(&new, 1, &stamp);
         let d = decode(&bytes, 42, None).unwrap();
+        assert_eq!(d.answer, Some(("k".to_owned(), vec![41, 42, 43])));
+        let bytes = encode(&new, 0, &Stamp { key: None, ..stamp });
+        assert_eq!(decode(&bytes, 42, None).unwrap().answer, None);
+        let d = decode(&encode(&new, 1, &stamp), 42, None).unwrap();
         assert_eq!(d.event.seq, 42);
         assert_eq!(d.event.topic.as_str(), "scores.home");
         assert_eq!(d.event.event_type.as_str(), "goal");

@@ -24,7 +24,7 @@ use serde_json::Value;
 
 use crate::{
     ClusterConfig, Mongo,
-    envelope::{ALL_SUBJECTS, decode, encode, filter_subjects, subject},
+    envelope::{ALL_SUBJECTS, Stamp, decode, encode, filter_subjects, subject},
     stream,
 };
 
@@ -132,38 +132,32 @@ impl JetStream {
         trace: Option<TraceContext>,
         origin: Origin,
     ) -> Result<Published, StoreError> {
+        let stamp = Stamp {
+            epoch: self.epoch,
+            time_ms,
+            fingerprint,
+            origin,
+            key,
+            size: batch.len(),
+        };
         match batch {
             [] => Ok(Published {
                 seqs: Vec::new(),
                 duplicate: false,
             }),
-            [event] => {
-                self.publish_one(event, key, fingerprint, time_ms, trace, origin)
-                    .await
-            }
-            _ => {
-                self.publish_batch(batch, fingerprint, time_ms, trace, origin)
-                    .await
-            }
+            [event] => self.publish_one(event, &stamp, trace).await,
+            _ => self.publish_batch(batch, &stamp, trace).await,
         }
     }
 
     async fn publish_one(
         &self,
         event: &NewEvent,
-        key: Option<&str>,
-        fingerprint: u64,
-        time_ms: u64,
+        stamp: &Stamp<'_>,
         trace: Option<TraceContext>,
-        origin: Origin,
     ) -> Result<Published, StoreError> {
-        let mut message = PublishMessage::build().payload(encode(
-            event,
-            self.epoch,
-            time_ms,
-            fingerprint,
-            origin,
-        ));
+        let (key, fingerprint) = (stamp.key, stamp.fingerprint);
+        let mut message = PublishMessage::build().payload(encode(event, 0, stamp));
         if let Some(key) = key {
             message = message.message_id(key);
         }
@@ -196,10 +190,8 @@ impl JetStream {
     async fn publish_batch(
         &self,
         batch: &[NewEvent],
-        fingerprint: u64,
-        time_ms: u64,
+        stamp: &Stamp<'_>,
         trace: Option<TraceContext>,
-        origin: Origin,
     ) -> Result<Published, StoreError> {
         let traceparent = trace.map(|t| t.to_string());
         let batch_id = format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..));
@@ -216,7 +208,7 @@ impl JetStream {
             if let Some(traceparent) = &traceparent {
                 headers.insert(TRACEPARENT, traceparent.as_str());
             }
-            let payload = encode(event, self.epoch, time_ms, fingerprint, origin);
+            let payload = encode(event, i, stamp);
             let subject = subject(&event.topic);
             if n == 1 || n == last {
                 let reply = tokio::time::timeout(

@@ -112,7 +112,7 @@ impl ClusterLog {
             );
         }
         drop(span);
-        fault_point(&published.seqs);
+        fault_point(&published.seqs)?;
         let events: Vec<Arc<Event>> = batch
             .into_iter()
             .zip(&published.seqs)
@@ -173,18 +173,32 @@ fn publish_span(batch: &[NewEvent]) -> Span {
     )
 }
 
-/// With the `fault-injection` feature and `HERALD_FAULT=pause-after-jetstream-ack`, a publish
-/// stops for good between the JetStream ack and the MongoDB write (a test then kills the
-/// process there). Without the feature this is nothing.
+/// With the `fault-injection` feature: `HERALD_FAULT=pause-after-jetstream-ack` stops a publish
+/// for good between the JetStream ack and the MongoDB write (a test then kills the process
+/// there); `HERALD_FAULT=mongodb-fails-after-jetstream-ack` fails that MongoDB write once, as a
+/// MongoDB outage would (the publish answers 503). Without the feature this is nothing.
 #[cfg(feature = "fault-injection")]
-fn fault_point(seqs: &[u64]) {
-    if std::env::var("HERALD_FAULT").as_deref() == Ok("pause-after-jetstream-ack") {
-        eprintln!("fault: paused after the JetStream ack of {seqs:?}");
-        loop {
-            std::thread::park();
+fn fault_point(seqs: &[u64]) -> Result<(), StoreError> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    static FAILED: AtomicBool = AtomicBool::new(false);
+    match std::env::var("HERALD_FAULT").as_deref() {
+        Ok("pause-after-jetstream-ack") => {
+            eprintln!("fault: paused after the JetStream ack of {seqs:?}");
+            loop {
+                std::thread::park();
+            }
         }
+        Ok("mongodb-fails-after-jetstream-ack") if !FAILED.swap(true, Ordering::SeqCst) => {
+            eprintln!("fault: MongoDB fails after the JetStream ack of {seqs:?}");
+            Err(StoreError::Unavailable(
+                "fault injection: MongoDB fails after the JetStream ack".into(),
+            ))
+        }
+        _ => Ok(()),
     }
 }
 
 #[cfg(not(feature = "fault-injection"))]
-fn fault_point(_: &[u64]) {}
+fn fault_point(_: &[u64]) -> Result<(), StoreError> {
+    Ok(())
+}

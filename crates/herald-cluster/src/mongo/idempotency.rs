@@ -34,26 +34,50 @@ impl Mongo {
         seqs: &[u64],
         fingerprint: u64,
     ) -> Result<(), StoreError> {
-        self.bounded("remember", self.remember_once(key, seqs, fingerprint))
+        self.remember_at(key, seqs, fingerprint, self.expiry())
             .await
     }
 
-    async fn remember_once(
+    /// Records the answer to a key published at `time_ms`, until the idempotency window from
+    /// then (nothing once it has passed); a key already recorded keeps its first answer. What the
+    /// archiver does for a key whose ingest could not record it.
+    pub async fn remember_published(
         &self,
         key: &str,
         seqs: &[u64],
         fingerprint: u64,
+        time_ms: u64,
     ) -> Result<(), StoreError> {
-        let expires = self.expiry();
-        let seqs: Vec<i64> = seqs.iter().map(|&s| seq(s)).collect();
-        self.idempotency
-            .update_one(
-                doc! { "_id": key },
-                doc! { "$setOnInsert": { "seqs": seqs, "fingerprint": fingerprint as i64, "expires": expires } },
-            )
-            .upsert(true)
+        let window = i64::try_from(self.idempotency_window.as_millis()).unwrap_or(i64::MAX);
+        let expires = i64::try_from(time_ms)
+            .unwrap_or(i64::MAX)
+            .saturating_add(window);
+        if expires <= DateTime::now().timestamp_millis() {
+            return Ok(());
+        }
+        self.remember_at(key, seqs, fingerprint, DateTime::from_millis(expires))
             .await
-            .map_err(|e| self.failed(e))?;
+    }
+
+    async fn remember_at(
+        &self,
+        key: &str,
+        seqs: &[u64],
+        fingerprint: u64,
+        expires: DateTime,
+    ) -> Result<(), StoreError> {
+        let seqs: Vec<i64> = seqs.iter().map(|&s| seq(s)).collect();
+        let write = async {
+            self.idempotency
+                .update_one(
+                    doc! { "_id": key },
+                    doc! { "$setOnInsert": { "seqs": seqs, "fingerprint": fingerprint as i64, "expires": expires } },
+                )
+                .upsert(true)
+                .await
+                .map_err(|e| self.failed(e))
+        };
+        self.bounded("remember", write).await?;
         Ok(())
     }
 
