@@ -7,7 +7,7 @@
 //! - [`stream`]: the `HERALD` stream, created or checked at start-up, and its epoch.
 //! - [`jetstream`]: publish (the PubAck sequence is the global sequence), the gateway's one live
 //!   feed, and replay reads filtered to a connection's topics.
-//! - [`mongo`]: the MongoDB store: events by sequence, a `(topic, seq)` index, TTL retention,
+//! - [`mongo`]: the MongoDB store: events by sequence, a `(topic, seq)` index, retention by prefix,
 //!   idempotency records.
 //! - [`tiered`]: replay from JetStream while the id is inside its retention, from MongoDB before.
 //! - [`log`]: the ingest's commit path: JetStream ack, then MongoDB, then `201`.

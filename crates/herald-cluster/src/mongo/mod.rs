@@ -3,7 +3,7 @@
 //! Collections (see `proto/README.md`):
 //! - `events`: `{_id: seq, topic, type, data, ts}`; `_id` is the JetStream sequence, so every
 //!   write is idempotent and a range of sequences is a range of `_id`. Indexes: `(topic, _id)` for
-//!   a connection's topics, and a TTL index on `ts` for retention.
+//!   a connection's topics, and `ts` for retention, which removes a prefix of the sequence.
 //! - `idempotency`: `{_id: key, seqs, fingerprint, expires}`, TTL on `expires`.
 //! - `meta`: `{_id: "epoch", epoch}`: the epoch of the sequence the events belong to;
 //!   `{_id: "high", seq}`: the highest sequence ever written to `events`; in the Redis
@@ -99,22 +99,19 @@ impl Mongo {
                     .build(),
             )
             .await?;
-        if let Some(retention) = self.retention {
-            let ttl = IndexModel::builder()
-                .keys(doc! { "ts": 1 })
-                .options(
-                    IndexOptions::builder()
-                        .name("ts_ttl".to_owned())
-                        .expire_after(retention)
-                        .build(),
-                )
-                .build();
-            if self.events.create_index(ttl.clone()).await.is_err() {
-                // Another retention than the index was made with: replace it.
-                self.events.drop_index("ts_ttl").await?;
-                self.events.create_index(ttl).await?;
-            }
+        // Retention removes a prefix of the sequence (see `trim`). A TTL index on `ts`, made by an
+        // earlier Herald, would remove events out of sequence order: it goes.
+        if let Err(e) = self.events.drop_index("ts_ttl").await {
+            tracing::debug!(error = %e, "no TTL index on events.ts to drop");
         }
+        self.events
+            .create_index(
+                IndexModel::builder()
+                    .keys(doc! { "ts": 1, "_id": 1 })
+                    .options(IndexOptions::builder().name("ts_seq".to_owned()).build())
+                    .build(),
+            )
+            .await?;
         self.idempotency
             .create_index(
                 IndexModel::builder()
@@ -173,8 +170,9 @@ impl Mongo {
         Ok(self.epoch().await?.unwrap_or(epoch))
     }
 
-    /// Removes events past retention and expired idempotency records. The TTL indexes do the
-    /// same on MongoDB's own schedule (once a minute); this makes retention exact.
+    /// Removes events past retention (a prefix of the sequence) and expired idempotency records.
+    /// The idempotency TTL index does the latter on MongoDB's own schedule (once a minute); this
+    /// makes it exact. Events have no TTL index: only this removes them, every `--trim-interval`.
     pub async fn trim(&self) -> Result<(), StoreError> {
         self.bounded("trim", self.trim_once()).await
     }
@@ -184,10 +182,23 @@ impl Mongo {
             let cutoff = DateTime::from_millis(
                 DateTime::now().timestamp_millis() - retention.as_millis() as i64,
             );
-            self.events
-                .delete_many(doc! { "ts": { "$lt": cutoff } })
+            // Everything up to the newest event stamped before the cutoff goes, so what is kept
+            // is always a suffix of the sequence. (`ts` is each ingest's clock, taken before
+            // sequencing: deleting by `ts` alone could remove n + 1 and keep n — a hole that
+            // replays and verdicts would not see.)
+            let newest_old = self
+                .events
+                .find_one(doc! { "ts": { "$gt": DateTime::from_millis(0), "$lt": cutoff } })
+                .sort(doc! { "ts": -1, "_id": -1 })
+                .projection(doc! { "_id": 1 })
                 .await
                 .map_err(|e| self.failed(e))?;
+            if let Some(through) = newest_old.and_then(|d| d.get_i64("_id").ok()) {
+                self.events
+                    .delete_many(doc! { "_id": { "$gt": 0_i64, "$lte": through } })
+                    .await
+                    .map_err(|e| self.failed(e))?;
+            }
         }
         self.idempotency
             .delete_many(doc! { "expires": { "$lte": DateTime::now() } })
