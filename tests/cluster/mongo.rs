@@ -149,7 +149,7 @@ async fn retention_removes_old_events_and_the_epoch_is_kept() {
         Epoch(7),
         "the first epoch stays"
     );
-    // Reconnecting with another retention replaces the TTL index.
+    // Reconnecting with another retention keeps the epoch.
     let again = Mongo::connect(&config(&server, Some(Duration::from_secs(30))))
         .await
         .unwrap();
