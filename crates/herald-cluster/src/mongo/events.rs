@@ -12,35 +12,19 @@ impl Mongo {
     pub async fn insert(&self, events: &[Arc<Event>]) -> Result<(), StoreError> {
         self.bounded("insert", self.insert_once(events)).await?;
         match events.iter().map(|e| e.seq).max() {
-            Some(last) => self.bounded("high-water mark", self.raise_high(last)).await,
+            Some(last) => {
+                self.bounded("high-water mark", self.raise_meta_seq(HIGH, last))
+                    .await
+            }
             None => Ok(()),
         }
-    }
-
-    async fn raise_high(&self, last: u64) -> Result<(), StoreError> {
-        self.meta
-            .update_one(doc! { "_id": HIGH }, doc! { "$max": { "seq": seq(last) } })
-            .upsert(true)
-            .await
-            .map_err(|e| self.failed(e))?;
-        Ok(())
     }
 
     /// The highest sequence MongoDB has ever held: its newest event, or the high-water mark that
     /// outlives it when retention removed it. A JetStream stream recreated from MongoDB starts
     /// after this, so no id is handed out twice in an epoch.
     pub async fn handed_out(&self) -> Result<u64, StoreError> {
-        let high = async {
-            let found = self
-                .meta
-                .find_one(doc! { "_id": HIGH })
-                .await
-                .map_err(|e| self.failed(e))?;
-            Ok(found
-                .and_then(|d| d.get_i64("seq").ok())
-                .map_or(0, |s| s.max(0) as u64))
-        };
-        let high = self.bounded("high-water mark", high).await?;
+        let high = self.meta_seq(HIGH).await?;
         Ok(high.max(self.head().await?))
     }
 

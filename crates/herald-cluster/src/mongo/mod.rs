@@ -145,6 +145,31 @@ impl Mongo {
         )
     }
 
+    /// The `seq` of the `meta` document `id` (a sequence mark), or 0.
+    async fn meta_seq(&self, id: &str) -> Result<u64, StoreError> {
+        let read = async {
+            let found = self
+                .meta
+                .find_one(doc! { "_id": id })
+                .await
+                .map_err(|e| self.failed(e))?;
+            Ok(found
+                .and_then(|d| d.get_i64("seq").ok())
+                .map_or(0, |s| s.max(0) as u64))
+        };
+        self.bounded("meta", read).await
+    }
+
+    /// Raises the `seq` of the `meta` document `id` to at least `to`.
+    async fn raise_meta_seq(&self, id: &str, to: u64) -> Result<(), StoreError> {
+        self.meta
+            .update_one(doc! { "_id": id }, doc! { "$max": { "seq": seq(to) } })
+            .upsert(true)
+            .await
+            .map_err(|e| self.failed(e))?;
+        Ok(())
+    }
+
     /// The epoch MongoDB's events belong to, if it has one.
     pub async fn epoch(&self) -> Result<Option<Epoch>, StoreError> {
         let found = self

@@ -161,28 +161,13 @@ impl Mongo {
     /// every valid id `unknown`), and a transaction makes sequence `n` visible only with the
     /// counter at `n` or more.
     pub async fn sequenced_head(&self) -> Result<u64, StoreError> {
-        let read = async {
-            let found = self
-                .meta
-                .find_one(doc! { "_id": "seq" })
-                .await
-                .map_err(|e| self.failed(e))?;
-            Ok(found
-                .and_then(|d| d.get_i64("seq").ok())
-                .map_or(0, |s| s.max(0) as u64))
-        };
-        self.bounded("sequenced head", read).await
+        self.meta_seq("seq").await
     }
 
     /// Raises the sequence counter to at least `head` (MongoDB's last event): a database that
     /// JetStream sequenced before continues after its last event.
     pub async fn raise_counter(&self, head: u64) -> Result<(), StoreError> {
-        self.meta
-            .update_one(doc! { "_id": "seq" }, doc! { "$max": { "seq": seq(head) } })
-            .upsert(true)
-            .await
-            .map_err(|e| self.failed(e))?;
-        Ok(())
+        self.raise_meta_seq("seq", head).await
     }
 }
 
