@@ -7,7 +7,7 @@
 //! it is what repairs the crash of an ingest between its two writes. Several ingests share the
 //! one durable consumer, so each event is archived by one of them.
 
-use std::{sync::Arc, time::Duration};
+use std::{collections::HashSet, sync::Arc, time::Duration};
 
 use async_nats::jetstream::{
     self, AckKind,
@@ -142,13 +142,13 @@ impl Archiver {
     ) -> Result<(), herald_store::StoreError> {
         fault_point(events)?;
         self.mongo.insert(events).await?;
-        let mut recorded: Vec<&str> = Vec::new();
+        // A batch's events all carry its key: record it once.
+        let mut recorded = HashSet::new();
         for (key, seqs, fingerprint, time_ms) in answers {
-            if !recorded.contains(&key.as_str()) {
+            if recorded.insert(key.as_str()) {
                 self.mongo
                     .remember_published(key, seqs, *fingerprint, *time_ms)
                     .await?;
-                recorded.push(key);
             }
         }
         Ok(())
