@@ -440,3 +440,262 @@ async fn the_articles_own_client_catches_up_after_a_gateway_restart() {
     assert_eq!(recovered, 1.0, "the browser resumed with its Last-Event-ID");
     browser.close().await.unwrap();
 }
+
+/// Reads a JavaScript expression's value on the page.
+async fn js(browser: &Client, expr: &str) -> anyhow::Result<Value> {
+    Ok(browser.execute(&format!("return {expr};"), vec![]).await?)
+}
+
+/// With `--max-connections 2`, a page opens three native EventSources: the third is refused in
+/// the way EventSource survives (`herald.refused` on a 200 stream, never a status it gives up
+/// on), keeps retrying on its own, and connects once a slot frees — no source ever ends CLOSED,
+/// and the one that stayed open misses nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_eventsource_connects_on_its_own_once_a_slot_frees() {
+    let dir = tempfile::tempdir().unwrap();
+    let profile = tempfile::tempdir().unwrap();
+    let herald = Herald::start(dir.path(), &["--max-connections", "2"])
+        .await
+        .unwrap();
+    let api = herald.api();
+    let driver = ChromeDriver::start().await.unwrap();
+    let browser = driver.browser(profile.path()).await.unwrap();
+    // A same-origin page with no stream of its own.
+    browser
+        .goto(&format!("{}/v1/topics/t/events", herald.base))
+        .await
+        .unwrap();
+    browser
+        .execute(
+            r#"
+            window.got = [[], [], []];
+            window.refusals = [0, 0, 0];
+            window.closedOnError = [];
+            window.sources = [0, 1, 2].map(i => {
+                const es = new EventSource('/v1/stream?topic=t');
+                es.onmessage = e => window.got[i].push(e.lastEventId);
+                es.addEventListener('herald.refused', () => window.refusals[i]++);
+                es.onerror = () => { if (es.readyState === EventSource.CLOSED) window.closedOnError.push(i); };
+                return es;
+            });
+            "#,
+            vec![],
+        )
+        .await
+        .unwrap();
+    // One of the three is refused; which one depends on the order the browser opened them.
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let refused = loop {
+        let refusals: Vec<u64> =
+            serde_json::from_value(js(&browser, "window.refusals").await.unwrap()).unwrap();
+        if let Some(i) = refusals.iter().position(|&n| n > 0) {
+            break i;
+        }
+        let gave_up = js(&browser, "window.closedOnError").await.unwrap();
+        assert_eq!(
+            gave_up,
+            json!([]),
+            "the browser gave up on these sources for good"
+        );
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no refusal: {refusals:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let (closed, kept) = match refused {
+        0 => (1, 2),
+        1 => (0, 2),
+        _ => (0, 1),
+    };
+    // Both open sources receive an event; the refused one does not.
+    let first = api.publish("t", json!(0)).await.unwrap().id();
+    let mut published = vec![first];
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Free a slot: the refused source reconnects on its own after its retry (5 to 7.5 s).
+    browser
+        .execute(&format!("window.sources[{closed}].close();"), vec![])
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        published.push(api.publish("t", json!(published.len())).await.unwrap().id());
+        let got: Vec<String> = serde_json::from_value(
+            js(&browser, &format!("window.got[{refused}]"))
+                .await
+                .unwrap(),
+        )
+        .unwrap();
+        if !got.is_empty() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the refused EventSource never connected"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let states: Vec<u64> = serde_json::from_value(
+        js(&browser, "window.sources.map(s => s.readyState)")
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        states[refused], 1,
+        "the refused source is OPEN now: {states:?}"
+    );
+    assert_eq!(states[kept], 1, "{states:?}");
+    let closed_on_error = js(&browser, "window.closedOnError").await.unwrap();
+    assert_eq!(
+        closed_on_error,
+        json!([]),
+        "no source was given up by the browser"
+    );
+    // The source that stayed open has every event, in order.
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let got: Vec<String> =
+            serde_json::from_value(js(&browser, &format!("window.got[{kept}]")).await.unwrap())
+                .unwrap();
+        if got.len() >= published.len() {
+            assert_eq!(got, published);
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{got:?} of {published:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// `herald token` with `key` and `args`.
+fn mint(key: &std::path::Path, args: &[&str]) -> String {
+    let out = std::process::Command::new(herald_tests::process::herald_bin())
+        .args(["token", "--auth-hmac-key-file", key.to_str().unwrap()])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+/// A page reads a private topic with a native EventSource and an HttpOnly cookie: the token
+/// expires mid-stream, the page hears `herald.auth`, posts a fresh token for a new cookie, and the
+/// browser's own reconnect resumes by Last-Event-ID — every event exactly once, in order, and the
+/// EventSource never given up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_expiring_mid_stream_is_refreshed_by_the_page_and_nothing_is_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let profile = tempfile::tempdir().unwrap();
+    let key = dir.path().join("hmac.key");
+    std::fs::write(&key, "a-browser-test-hmac-key-of-enough-length").unwrap();
+    let herald = Herald::start(
+        &dir.path().join("data"),
+        &[
+            "--auth-hmac-key-file",
+            key.to_str().unwrap(),
+            "--auth-leeway",
+            "0s",
+        ],
+    )
+    .await
+    .unwrap();
+    let api = herald.api();
+    let writer = mint(&key, &["--publish", "private.>"]);
+    let short = mint(&key, &["--subscribe", "private.t", "--ttl", "3s"]);
+    let fresh = mint(&key, &["--subscribe", "private.t", "--ttl", "1h"]);
+    let publish = |n: usize| {
+        let (api, writer) = (api.clone(), writer.clone());
+        async move {
+            let res = api
+                .http
+                .post(format!("{}/v1/topics/private.t/events", api.base))
+                .bearer_auth(&writer)
+                .json(&json!({ "data": n }))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(res.status(), 201);
+            res.json::<Value>().await.unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        }
+    };
+
+    let driver = ChromeDriver::start().await.unwrap();
+    let browser = driver.browser(profile.path()).await.unwrap();
+    // A same-origin page that needs no token.
+    browser
+        .goto(&format!("{}/herald-lag.js", herald.base))
+        .await
+        .unwrap();
+    browser
+        .execute(
+            r#"
+            const [short, fresh] = arguments;
+            window.got = []; window.expired = 0; window.gaveUp = false; window.opened = 0;
+            const login = token => fetch('/v1/auth/cookie', {
+                method: 'POST', headers: { Authorization: 'Bearer ' + token } });
+            login(short).then(() => {
+                const es = new EventSource('/v1/stream?topic=private.t');
+                es.onopen = () => window.opened++;
+                es.onmessage = e => window.got.push(e.lastEventId);
+                es.addEventListener('herald.auth', () => { window.expired++; login(fresh); });
+                es.onerror = () => { if (es.readyState === EventSource.CLOSED) window.gaveUp = true; };
+            });
+            "#,
+            vec![json!(short), json!(fresh)],
+        )
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while js(&browser, "window.opened").await.unwrap() == json!(0) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the stream never opened"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        js(&browser, "document.cookie").await.unwrap(),
+        json!(""),
+        "the token cookie is HttpOnly: scripts cannot read it"
+    );
+    // Publish across the expiry (3 s), the refresh and the reconnect (after `retry:`, 2 s).
+    let mut published = Vec::new();
+    let started = tokio::time::Instant::now();
+    while started.elapsed() < Duration::from_secs(7) {
+        published.push(publish(published.len()).await);
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let got: Vec<String> =
+            serde_json::from_value(js(&browser, "window.got").await.unwrap()).unwrap();
+        if got.len() >= published.len() {
+            assert_eq!(got, published, "every event exactly once, in order");
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} of {} events",
+            got.len(),
+            published.len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(js(&browser, "window.expired").await.unwrap(), json!(1));
+    assert_eq!(js(&browser, "window.gaveUp").await.unwrap(), json!(false));
+    assert_eq!(
+        js(&browser, "window.opened").await.unwrap(),
+        json!(2),
+        "one reconnect"
+    );
+}

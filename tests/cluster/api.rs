@@ -172,3 +172,34 @@ async fn cluster_publish(cluster: &Cluster) -> String {
     assert_eq!(p.status, 201, "{}", p.body);
     p.id()
 }
+
+/// Through nginx, a stream no gateway can take is answered the way a native EventSource
+/// survives (200, `retry:`, `herald.refused`, the end) instead of a 502; Herald's own refusals of
+/// bad requests still pass through as they are.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nginx_turns_a_missing_gateway_into_a_refusal_eventsource_survives() {
+    let mut cluster = Cluster::start(1, 1, &[]).await;
+    let nginx = cluster.nginx().await;
+    let lb = nginx.api();
+    let err = lb.stream("/v1/stream?topic=a%0Ab", None).await.unwrap_err();
+    assert!(
+        err.to_string().contains("400"),
+        "a bad topic stays a 400: {err}"
+    );
+    cluster.gateways[0].kill9().await;
+    for path in ["/v1/stream?topic=a", "/api/updates"] {
+        let mut refused = lb.stream(path, Some("x-1")).await.unwrap();
+        let events = refused
+            .ended_within(std::time::Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert_eq!(events.len(), 1, "{path}: {events:?}");
+        assert_eq!(events[0].event, "herald.refused", "{path}");
+        let body: serde_json::Value = serde_json::from_str(&events[0].data).unwrap();
+        assert_eq!(body["code"], "unavailable");
+        assert_eq!(refused.decoder().retry(), Some(3000));
+    }
+    // Other paths keep nginx's own answer.
+    let (status, _) = lb.get_text_status("/").await;
+    assert_eq!(status, 502);
+}

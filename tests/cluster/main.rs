@@ -3,6 +3,7 @@
 //! processes.
 
 mod api;
+mod auth;
 mod bridge;
 mod cli;
 mod common;

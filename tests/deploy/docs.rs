@@ -141,6 +141,7 @@ fn flags(text: &str) -> BTreeSet<String> {
 fn every_flag_in_the_docs_is_a_flag_of_a_binary() {
     let helps: String = [
         "herald",
+        "herald token",
         "herald-ingest",
         "herald-gateway",
         "herald-redis-bridge",

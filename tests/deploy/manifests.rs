@@ -291,6 +291,66 @@ fn herald_pods_roll_without_loss() {
     }
 }
 
+/// Every Herald pod would start: it listens beyond loopback, so the binary refuses to run without
+/// access control. Production verifies tokens with keys from a mounted Secret and allows no
+/// anonymous publishing; the dev overlay opens everything explicitly, as a laptop demo.
+#[test]
+fn herald_pods_start_with_access_control() {
+    const KEYS: &[&str] = &[
+        "HERALD_AUTH_HMAC_KEY_FILE",
+        "HERALD_AUTH_PUBLIC_KEY_FILE",
+        "HERALD_AUTH_JWKS_FILE",
+    ];
+    for name in OVERLAYS {
+        let objects = overlay(name);
+        for &d in HERALD {
+            let what = format!("overlay {name}, {d}");
+            let dep = deployment(&objects, d);
+            let c = container(&dep);
+            let env = environment(&objects, c);
+            let keys: Vec<&str> = KEYS
+                .iter()
+                .filter_map(|k| env.get(*k).map(String::as_str))
+                .collect();
+            let anonymous = env.contains_key("HERALD_ANONYMOUS_SUBSCRIBE")
+                || env
+                    .get("HERALD_ANONYMOUS_PUBLISH")
+                    .is_some_and(|v| v == "true");
+            assert!(keys.len() <= 1, "{what}: one source of keys, not {keys:?}");
+            assert!(
+                !keys.is_empty() || anonymous,
+                "{what}: listens on {:?} with no access control; it would refuse to start",
+                env.get("HERALD_LISTEN")
+            );
+            if let Some(file) = keys.first() {
+                // The key file is in a read-only mount of a Secret.
+                let dir = Path::new(file).parent().unwrap().to_str().unwrap();
+                let mount = c
+                    .volume_mounts
+                    .iter()
+                    .flatten()
+                    .find(|m| m.mount_path == dir)
+                    .unwrap_or_else(|| panic!("{what}: nothing is mounted at {dir}"));
+                assert_eq!(mount.read_only, Some(true), "{what}");
+                let volume = pod(&dep)
+                    .volumes
+                    .iter()
+                    .flatten()
+                    .find(|v| v.name == mount.name)
+                    .unwrap_or_else(|| panic!("{what}: no volume {}", mount.name));
+                assert!(
+                    volume.secret.is_some(),
+                    "{what}: the keys must come from a Secret"
+                );
+            }
+            if name.starts_with("prod") {
+                assert!(!keys.is_empty(), "{what}: production verifies tokens");
+                assert!(!anonymous, "{what}: production allows no anonymous access");
+            }
+        }
+    }
+}
+
 #[test]
 fn herald_pods_have_resources_least_privilege_and_spread() {
     for name in OVERLAYS {

@@ -94,8 +94,11 @@ pub(crate) fn find<'a>(objects: &'a [Object], kind: &str, name: &str) -> &'a Obj
 }
 
 /// `BIN --help` of a Herald binary built beside the tests.
+/// `BINARY --help`; `BINARY` may name a subcommand after the binary (`herald token`).
 pub(crate) fn help(binary: &str) -> String {
-    let out = Command::new(herald_tests::cluster::herald_binary(binary))
+    let mut words = binary.split(' ');
+    let out = Command::new(herald_tests::cluster::herald_binary(words.next().unwrap()))
+        .args(words)
         .arg("--help")
         .output()
         .expect("running --help");

@@ -138,6 +138,17 @@ impl Api {
         Ok((res.status(), res.json().await?))
     }
 
+    /// `GET path`: the status and the body as text.
+    pub async fn get_text_status(&self, path: &str) -> (StatusCode, String) {
+        let res = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .expect("the request is sent");
+        (res.status(), res.text().await.unwrap_or_default())
+    }
+
     /// `GET path` as text.
     pub async fn get_text(&self, path: &str) -> anyhow::Result<String> {
         Ok(self

@@ -178,14 +178,18 @@ async fn stream_limits_answer_clear_errors() {
     assert!(err.to_string().contains("invalid_topic"), "{err}");
     let _a = api.stream("/v1/stream?topic=a", None).await.unwrap();
     let _b = api.stream("/v1/stream?topic=b.*", None).await.unwrap();
-    let res = api
-        .http
-        .get(format!("{}/v1/stream?topic=c", api.base))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 503);
-    assert_eq!(res.headers()["retry-after"], "5");
+    // Over the limit: not a 503 (a native EventSource would give up for good) but a stream that
+    // says so and ends, with a `retry:` of at least the 5 s a full server asks for.
+    let mut refused = api.stream("/v1/stream?topic=c", None).await.unwrap();
+    let rest = refused.ended_within(Duration::from_secs(2)).await.unwrap();
+    assert_eq!(rest.len(), 1, "{rest:?}");
+    assert_eq!(rest[0].event, "herald.refused");
+    assert_eq!(rest[0].id, "", "no id: the browser keeps its Last-Event-ID");
+    let refusal: serde_json::Value = serde_json::from_str(&rest[0].data).unwrap();
+    assert_eq!(refusal["code"], "too_many_connections");
+    let retry = refused.decoder().retry().unwrap();
+    assert!((5000..=7500).contains(&retry), "retry {retry}");
+    assert_eq!(refusal["retry_ms"], retry);
     assert_eq!(
         api.metric("herald_connections_rejected_total{reason=\"limit\"}")
             .await
@@ -304,7 +308,11 @@ async fn a_publish_token_is_required_when_configured() {
     let api = node.api();
     let url = format!("{}/v1/topics/t/events", api.base);
     let send = |auth: Option<&'static str>| {
-        let mut req = api.http.post(&url).body(r#"{"data":1}"#);
+        let mut req = api
+            .http
+            .post(&url)
+            .header("content-type", "application/json")
+            .body(r#"{"data":1}"#);
         if let Some(auth) = auth {
             req = req.header("authorization", auth);
         }
@@ -318,6 +326,7 @@ async fn a_publish_token_is_required_when_configured() {
     let compat = api
         .http
         .put(format!("{}/api/post-update", api.base))
+        .header("content-type", "application/json")
         .body("1")
         .send()
         .await

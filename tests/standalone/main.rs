@@ -2,6 +2,7 @@
 //! free port with its own data directory.
 
 mod api;
+mod auth;
 mod crash;
 mod delivery;
 mod drain;

@@ -35,6 +35,13 @@ impl EventType {
         &self.0
     }
 
+    /// Whether a publisher may not use this type: `herald.*` names Herald's own control events
+    /// (a published `herald.resume` would fake a verdict), and `error` and `open` are the names
+    /// `EventSource` itself dispatches, so a page could not tell them from the connection's own.
+    pub fn is_reserved(&self) -> bool {
+        self.0.starts_with("herald.") || matches!(&*self.0, "error" | "open")
+    }
+
     /// Whether this is the default `message` type (sent without an `event:` line).
     pub fn is_default(&self) -> bool {
         &*self.0 == Self::DEFAULT

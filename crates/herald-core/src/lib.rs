@@ -23,5 +23,5 @@ pub mod trace;
 pub use error::ValidationError;
 pub use event::{Event, EventType, NewEvent};
 pub use id::{Bounds, Epoch, EventId, ResumeReason, ResumeVerdict};
-pub use topic::{Topic, TopicFilter, TopicPattern};
+pub use topic::{Topic, TopicFilter, TopicPattern, covers};
 pub use trace::TraceContext;

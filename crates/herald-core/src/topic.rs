@@ -157,6 +157,26 @@ impl fmt::Display for TopicPattern {
     }
 }
 
+/// Whether a grant covers a requested topic or pattern: every topic the request can match, the
+/// grant matches too. Both are valid topics or patterns (checked by their parsers). A grant `a.*`
+/// covers `a.b` and `a.*` but not `a.>` (which also matches `a.b.c`); `>` is covered only by a
+/// `>` at the same level or above.
+pub fn covers(grant: &str, requested: &str) -> bool {
+    let mut want = requested.split('.');
+    for level in grant.split('.') {
+        let Some(asked) = want.next() else {
+            return false;
+        };
+        match level {
+            ">" => return true,
+            "*" if asked != ">" => {}
+            name if name == asked => {}
+            _ => return false,
+        }
+    }
+    want.next().is_none()
+}
+
 /// What a connection subscribes to: exact topics and patterns.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TopicFilter {
@@ -202,6 +222,14 @@ impl TopicFilter {
     /// The patterns.
     pub fn patterns(&self) -> &[TopicPattern] {
         &self.patterns
+    }
+
+    /// Every topic and pattern the filter names, as written.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.topics
+            .iter()
+            .map(Topic::as_str)
+            .chain(self.patterns.iter().map(TopicPattern::as_str))
     }
 
     /// How many topics and patterns the filter names (what the per-connection limit counts).
@@ -274,6 +302,62 @@ mod tests {
         assert!(!mid.matches("a.b.d"));
         for bad in ["scores", "a.>.b", "a.**", "a.*x", "", "a\n.*"] {
             assert!(TopicPattern::new(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_grant_covers_only_what_it_matches() {
+        for (grant, requested) in [
+            ("a", "a"),
+            ("a.*", "a.b"),
+            ("a.*", "a.*"),
+            ("a.>", "a.b.c"),
+            ("a.>", "a.*"),
+            ("a.>", "a.>"),
+            ("a.>", "a.*.>"),
+            (">", ">"),
+            (">", "x"),
+            ("*.b", "a.b"),
+            ("*.>", "a.b"),
+        ] {
+            assert!(covers(grant, requested), "{grant} should cover {requested}");
+        }
+        for (grant, requested) in [
+            ("a", "b"),
+            ("a", "a.b"),
+            ("a.b", "a"),
+            ("a.*", "a.>"),
+            ("a.*", ">"),
+            ("a.*", "b"),
+            ("a.*", "a"),
+            ("a.*", "a.b.c"),
+            ("a.>", "a"),
+            ("a.>", ">"),
+            ("a.b", "a.*"),
+            ("*", ">"),
+            ("*.b", "*.>"),
+        ] {
+            assert!(
+                !covers(grant, requested),
+                "{grant} must not cover {requested}"
+            );
+        }
+        // Whatever a grant covers, it matches: checked against sample topics.
+        let topics = ["a", "b", "a.b", "a.c", "a.b.c", "b.b", "x.y.z"];
+        for grant in ["a", "a.*", "a.>", ">", "*.b", "*", "a.*.c"] {
+            for requested in ["a", "a.b", "a.*", "a.>", ">", "*", "*.b", "a.b.c", "*.*"] {
+                if !covers(grant, requested) {
+                    continue;
+                }
+                let g = TopicFilter::parse([grant]).unwrap();
+                let r = TopicFilter::parse([requested]).unwrap();
+                for t in topics {
+                    assert!(
+                        !r.matches(t) || g.matches(t),
+                        "{grant} covers {requested} but not {t}"
+                    );
+                }
+            }
         }
     }
 

@@ -14,9 +14,11 @@ use std::sync::Arc;
 use axum::{
     Json, Router,
     extract::{Path, Query, State},
+    http::HeaderMap,
     response::{IntoResponse, Response},
     routing::get,
 };
+use herald_auth::Access;
 use herald_core::{Bounds, Event, EventId, ResumeReason, ResumeVerdict, Topic, TopicFilter};
 use herald_runtime::{ApiError, ErrorCode};
 use herald_store::ReadQuery;
@@ -33,15 +35,23 @@ pub struct HistoryReader {
     store: Arc<dyn Store>,
     metrics: Arc<Metrics>,
     limit: usize,
+    access: Arc<Access>,
 }
 
 impl HistoryReader {
-    /// A reader over `store` returning at most `limit` events per request.
-    pub fn new(store: Arc<dyn Store>, metrics: Arc<Metrics>, limit: usize) -> Self {
+    /// A reader over `store` returning at most `limit` events per request, to the clients
+    /// `access` lets read the topic.
+    pub fn new(
+        store: Arc<dyn Store>,
+        metrics: Arc<Metrics>,
+        limit: usize,
+        access: Arc<Access>,
+    ) -> Self {
         Self {
             store,
             metrics,
             limit: limit.max(1),
+            access,
         }
     }
 
@@ -104,10 +114,13 @@ pub struct History<'a> {
 async fn list(
     State(reader): State<HistoryReader>,
     Path(topic): Path<String>,
+    headers: HeaderMap,
     Query(params): Query<Params>,
 ) -> Result<Response, ApiError> {
+    let principal = reader.access.identify(&headers, None)?;
     let topic =
         Topic::new(&topic).map_err(|e| ApiError::new(ErrorCode::InvalidTopic, e.to_string()))?;
+    principal.may_subscribe([topic.as_str()])?;
     let limit = params.limit.unwrap_or(DEFAULT_LIMIT).clamp(1, reader.limit);
     let (bounds, events) = read(&reader, &topic, params.after.as_deref(), limit).await?;
     let history = History {

@@ -93,6 +93,7 @@ impl Gateway {
             Arc::clone(&store),
             Arc::clone(&metrics),
             config.history_limit,
+            Arc::clone(&config.access),
         );
         Ok(Self {
             state: Arc::new(GatewayState {

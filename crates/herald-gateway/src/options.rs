@@ -1,7 +1,8 @@
 //! The gateway's options and the settings they resolve to.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
+use herald_auth::Access;
 use herald_config::{ConfigError, defaults, units};
 use herald_core::Topic;
 use herald_runtime::{ArticleOptions, ProcessOptions};
@@ -34,6 +35,8 @@ pub struct GatewayConfig {
     pub demo_topic: Topic,
     /// The topic behind the article's `/api/updates` and `/api/post-update`.
     pub compat_topic: Topic,
+    /// Who may read what.
+    pub access: Arc<Access>,
 }
 
 /// The most events one history request returns.
@@ -41,7 +44,7 @@ const HISTORY_LIMIT: usize = 1000;
 
 impl Default for GatewayConfig {
     fn default() -> Self {
-        defaults::<GatewayOptions>().config(&defaults())
+        defaults::<GatewayOptions>().config(&defaults(), Arc::new(Access::open()))
     }
 }
 
@@ -82,11 +85,13 @@ pub struct GatewayOptions {
 }
 
 impl GatewayOptions {
-    /// Checks the options against the process's and resolves them.
+    /// Checks the options against the process's and resolves them, with the server's access
+    /// rules.
     pub fn resolve(
         self,
         article: &ArticleOptions,
         process: &ProcessOptions,
+        access: Arc<Access>,
     ) -> Result<GatewayConfig, ConfigError> {
         if self.drain_jitter >= process.drain_deadline {
             return Err(ConfigError::new(
@@ -97,10 +102,10 @@ impl GatewayOptions {
                 ),
             ));
         }
-        Ok(self.config(article))
+        Ok(self.config(article, access))
     }
 
-    fn config(self, article: &ArticleOptions) -> GatewayConfig {
+    fn config(self, article: &ArticleOptions, access: Arc<Access>) -> GatewayConfig {
         GatewayConfig {
             heartbeat: self.heartbeat,
             retry: self.retry,
@@ -114,6 +119,7 @@ impl GatewayOptions {
             gap_timeout: self.gap_timeout,
             demo_topic: self.demo_topic,
             compat_topic: article.compat_topic.clone(),
+            access,
         }
     }
 }
@@ -135,7 +141,7 @@ mod tests {
         let mut process = defaults::<ProcessOptions>();
         process.drain_deadline = Duration::from_secs(5);
         let e = defaults::<GatewayOptions>()
-            .resolve(&defaults(), &process)
+            .resolve(&defaults(), &process, Arc::new(Access::open()))
             .unwrap_err();
         assert_eq!(e.option(), "--drain-jitter");
     }

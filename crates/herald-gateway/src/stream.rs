@@ -10,6 +10,18 @@
 //! 4. If the queue overflowed (the hub marked it lagged, see [`crate::hub`]'s registry), drain
 //!    it, re-arm, catch up the same way as a replay, and go on live.
 //! 5. On drain, end after a random delay within `drain_jitter`.
+//! 6. When the client's token stops being valid, `event: herald.auth` with
+//!    `{"reason":"expired"}`, then the end: the page refreshes its token (cookie) and its
+//!    EventSource resumes by Last-Event-ID after `retry:`, nothing lost.
+//!
+//! Who may open which stream is decided first, from the request head ([`herald_auth`]).
+//!
+//! A stream refused for a cause that passes (the connection limit, a drain, a backend that is
+//! down) is not answered 503: a native `EventSource` treats any answer but 200 as fatal and never
+//! reconnects. It is answered `200 text/event-stream` with a jittered `retry:`, then
+//! `event: herald.refused` with `{"code", "retry_ms", "message"}`, then the end, so the browser
+//! reconnects on its own after the delay and resumes by Last-Event-ID ([`refused`]). Causes that
+//! do not pass (a bad topic, 401, 403) stay HTTP errors, and the page's `onerror` sees them.
 
 use std::{
     convert::Infallible,
@@ -21,10 +33,10 @@ use std::{
 use axum::{
     body::Body,
     extract::{Query, State},
-    http::{HeaderMap, HeaderValue, header},
+    http::{HeaderMap, HeaderValue, StatusCode, Uri, header},
     response::{IntoResponse, Response},
 };
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures_util::{Stream, StreamExt};
 use herald_core::{Bounds, Epoch, EventId, ResumeVerdict, TopicFilter, sse};
 use herald_runtime::{ApiError, DrainWatch, ErrorCode, drain::jitter};
@@ -41,9 +53,11 @@ use crate::{
 /// `GET /v1/stream?topic=a&topic=b.*&lastEventId=X`
 pub(crate) async fn v1(
     State(gw): State<Arc<GatewayState>>,
+    uri: Uri,
     headers: HeaderMap,
     Query(params): Query<Vec<(String, String)>>,
 ) -> Result<Response, ApiError> {
+    let principal = gw.config.access.identify(&headers, Some(&uri))?;
     let topics: Vec<&str> = params
         .iter()
         .filter(|(k, _)| k == "topic")
@@ -67,20 +81,36 @@ pub(crate) async fn v1(
     }
     let filter = TopicFilter::parse(topics)
         .map_err(|e| ApiError::new(ErrorCode::InvalidTopic, e.to_string()))?;
+    principal.may_subscribe(filter.names())?;
     let query_id = params
         .iter()
         .find(|(k, _)| k == "lastEventId")
         .map(|(_, v)| v.clone());
-    open(gw, filter, last_event_id(&headers, query_id)).await
+    open(
+        gw,
+        filter,
+        last_event_id(&headers, query_id),
+        principal.expires_in(),
+    )
+    .await
 }
 
 /// `GET /api/updates`: the article's stream, on the compatibility topic.
 pub(crate) async fn compat(
     State(gw): State<Arc<GatewayState>>,
+    uri: Uri,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
+    let principal = gw.config.access.identify(&headers, Some(&uri))?;
+    principal.may_subscribe([gw.config.compat_topic.as_str()])?;
     let filter = TopicFilter::topics([gw.config.compat_topic.clone()]);
-    open(gw, filter, last_event_id(&headers, None)).await
+    open(
+        gw,
+        filter,
+        last_event_id(&headers, None),
+        principal.expires_in(),
+    )
+    .await
 }
 
 /// The header wins over the query (the browser sets it on reconnect); empty means none. A header
@@ -97,36 +127,64 @@ async fn open(
     gw: Arc<GatewayState>,
     filter: TopicFilter,
     last_event_id: Option<String>,
+    expires_in: Option<Duration>,
 ) -> Result<Response, ApiError> {
     if gw.drain.is_draining() {
         gw.metrics.connection_rejected(Rejection::Draining);
-        return Err(ApiError::new(
-            ErrorCode::Draining,
-            "this server is shutting down; reconnect",
+        return Ok(refused(
+            &gw,
+            ApiError::new(
+                ErrorCode::Draining,
+                "this server is shutting down; reconnect",
+            ),
         ));
     }
-    let guard = ConnectionGuard::acquire(Arc::clone(&gw)).ok_or_else(|| {
+    let Some(guard) = ConnectionGuard::acquire(Arc::clone(&gw)) else {
         gw.metrics.connection_rejected(Rejection::Limit);
-        ApiError::new(
+        let limit = ApiError::new(
             ErrorCode::TooManyConnections,
             format!(
                 "this server holds its limit of {} connections",
                 gw.config.max_connections
             ),
         )
-        .retry_after(5)
-    })?;
+        .retry_after(5);
+        return Ok(refused(&gw, limit));
+    };
     // Register first, then read the head, both before the answer: every event committed after the
     // client has the response headers is either at or below this head (and committed before it)
     // or above it (and queued), so "live from now" means from the moment the client connected.
     let subscription = gw.hub.subscribe(filter.clone());
-    let bounds = gw.store.bounds().await.map_err(|e| {
-        gw.metrics.store_error(StoreOp::Bounds);
-        tracing::warn!(error = %e, "stream: reading the store bounds failed");
-        ApiError::from(e)
-    })?;
-    let stream = connection(gw, subscription, filter, last_event_id, bounds, guard);
-    let mut response = Body::from_stream(stream.map(Ok::<_, Infallible>)).into_response();
+    let bounds = match gw.store.bounds().await {
+        Ok(bounds) => bounds,
+        Err(e) => {
+            gw.metrics.store_error(StoreOp::Bounds);
+            tracing::warn!(error = %e, "stream: reading the store bounds failed");
+            let e = ApiError::from(e);
+            return if e.status == StatusCode::SERVICE_UNAVAILABLE {
+                Ok(refused(&gw, e))
+            } else {
+                Err(e)
+            };
+        }
+    };
+    let stream = connection(
+        gw,
+        subscription,
+        filter,
+        last_event_id,
+        bounds,
+        guard,
+        expires_in,
+    );
+    Ok(event_stream(Body::from_stream(
+        stream.map(Ok::<_, Infallible>),
+    )))
+}
+
+/// A `200 text/event-stream` answer with `body`, never cached or buffered on the way.
+fn event_stream(body: Body) -> Response {
+    let mut response = body.into_response();
     let h = response.headers_mut();
     h.insert(
         header::CONTENT_TYPE,
@@ -134,7 +192,30 @@ async fn open(
     );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
-    Ok(response)
+    response
+}
+
+/// A stream refused for a cause that passes, said in a way a native `EventSource` survives:
+/// `200`, `retry:` with the delay, `event: herald.refused`, the end. The delay is the larger of
+/// `--retry` and the error's `Retry-After`, stretched at random by up to half, so the clients a
+/// full or draining server turns away do not all come back at once. No `id:` is sent, so the
+/// browser's Last-Event-ID is kept for its next attempt.
+fn refused(gw: &GatewayState, e: ApiError) -> Response {
+    let base = gw
+        .config
+        .retry
+        .max(Duration::from_secs(e.retry_after.unwrap_or(0)));
+    let delay = base + jitter(base / 2);
+    let retry_ms = delay.as_millis() as u64;
+    let data = serde_json::json!({
+        "code": e.code.as_str(),
+        "retry_ms": retry_ms,
+        "message": e.message,
+    });
+    let mut body = BytesMut::new();
+    body.extend_from_slice(&sse::retry(retry_ms));
+    body.extend_from_slice(&sse::control("herald.refused", &data.to_string()));
+    event_stream(Body::from(body.freeze()))
 }
 
 /// Counts an open connection; on drop, uncounts it and records why it ended.
@@ -180,6 +261,15 @@ enum Wake {
     Delivery(Option<Delivery>),
     Heartbeat,
     Close,
+    Expired,
+}
+
+/// Resolves when the client's token stops being valid; never without a token.
+async fn expiry(at: &mut Option<Pin<Box<Sleep>>>) {
+    match at {
+        Some(at) => at.await,
+        None => std::future::pending().await,
+    }
 }
 
 /// When a draining server ends this stream: at a random moment within `jitter` of the drain's
@@ -307,9 +397,11 @@ fn connection(
     last_event_id: Option<String>,
     bounds: Bounds,
     mut guard: ConnectionGuard,
+    expires_in: Option<Duration>,
 ) -> impl Stream<Item = Bytes> {
     async_stream::stream! {
         let config = &gw.config;
+        let mut expires = expires_in.map(|d| Box::pin(sleep(d)));
         yield sse::retry(config.retry.as_millis() as u64);
         // The last sequence this connection has covered: sent, or known not to match.
         let mut last = bounds.head;
@@ -355,6 +447,7 @@ fn connection(
                 d = sub.recv() => Wake::Delivery(d),
                 () = &mut heartbeat.timer => Wake::Heartbeat,
                 () = closing.due() => Wake::Close,
+                () = expiry(&mut expires) => Wake::Expired,
             };
             match wake {
                 Wake::Delivery(Some(d)) => {
@@ -377,6 +470,11 @@ fn connection(
                 }
                 Wake::Close => {
                     guard.ending(CloseReason::Drain);
+                    return;
+                }
+                Wake::Expired => {
+                    guard.ending(CloseReason::Expired);
+                    yield sse::control("herald.auth", r#"{"reason":"expired"}"#);
                     return;
                 }
             }

@@ -2,13 +2,11 @@
 //!
 //! - [`publish`]: `POST /v1/topics/{topic}/events`, `POST /v1/events` (a batch, all or nothing)
 //!   and the article's `PUT /api/post-update`, with validation, limits and idempotency keys.
-//! - [`auth`]: the authorization hook ([`Authorize`]) and its two built-in answers.
 //! - [`options`]: the ingest's options and the [`IngestConfig`] they resolve to.
 //! - [`log`]: [`StoreLog`], the standalone node's [`EventLog`]: the durable store, then the
 //!   in-process bus. (The trait, what a publish is committed to, lives in `herald-store`, below
 //!   the services, so the distributed mode implements it without depending on this crate.)
 
-pub mod auth;
 pub mod log;
 pub mod options;
 pub mod publish;
@@ -22,7 +20,6 @@ use axum::{
 use herald_store::EventLog;
 use herald_telemetry::Metrics;
 
-pub use auth::{AllowAll, Authorize, BearerToken};
 pub use log::StoreLog;
 pub use options::{IngestConfig, IngestOptions};
 

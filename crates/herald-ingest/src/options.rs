@@ -2,11 +2,10 @@
 
 use std::sync::Arc;
 
-use herald_config::{Secret, defaults, units};
+use herald_auth::Access;
+use herald_config::{defaults, units};
 use herald_core::Topic;
 use herald_runtime::ArticleOptions;
-
-use crate::{AllowAll, Authorize, BearerToken};
 
 /// The ingest service's settings.
 #[derive(Debug, Clone)]
@@ -17,13 +16,13 @@ pub struct IngestConfig {
     pub max_batch: usize,
     /// The topic behind the article's `PUT /api/post-update`.
     pub compat_topic: Topic,
-    /// Who may publish.
-    pub auth: Arc<dyn Authorize>,
+    /// Who may publish (and read the history the ingest also serves).
+    pub access: Arc<Access>,
 }
 
 impl Default for IngestConfig {
     fn default() -> Self {
-        defaults::<IngestOptions>().resolve(&defaults())
+        defaults::<IngestOptions>().resolve(&defaults(), Arc::new(Access::open()))
     }
 }
 
@@ -36,22 +35,17 @@ pub struct IngestOptions {
     /// Most events in one batch publish; 413 past it (JetStream's atomic batches allow 1000).
     #[arg(long, env = "HERALD_MAX_BATCH", value_name = "N", default_value_t = 100, value_parser = units::count(1..=1000))]
     pub max_batch: usize,
-    /// Publishes must send `Authorization: Bearer TOKEN`; 401 otherwise (unset: open).
-    #[arg(long, env = "HERALD_PUBLISH_TOKEN", value_name = "TOKEN", hide_env_values = true, value_parser = units::secret)]
-    pub publish_token: Option<Secret>,
 }
 
 impl IngestOptions {
-    /// The settings these options give (every value was checked when it was parsed).
-    pub fn resolve(self, article: &ArticleOptions) -> IngestConfig {
+    /// The settings these options give (every value was checked when it was parsed), with the
+    /// server's access rules.
+    pub fn resolve(self, article: &ArticleOptions, access: Arc<Access>) -> IngestConfig {
         IngestConfig {
             max_body_bytes: self.max_body,
             max_batch: self.max_batch,
             compat_topic: article.compat_topic.clone(),
-            auth: match self.publish_token {
-                Some(token) => Arc::new(BearerToken::new(token)),
-                None => Arc::new(AllowAll),
-            },
+            access,
         }
     }
 }

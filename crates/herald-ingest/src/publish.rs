@@ -72,6 +72,10 @@ pub(crate) async fn one(
 ) -> Result<Response, ApiError> {
     let started = Instant::now();
     let result = async {
+        // Decided from the head, before the body is read.
+        let principal = state.config.access.identify(&headers, None)?;
+        let valid = Topic::new(&topic).map_err(invalid)?;
+        principal.may_publish([valid.as_str()])?;
         let event = async {
             let body: PublishBody = read_json(body, state.config.max_body_bytes).await?;
             new_event(&topic, body.event_type.as_deref(), body.data)
@@ -101,6 +105,8 @@ async fn batch_inner(
     headers: &HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
+    // The token is checked from the head, before the body is read; the topics, once it is.
+    let principal = state.config.access.identify(headers, None)?;
     let events = async {
         let items: Vec<BatchItem> = read_json(body, state.config.max_body_bytes).await?;
         if items.is_empty() {
@@ -123,6 +129,7 @@ async fn batch_inner(
     }
     .instrument(validate_span())
     .await?;
+    principal.may_publish(events.iter().map(|e| e.topic.as_str()))?;
     let topics: Vec<Topic> = events.iter().map(|e| e.topic.clone()).collect();
     let appended = commit(state, events, headers).await?;
     let listed: Vec<_> = appended
@@ -147,6 +154,8 @@ pub(crate) async fn compat(
 ) -> Result<Response, ApiError> {
     let started = Instant::now();
     let result = async {
+        let principal = state.config.access.identify(&headers, None)?;
+        principal.may_publish([state.config.compat_topic.as_str()])?;
         let data: Box<RawValue> = read_json(body, state.config.max_body_bytes)
             .instrument(validate_span())
             .await?;
@@ -183,7 +192,19 @@ fn new_event(
     Ok(NewEvent {
         topic: Topic::new(topic).map_err(invalid)?,
         event_type: match event_type {
-            Some(t) => EventType::new(t).map_err(invalid)?,
+            Some(t) => {
+                let t = EventType::new(t).map_err(invalid)?;
+                if t.is_reserved() {
+                    return Err(ApiError::new(
+                        ErrorCode::InvalidType,
+                        format!(
+                            "event type {:?} is reserved: `herald.*` names Herald's control events, `error` and `open` EventSource's own",
+                            t.as_str()
+                        ),
+                    ));
+                }
+                t
+            }
             None => EventType::default(),
         },
         data,
@@ -205,7 +226,6 @@ async fn commit(
     events: Vec<NewEvent>,
     headers: &HeaderMap,
 ) -> Result<Appended, ApiError> {
-    state.config.auth.publish(headers, &events)?;
     let idempotency = idempotency(headers, &events)?;
     state.log.append(events, idempotency).await.map_err(|e| {
         if matches!(e, StoreError::Unavailable(_) | StoreError::Backend(_)) {
@@ -295,6 +315,11 @@ mod tests {
         assert!(new_event("a\nb", None, data()).is_err());
         assert!(new_event("a", Some("x\r\nid: 9"), data()).is_err());
         assert!(new_event("a", Some("x\0"), data()).is_err());
+        for reserved in ["herald.resume", "herald.live", "herald.x", "error", "open"] {
+            let e = new_event("a", Some(reserved), data()).unwrap_err();
+            assert_eq!(e.code, ErrorCode::InvalidType, "{reserved}");
+        }
+        assert!(new_event("a", Some("heraldic"), data()).is_ok());
         let mut h = HeaderMap::new();
         h.insert("idempotency-key", HeaderValue::from_static("k"));
         assert!(idempotency(&h, &[]).unwrap().is_some());

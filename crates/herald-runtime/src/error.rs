@@ -61,8 +61,11 @@ codes! {
     TooManyTopics = "too_many_topics", BAD_REQUEST;
     /// A history `after=` that is not an id.
     MalformedId = "malformed_id", BAD_REQUEST;
-    /// Publishing without the publish token.
+    /// No valid token where one is needed: none given, or one that does not verify (expired,
+    /// bad signature, wrong audience...).
     Unauthorized = "unauthorized", UNAUTHORIZED;
+    /// A valid token whose grants do not cover a topic asked for.
+    Forbidden = "forbidden", FORBIDDEN;
     /// No such endpoint.
     NotFound = "not_found", NOT_FOUND;
     /// A history `after=` beyond the head.
@@ -73,6 +76,8 @@ codes! {
     EpochId = "epoch_id", GONE;
     /// A body over `--max-body`, a batch over `--max-batch`.
     PayloadTooLarge = "payload_too_large", PAYLOAD_TOO_LARGE;
+    /// A write whose body is not declared JSON.
+    UnsupportedMediaType = "unsupported_media_type", UNSUPPORTED_MEDIA_TYPE;
     /// An `Idempotency-Key` reused with a different request.
     IdempotencyConflict = "idempotency_conflict", UNPROCESSABLE_ENTITY;
     /// A failure the client cannot fix; the cause is logged, not shown.

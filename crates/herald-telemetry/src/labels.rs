@@ -29,6 +29,8 @@ label! {
         Drain = "drain",
         /// The store failed during replay or catch-up.
         Error = "error",
+        /// The client's token expired (after `event: herald.auth`).
+        Expired = "expired",
     }
 }
 

@@ -5,6 +5,7 @@
 use std::{process::ExitCode, sync::Arc, time::Duration};
 
 use clap::Parser;
+use herald_auth::AuthOptions;
 use herald_cluster::{
     Backends, ClusterConfig, ClusterOptions,
     redis_bus::BusOptions,
@@ -45,6 +46,8 @@ struct Options {
     #[command(flatten)]
     gateway: GatewayOptions,
     #[command(flatten)]
+    auth: AuthOptions,
+    #[command(flatten)]
     article: ArticleOptions,
 }
 
@@ -59,8 +62,11 @@ struct Config {
 
 impl Options {
     fn resolve(self) -> Result<Config, ConfigError> {
+        let access = Arc::new(self.auth.resolve(self.service.process.listen)?);
         Ok(Config {
-            gateway: self.gateway.resolve(&self.article, &self.service.process)?,
+            gateway: self
+                .gateway
+                .resolve(&self.article, &self.service.process, access)?,
             cluster: self.cluster.resolve(&self.retention)?,
             service: self.service,
             bus: self.bus,
@@ -92,9 +98,15 @@ async fn run(config: Config) -> anyhow::Result<()> {
         Backends::connect(&cluster, &bus, "herald-gateway", Arc::clone(&metrics)).await?;
     let feed = backends.feed(redis_poll)?;
     let history = backends.history();
+    let access = Arc::clone(&config.access);
     let gateway = Gateway::start(config, history, &*feed, Arc::clone(&metrics), watch).await?;
     Service::new(
-        gateway.router(),
+        herald_auth::edge::layer(
+            gateway
+                .router()
+                .merge(herald_auth::cookie::router(Arc::clone(&access))),
+            access,
+        ),
         Vec::new(),
         &drain,
         backends.jetstream(),

@@ -5,6 +5,7 @@
 use std::{process::ExitCode, sync::Arc};
 
 use clap::{ArgAction, Parser};
+use herald_auth::{Access, AuthOptions};
 use herald_cluster::{
     Archiver, Backends, ClusterConfig, ClusterOptions,
     redis_bus::BusOptions,
@@ -42,6 +43,8 @@ struct Options {
     #[command(flatten)]
     ingest: IngestOptions,
     #[command(flatten)]
+    auth: AuthOptions,
+    #[command(flatten)]
     article: ArticleOptions,
     /// Run the archiver in this process (turn off to run it elsewhere; not used with --bus redis).
     #[arg(long, env = "HERALD_ARCHIVER", value_name = "BOOL", default_value_t = true, action = ArgAction::Set)]
@@ -56,12 +59,25 @@ async fn main() -> ExitCode {
         .clone()
         .resolve(&options.retention)
         .unwrap_or_else(|e| e.exit("herald-ingest"));
+    let access = options
+        .auth
+        .clone()
+        .resolve(options.service.process.listen)
+        .map(Arc::new)
+        .unwrap_or_else(|e| e.exit("herald-ingest"));
     let service = options.service.clone();
-    herald_cluster::service::main("herald-ingest", &service, Box::pin(run(options, cluster))).await
+    herald_cluster::service::main(
+        "herald-ingest",
+        &service,
+        Box::pin(run(options, cluster, access)),
+    )
+    .await
 }
 
-async fn run(options: Options, cluster: ClusterConfig) -> anyhow::Result<()> {
-    let ingest = options.ingest.resolve(&options.article);
+async fn run(options: Options, cluster: ClusterConfig, access: Arc<Access>) -> anyhow::Result<()> {
+    let ingest = options
+        .ingest
+        .resolve(&options.article, Arc::clone(&access));
     let metrics = Arc::new(Metrics::new());
     let (drain, _watch) = Drain::new();
     let backends = Backends::connect(
@@ -110,10 +126,13 @@ fn routes(
     history: Arc<dyn History>,
     metrics: &Arc<Metrics>,
 ) -> axum::Router {
+    let access = Arc::clone(&ingest.access);
     let history = HistoryReader::new(
         history,
         Arc::clone(metrics),
         GatewayConfig::default().history_limit,
+        Arc::clone(&access),
     );
-    herald_ingest::router(ingest, log, Arc::clone(metrics)).merge(history.router())
+    let routes = herald_ingest::router(ingest, log, Arc::clone(metrics)).merge(history.router());
+    herald_auth::edge::layer(routes, access)
 }

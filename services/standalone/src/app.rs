@@ -60,13 +60,18 @@ impl App {
         .context("starting the gateway")?;
         let log = Arc::new(StoreLog::new(Arc::clone(&store), bus));
         let ingest = herald_ingest::router(config.ingest.clone(), log, Arc::clone(&metrics));
-        let router = gateway
-            .router()
-            .merge(ingest)
-            .merge(ops_routes(Health::new(watch), {
-                let metrics = Arc::clone(&metrics);
-                Arc::new(move || metrics.render())
-            }));
+        let access = Arc::clone(&config.gateway.access);
+        let public = herald_auth::edge::layer(
+            gateway
+                .router()
+                .merge(ingest)
+                .merge(herald_auth::cookie::router(Arc::clone(&access))),
+            access,
+        );
+        let router = public.merge(ops_routes(Health::new(watch), {
+            let metrics = Arc::clone(&metrics);
+            Arc::new(move || metrics.render())
+        }));
         Ok(Self {
             config,
             router,

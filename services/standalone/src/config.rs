@@ -3,9 +3,10 @@
 //! `--max-body`, the variable `HERALD_MAX_BODY`, the file key `max_body`. Each option is defined
 //! once, by the library that uses it, and the distributed binaries share the same definitions.
 
-use std::{net::SocketAddr, path::PathBuf, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use clap::Parser;
+use herald_auth::AuthOptions;
 use herald_config::{ConfigError, defaults};
 use herald_gateway::{GatewayConfig, GatewayOptions};
 use herald_ingest::{IngestConfig, IngestOptions};
@@ -24,7 +25,10 @@ use herald_telemetry::{LogFormat, TracesMode};
         demo page at /, over an embedded crash-safe store in --data-dir. Every option can also be \
         set with its HERALD_* environment variable or in a TOML file (--config) under the option's \
         name with underscores (max_body = \"1MiB\"). Flags win over the environment, which wins \
-        over the file."
+        over the file.\n\n\
+        Access: on a loopback address with no access options, anyone may read and publish (the \
+        demo). Beyond loopback Herald refuses to start until token keys (--auth-*) or anonymous \
+        access (--anonymous-*) are configured. `herald token --help` mints tokens for an HMAC key."
 )]
 pub struct Options {
     #[command(flatten)]
@@ -37,6 +41,8 @@ pub struct Options {
     gateway: GatewayOptions,
     #[command(flatten)]
     ingest: IngestOptions,
+    #[command(flatten)]
+    auth: AuthOptions,
     #[command(flatten)]
     article: ArticleOptions,
 }
@@ -78,6 +84,7 @@ impl Default for Config {
             retention: defaults(),
             gateway: defaults(),
             ingest: defaults(),
+            auth: defaults(),
             article: defaults(),
         };
         Self::resolve(options).expect("the defaults are valid")
@@ -87,14 +94,17 @@ impl Default for Config {
 impl Config {
     /// Checks the options together and resolves them (each value was checked when parsed).
     pub fn resolve(o: Options) -> Result<Self, ConfigError> {
+        let access = Arc::new(o.auth.resolve(o.process.listen)?);
         Ok(Self {
             listen: o.process.listen,
             data_dir: o.store.data_dir.clone(),
             store: o.store.store,
             store_options: StoreOptions::new(&o.retention, &o.store),
             trim_interval: o.retention.trim_interval,
-            gateway: o.gateway.resolve(&o.article, &o.process)?,
-            ingest: o.ingest.resolve(&o.article),
+            gateway: o
+                .gateway
+                .resolve(&o.article, &o.process, Arc::clone(&access))?,
+            ingest: o.ingest.resolve(&o.article, access),
             write_timeout: o.process.write_timeout,
             drain_deadline: o.process.drain_deadline,
             log: o.process.log,

@@ -1,5 +1,5 @@
 //! `herald`: the standalone node. Reads its configuration, starts telemetry, builds the app,
-//! serves until SIGTERM or SIGINT, then drains.
+//! serves until SIGTERM or SIGINT, then drains. `herald token ...` mints a token instead.
 
 use std::process::ExitCode;
 
@@ -8,6 +8,9 @@ use herald_standalone::{App, Config, Options};
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    if std::env::args_os().nth(1).is_some_and(|a| a == "token") {
+        return token();
+    }
     let config =
         Config::resolve(herald_config::parse::<Options>()).unwrap_or_else(|e| e.exit("herald"));
     let (log, format, traces) = (config.log.clone(), config.log_format, config.traces);
@@ -29,4 +32,20 @@ async fn run(config: Config) -> anyhow::Result<()> {
         tracing::info!(signal, "shutdown requested");
     })
     .await
+}
+
+/// `herald token`: prints a token signed with the HMAC key file.
+fn token() -> ExitCode {
+    use clap::Parser;
+    let args = herald_auth::TokenArgs::parse_from(std::env::args_os().skip(1));
+    match args.mint() {
+        Ok(token) => {
+            println!("{token}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        }
+    }
 }

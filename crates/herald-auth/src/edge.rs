@@ -1,0 +1,196 @@
+//! What every public request passes before its handler: cross-origin rules (CORS) and the
+//! checks against cross-site request forgery.
+//!
+//! - **Preflight** (`OPTIONS` with `Access-Control-Request-Method`): for an origin in
+//!   `--cors-origins`, `204` with the methods and request headers Herald reads and credentials
+//!   allowed; for any other origin, `204` without CORS headers, which the browser treats as a no.
+//! - **Answers** to an allowlisted origin carry `Access-Control-Allow-Origin` (that origin, never
+//!   `*`), `Access-Control-Allow-Credentials: true` (cookies reach streams) and the headers a page
+//!   may read. Every answer says `Vary: Origin`.
+//! - **Cross-site writes.** A `POST`/`PUT`/`PATCH`/`DELETE` that carries an `Origin` which is
+//!   neither the server's own (same scheme-less host and port as `Host`) nor allowlisted is
+//!   refused with 403 before anything is read, and a write's body (if it has one) must be JSON
+//!   (`Content-Type: application/json`, 415 otherwise): an HTML form on another site can send
+//!   neither, so it cannot publish with a visitor's cookie. Clients without an `Origin` (curl,
+//!   backends) are not cross-site requests and pass.
+
+use std::sync::Arc;
+
+use axum::{
+    Router,
+    extract::{Request, State},
+    http::{HeaderMap, HeaderValue, Method, StatusCode, header},
+    middleware::{self, Next},
+    response::{IntoResponse, Response},
+};
+use herald_runtime::{ApiError, ErrorCode};
+
+use crate::Access;
+
+/// The request headers Herald reads, allowed in a preflight.
+const ALLOW_HEADERS: &str = "authorization, content-type, idempotency-key, last-event-id";
+/// The methods Herald serves.
+const ALLOW_METHODS: &str = "GET, POST, PUT";
+/// The answer headers a page may read.
+const EXPOSE_HEADERS: &str = "idempotent-replayed, retry-after";
+/// How long a browser may cache a preflight answer, in seconds.
+const MAX_AGE: &str = "600";
+
+/// `router` behind the cross-origin and cross-site checks of `access`.
+pub fn layer(router: Router, access: Arc<Access>) -> Router {
+    router.layer(middleware::from_fn_with_state(access, edge))
+}
+
+async fn edge(State(access): State<Arc<Access>>, request: Request, next: Next) -> Response {
+    let origin = request.headers().get(header::ORIGIN).cloned();
+    let listed = origin.as_ref().filter(|o| access.origin_allowed(o));
+    let method = request.method().clone();
+    let mut response = if method == Method::OPTIONS
+        && request
+            .headers()
+            .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD)
+    {
+        let mut response = StatusCode::NO_CONTENT.into_response();
+        if listed.is_some() {
+            let h = response.headers_mut();
+            h.insert(
+                header::ACCESS_CONTROL_ALLOW_METHODS,
+                HeaderValue::from_static(ALLOW_METHODS),
+            );
+            h.insert(
+                header::ACCESS_CONTROL_ALLOW_HEADERS,
+                HeaderValue::from_static(ALLOW_HEADERS),
+            );
+            h.insert(
+                header::ACCESS_CONTROL_MAX_AGE,
+                HeaderValue::from_static(MAX_AGE),
+            );
+        }
+        response
+    } else if let Err(e) = check_write(&method, request.headers(), origin.as_ref(), listed) {
+        e.into_response()
+    } else {
+        next.run(request).await
+    };
+    let h = response.headers_mut();
+    h.append(header::VARY, HeaderValue::from_static("origin"));
+    if let Some(origin) = listed {
+        h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
+        h.insert(
+            header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+            HeaderValue::from_static("true"),
+        );
+        h.insert(
+            header::ACCESS_CONTROL_EXPOSE_HEADERS,
+            HeaderValue::from_static(EXPOSE_HEADERS),
+        );
+    }
+    response
+}
+
+/// A write from a foreign origin is 403; a write whose body is not declared JSON is 415.
+fn check_write(
+    method: &Method,
+    headers: &HeaderMap,
+    origin: Option<&HeaderValue>,
+    listed: Option<&HeaderValue>,
+) -> Result<(), ApiError> {
+    if !matches!(
+        *method,
+        Method::POST | Method::PUT | Method::PATCH | Method::DELETE
+    ) {
+        return Ok(());
+    }
+    if let Some(origin) = origin
+        && listed.is_none()
+        && !same_origin(origin, headers.get(header::HOST))
+    {
+        return Err(ApiError::new(
+            ErrorCode::Forbidden,
+            format!(
+                "a cross-site request from {:?}: list the origin in --cors-origins to allow it",
+                String::from_utf8_lossy(origin.as_bytes())
+            ),
+        ));
+    }
+    if has_body(headers) && !is_json(headers.get(header::CONTENT_TYPE)) {
+        return Err(ApiError::new(
+            ErrorCode::UnsupportedMediaType,
+            "the body must be JSON, sent with `Content-Type: application/json`",
+        ));
+    }
+    Ok(())
+}
+
+/// Whether the request says it has a body (a `Content-Length` above 0, or chunked).
+fn has_body(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::TRANSFER_ENCODING)
+        || headers
+            .get(header::CONTENT_LENGTH)
+            .is_some_and(|v| v.as_bytes() != b"0")
+}
+
+/// `application/json` or `application/<x>+json`, with any parameters.
+fn is_json(content_type: Option<&HeaderValue>) -> bool {
+    let Some(value) = content_type.and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let essence = value.split(';').next().unwrap_or("").trim();
+    let Some((kind, sub)) = essence.split_once('/') else {
+        return false;
+    };
+    kind.eq_ignore_ascii_case("application")
+        && (sub.eq_ignore_ascii_case("json")
+            || sub.len() > 5 && sub[sub.len() - 5..].eq_ignore_ascii_case("+json"))
+}
+
+/// Whether `origin` (`scheme://host[:port]`) names the host the request was sent to.
+fn same_origin(origin: &HeaderValue, host: Option<&HeaderValue>) -> bool {
+    let (Ok(origin), Some(Ok(host))) = (origin.to_str(), host.map(|h| h.to_str())) else {
+        return false;
+    };
+    let authority = origin
+        .strip_prefix("http://")
+        .or_else(|| origin.strip_prefix("https://"));
+    authority.is_some_and(|a| a.eq_ignore_ascii_case(host))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_content_types() {
+        for ok in [
+            "application/json",
+            "application/json; charset=utf-8",
+            "Application/JSON",
+            "application/merge-patch+json",
+        ] {
+            assert!(is_json(Some(&HeaderValue::from_static(ok))), "{ok}");
+        }
+        for bad in [
+            "text/plain",
+            "application/x-www-form-urlencoded",
+            "multipart/form-data; boundary=x",
+            "application/jsonx",
+            "json",
+            "",
+        ] {
+            assert!(!is_json(Some(&HeaderValue::from_static(bad))), "{bad}");
+        }
+        assert!(!is_json(None));
+    }
+
+    #[test]
+    fn same_origin_compares_host_and_port() {
+        let host = HeaderValue::from_static("127.0.0.1:8080");
+        let same = |o: &'static str| same_origin(&HeaderValue::from_static(o), Some(&host));
+        assert!(same("http://127.0.0.1:8080"));
+        assert!(same("https://127.0.0.1:8080"));
+        assert!(!same("http://127.0.0.1:8081"));
+        assert!(!same("http://evil.example"));
+        assert!(!same("null"));
+        assert!(!same_origin(&HeaderValue::from_static("http://a"), None));
+    }
+}
