@@ -699,3 +699,133 @@ async fn a_token_expiring_mid_stream_is_refreshed_by_the_page_and_nothing_is_los
         "one reconnect"
     );
 }
+
+/// A page on another origin reads a stream with `withCredentials` and the HttpOnly cookie it got
+/// from `POST /v1/auth/cookie`: from an origin in `--cors-origins` it works; a page of another
+/// origin in the same browser (the cookie is there) is refused by the browser itself, since
+/// Herald sends it no CORS headers, and nothing reaches it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_on_another_origin_streams_with_credentials_only_when_allowlisted() {
+    let dir = tempfile::tempdir().unwrap();
+    let profile = tempfile::tempdir().unwrap();
+    let key = dir.path().join("hmac.key");
+    std::fs::write(&key, "a-cross-origin-test-hmac-key-long-enough").unwrap();
+    // Two plain servers whose pages stand for applications (origins that differ by port).
+    let app = Herald::start(&dir.path().join("app"), &[]).await.unwrap();
+    let other = Herald::start(&dir.path().join("other"), &[]).await.unwrap();
+    let origin = |h: &Herald| h.base.replace("127.0.0.1", "localhost");
+    let herald = Herald::start(
+        &dir.path().join("herald"),
+        &[
+            "--auth-hmac-key-file",
+            key.to_str().unwrap(),
+            "--cors-origins",
+            &origin(&app),
+        ],
+    )
+    .await
+    .unwrap();
+    let reader = mint(&key, &["--subscribe", "private.t"]);
+    let writer = mint(&key, &["--publish", "private.t"]);
+    let api = herald.api();
+    let herald_url = origin(&herald);
+
+    let driver = ChromeDriver::start().await.unwrap();
+    let browser = driver.browser(profile.path()).await.unwrap();
+    // The page posts its token for a cookie, then opens the stream with credentials.
+    let open = |page: String| {
+        let (browser, herald_url, reader) = (&browser, herald_url.clone(), reader.clone());
+        async move {
+            browser
+                .goto(&format!("{page}/herald-lag.js"))
+                .await
+                .unwrap();
+            browser
+                .execute(
+                    r#"
+                    const [herald, token] = arguments;
+                    window.got = []; window.cookie = 'pending'; window.errors = 0; window.opened = 0;
+                    fetch(herald + '/v1/auth/cookie', {
+                        method: 'POST', credentials: 'include',
+                        headers: { Authorization: 'Bearer ' + token },
+                    }).then(r => { window.cookie = r.status; }, () => { window.cookie = 'blocked'; })
+                      .finally(() => {
+                        const es = new EventSource(herald + '/v1/stream?topic=private.t', { withCredentials: true });
+                        es.onopen = () => window.opened++;
+                        es.onmessage = e => window.got.push(e.lastEventId);
+                        es.onerror = () => window.errors++;
+                      });
+                    "#,
+                    vec![json!(herald_url), json!(reader)],
+                )
+                .await
+                .unwrap();
+        }
+    };
+
+    // The allowlisted origin: the cookie is set and the stream opens.
+    let first = browser.window().await.unwrap();
+    open(origin(&app)).await;
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while js(&browser, "window.opened").await.unwrap() == json!(0) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the allowlisted page never connected: cookie {}, errors {}",
+            js(&browser, "window.cookie").await.unwrap(),
+            js(&browser, "window.errors").await.unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(js(&browser, "window.cookie").await.unwrap(), json!(204));
+
+    // Another origin, in a second window of the same browser (the cookie for the host is
+    // there): no cookie exchange, and the browser treats each attempt of the stream as a network
+    // error for its missing CORS headers — it never opens (Chromium keeps retrying, as the
+    // specification allows for network errors).
+    let second = browser.new_window(true).await.unwrap().handle;
+    browser.switch_to_window(second.clone()).await.unwrap();
+    open(origin(&other)).await;
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while js(&browser, "window.errors").await.unwrap() == json!(0) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the other origin's stream was not refused: cookie {}, opened {}",
+            js(&browser, "window.cookie").await.unwrap(),
+            js(&browser, "window.opened").await.unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        js(&browser, "window.cookie").await.unwrap(),
+        json!("blocked")
+    );
+
+    let mut published = Vec::new();
+    for n in 0..3 {
+        let res = api
+            .http
+            .post(format!("{}/v1/topics/private.t/events", api.base))
+            .bearer_auth(&writer)
+            .json(&json!({ "data": n }))
+            .send()
+            .await
+            .unwrap();
+        let body: Value = res.json().await.unwrap();
+        published.push(body["id"].as_str().unwrap().to_owned());
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(js(&browser, "window.got").await.unwrap(), json!([]));
+    assert_eq!(js(&browser, "window.opened").await.unwrap(), json!(0));
+    browser.switch_to_window(first).await.unwrap();
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let got: Vec<String> =
+            serde_json::from_value(js(&browser, "window.got").await.unwrap()).unwrap();
+        if got.len() >= published.len() {
+            assert_eq!(got, published);
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{got:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
