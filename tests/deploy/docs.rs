@@ -172,3 +172,44 @@ fn every_flag_in_the_docs_is_a_flag_of_a_binary() {
         BTreeSet::from(["--heartbeat".to_owned()])
     );
 }
+
+/// The security defaults table of docs/security.md says what `herald --help` says: each option's
+/// default, or none for "none" and "off".
+#[test]
+fn the_documented_security_defaults_are_the_binarys() {
+    let doc = std::fs::read_to_string(repo().join("docs/security.md")).unwrap();
+    let table = doc
+        .split("## Defaults")
+        .nth(1)
+        .expect("a Defaults section")
+        .lines()
+        .skip_while(|l| !l.starts_with('|'))
+        .take_while(|l| l.starts_with('|'))
+        .skip(2);
+    let help = help("herald");
+    let mut rows = 0;
+    for row in table {
+        let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+        let flag = cells[1].trim_matches('`');
+        let documented = cells[2].trim_matches('`');
+        // The option's block in --help: from its line to the next option's.
+        let start = help
+            .lines()
+            .position(|l| l.trim_start().starts_with(&format!("{flag} ")) || l.trim() == flag)
+            .unwrap_or_else(|| panic!("{flag} is not in herald --help"));
+        let block: Vec<&str> = help
+            .lines()
+            .skip(start + 1)
+            .take_while(|l| !l.trim_start().starts_with("--"))
+            .collect();
+        let default = block
+            .iter()
+            .find_map(|l| l.trim().strip_prefix("[default: ")?.strip_suffix(']'));
+        match documented {
+            "none" | "off" => assert_eq!(default, None, "{flag}: documented {documented}"),
+            value => assert_eq!(default, Some(value), "{flag}"),
+        }
+        rows += 1;
+    }
+    assert!(rows >= 10, "the table has {rows} rows");
+}

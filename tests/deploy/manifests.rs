@@ -346,6 +346,13 @@ fn herald_pods_start_with_access_control() {
             if name.starts_with("prod") {
                 assert!(!keys.is_empty(), "{what}: production verifies tokens");
                 assert!(!anonymous, "{what}: production allows no anonymous access");
+                if d == "herald-gateway" {
+                    assert_eq!(
+                        env.get("HERALD_DEMO_PAGES").map(String::as_str),
+                        Some("false"),
+                        "{what}: no demo pages in production"
+                    );
+                }
             }
         }
     }

@@ -569,3 +569,42 @@ async fn a_verified_token_becomes_an_http_only_cookie() {
             .contains("Max-Age=0")
     );
 }
+
+#[tokio::test]
+async fn the_demo_page_is_held_to_the_grants_and_served_with_security_headers() {
+    let node = node(&["--anonymous-subscribe", "scores"]).await;
+    // The default topic is public here; another topic's history is not rendered for anyone.
+    let (status, _) = node.get("/", None, None).await;
+    assert_eq!(status, 200);
+    let (status, body) = node.get("/?topic=private", None, None).await;
+    assert_eq!((status, code(&body)), (401, "unauthorized"));
+    let token = mint(&node.key, &["--subscribe", "private"]);
+    let cookie = format!("herald_token={token}");
+    let (status, _) = node.get("/?topic=private", None, Some(&cookie)).await;
+    assert_eq!(status, 200);
+    let (status, body) = node.get("/?topic=other", None, Some(&cookie)).await;
+    assert_eq!((status, code(&body)), (403, "forbidden"));
+    for path in ["/", "/article"] {
+        let res = node
+            .herald
+            .api()
+            .http
+            .get(node.url(path))
+            .send()
+            .await
+            .unwrap();
+        let h = res.headers();
+        let csp = h["content-security-policy"].to_str().unwrap();
+        assert!(csp.contains("frame-ancestors 'none'"), "{path}: {csp}");
+        assert_eq!(h["x-content-type-options"], "nosniff", "{path}");
+    }
+    // Switched off, the pages are not there at all.
+    let dir = tempfile::tempdir().unwrap();
+    let off = Herald::start(dir.path(), &["--demo-pages", "false"])
+        .await
+        .unwrap();
+    for path in ["/", "/article"] {
+        let (status, _) = off.api().get_text_status(path).await;
+        assert_eq!(status, 404, "{path}");
+    }
+}

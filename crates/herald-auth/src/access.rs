@@ -149,9 +149,14 @@ impl Access {
                 "this server accepts no tokens but the publish token",
             ));
         };
-        let verified = verifier
-            .verify(&token)
-            .map_err(|e| unauthorized(&e.to_string()))?;
+        let verified = verifier.verify(&token).map_err(|e| {
+            tracing::debug!(reason = %e, "a token was refused");
+            unauthorized(&e.to_string())
+        })?;
+        // The client, on the request's span (`enduser.id`, when spans are exported).
+        if let Some(sub) = &verified.subject {
+            tracing::Span::current().record("enduser.id", sub.as_str());
+        }
         // A stream is cut off at the first second verification refuses the token (it is
         // expired once `exp` < now - leeway, in whole seconds), so its reconnect is refused too.
         let until = verified

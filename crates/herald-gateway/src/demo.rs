@@ -7,12 +7,18 @@
 //! EventSource resumes from the last rendered id, so nothing published between render and connect
 //! is lost. The page shows its connection state (connected / reconnecting / caught up N events)
 //! and reopens the stream itself if the browser gives up on it.
+//!
+//! The page renders a topic's history, so it is held to the same grants as the history endpoint.
+//! Both pages can be switched off (`--demo-pages false`), and are served with a
+//! Content-Security-Policy (scripts and connections to this origin only, no framing), `nosniff`
+//! and no referrer.
 
 use std::{fmt::Write as _, sync::Arc};
 
 use axum::{
     extract::{Query, State},
-    response::Html,
+    http::{HeaderMap, HeaderName, HeaderValue, header},
+    response::{Html, IntoResponse, Response},
 };
 use herald_core::{EventId, Topic};
 use herald_runtime::{ApiError, ErrorCode};
@@ -25,9 +31,33 @@ const RENDERED: usize = 20;
 
 const TEMPLATE: &str = include_str!("demo.html");
 
+/// The headers of the HTML pages: their scripts and connections stay on this origin, no other
+/// site may frame them, the browser takes the content type as sent, and no referrer leaks.
+const PAGE_HEADERS: [(HeaderName, &str); 3] = [
+    (
+        header::CONTENT_SECURITY_POLICY,
+        "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; \
+         connect-src 'self'; img-src 'self' data:; frame-ancestors 'none'; base-uri 'none'; \
+         form-action 'self'",
+    ),
+    (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+    (header::REFERRER_POLICY, "no-referrer"),
+];
+
+/// `html` with [`PAGE_HEADERS`].
+fn page_response(html: Html<impl IntoResponse>) -> Response {
+    let mut response = html.into_response();
+    for (name, value) in PAGE_HEADERS {
+        response
+            .headers_mut()
+            .insert(name, HeaderValue::from_static(value));
+    }
+    response
+}
+
 /// `GET /article`: the original article's client, unchanged.
-pub(crate) async fn article() -> Html<&'static str> {
-    Html(include_str!("article.html"))
+pub(crate) async fn article() -> Response {
+    page_response(Html(include_str!("article.html")))
 }
 
 #[derive(Debug, Deserialize)]
@@ -39,14 +69,17 @@ pub(crate) struct Params {
 
 pub(crate) async fn page(
     State(gw): State<Arc<GatewayState>>,
+    headers: HeaderMap,
     Query(params): Query<Params>,
-) -> Result<Html<String>, ApiError> {
+) -> Result<Response, ApiError> {
+    let principal = gw.config.access.identify(&headers, None)?;
     let topic = match params.topic {
         Some(t) => {
             Topic::new(&t).map_err(|e| ApiError::new(ErrorCode::InvalidTopic, e.to_string()))?
         }
         None => gw.config.demo_topic.clone(),
     };
+    principal.may_subscribe([topic.as_str()])?;
     let (bounds, events) = crate::history::read(&gw.history, &topic, None, RENDERED).await?;
     let resume_from = events
         .last()
@@ -62,7 +95,7 @@ pub(crate) async fn page(
             escape(e.data.get())
         );
     }
-    Ok(Html(
+    Ok(page_response(Html(
         TEMPLATE
             .replace("{{topic}}", topic.as_str())
             .replace("{{resume_from}}", &resume_from.to_string())
@@ -76,7 +109,7 @@ pub(crate) async fn page(
                     .to_string(),
             )
             .replace("{{items}}", &items),
-    ))
+    )))
 }
 
 /// Escapes text for HTML element content and attribute values.

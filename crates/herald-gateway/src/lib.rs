@@ -115,9 +115,14 @@ impl Gateway {
 
     /// The gateway's routes.
     pub fn router(&self) -> Router {
-        Router::new()
-            .route("/", get(demo::page))
-            .route("/article", get(demo::article))
+        let pages = if self.state.config.demo_pages {
+            Router::new()
+                .route("/", get(demo::page))
+                .route("/article", get(demo::article))
+        } else {
+            Router::new()
+        };
+        pages
             .route("/v1/stream", get(stream::v1))
             .route("/api/updates", get(stream::compat))
             .route("/v1/telemetry/lag", post(lag::report))

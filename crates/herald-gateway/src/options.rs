@@ -33,6 +33,8 @@ pub struct GatewayConfig {
     pub gap_timeout: Duration,
     /// The topic the demo page shows.
     pub demo_topic: Topic,
+    /// Whether the demo page (`/`) and the article's page (`/article`) are served.
+    pub demo_pages: bool,
     /// The topic behind the article's `/api/updates` and `/api/post-update`.
     pub compat_topic: Topic,
     /// Who may read what.
@@ -82,6 +84,9 @@ pub struct GatewayOptions {
     /// Topic shown by the demo page at /.
     #[arg(long, env = "HERALD_DEMO_TOPIC", value_name = "TOPIC", default_value = "scores", value_parser = Topic::new)]
     pub demo_topic: Topic,
+    /// Serve the demo page at / and the article's page at /article (false: 404).
+    #[arg(long, env = "HERALD_DEMO_PAGES", value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
+    pub demo_pages: bool,
 }
 
 impl GatewayOptions {
@@ -118,6 +123,7 @@ impl GatewayOptions {
             history_limit: HISTORY_LIMIT,
             gap_timeout: self.gap_timeout,
             demo_topic: self.demo_topic,
+            demo_pages: self.demo_pages,
             compat_topic: article.compat_topic.clone(),
             access,
         }

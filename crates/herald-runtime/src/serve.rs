@@ -144,6 +144,7 @@ async fn server_span(request: Request, next: Next) -> Response {
         url.scheme = "http",
         network.protocol.version = version,
         http.response.status_code = Empty,
+        enduser.id = Empty,
     );
     if let Some(parent) = herald_telemetry::otel::parent_from_headers(request.headers()) {
         herald_telemetry::otel::set_parent(&span, parent);
