@@ -6,6 +6,7 @@ mod auth;
 mod crash;
 mod delivery;
 mod drain;
+mod edge;
 mod isolation;
 mod loadgen;
 mod resume;

@@ -10,7 +10,9 @@ use herald_config::Secret;
 use herald_runtime::{ApiError, ErrorCode};
 use http::{HeaderMap, HeaderValue, Uri, header};
 
-use crate::{Grants, Principal, Verifier, cookie::SameSite};
+use std::sync::Arc;
+
+use crate::{ClientLimits, Grants, Principal, Verifier, cookie::SameSite};
 
 /// Where tokens are looked for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,6 +45,8 @@ pub struct Access {
     publish_tokens: Vec<Secret>,
     /// Origins whose pages may use the API (`--cors-origins`).
     origins: Vec<HeaderValue>,
+    /// Per-client limits.
+    limits: Arc<ClientLimits>,
 }
 
 impl Access {
@@ -65,7 +69,19 @@ impl Access {
             sources,
             publish_tokens,
             origins: Vec::new(),
+            limits: Arc::new(ClientLimits::none()),
         }
+    }
+
+    /// The same, with these per-client limits.
+    pub fn with_limits(mut self, limits: ClientLimits) -> Self {
+        self.limits = Arc::new(limits);
+        self
+    }
+
+    /// The per-client limits.
+    pub fn limits(&self) -> &Arc<ClientLimits> {
+        &self.limits
     }
 
     /// The same, letting pages of these origins (`https://app.example.com`) use the API.

@@ -13,8 +13,12 @@
 //!   (`Content-Type: application/json`, 415 otherwise): an HTML form on another site can send
 //!   neither, so it cannot publish with a visitor's cookie. Clients without an `Origin` (curl,
 //!   backends) are not cross-site requests and pass.
+//! - **Rates.** Each request is counted against its client's rate for what it does
+//!   ([`crate::limits`]); past it, 429 with `Retry-After`, or for a stream an in-band refusal
+//!   a native `EventSource` survives. The client's address is left on the request ([`Client`])
+//!   for the stream's own per-client count.
 
-use std::sync::Arc;
+use std::{net::IpAddr, sync::Arc};
 
 use axum::{
     Router,
@@ -23,9 +27,29 @@ use axum::{
     middleware::{self, Next},
     response::{IntoResponse, Response},
 };
-use herald_runtime::{ApiError, ErrorCode};
+use herald_runtime::{ApiError, ErrorCode, serve::Peer};
 
-use crate::Access;
+use crate::{Access, ClientLimits, limits::Kind};
+
+/// The client a request comes from, as the limits see it (`None`: not limited by address).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Client(pub Option<IpAddr>);
+
+/// What a request does, for its rate, and whether it opens a stream.
+fn kind(method: &Method, path: &str) -> Option<Kind> {
+    let topic_events = path
+        .strip_prefix("/v1/topics/")
+        .and_then(|rest| rest.strip_suffix("/events"))
+        .is_some_and(|topic| !topic.is_empty() && !topic.contains('/'));
+    match (method.as_str(), path) {
+        ("GET", "/v1/stream" | "/api/updates") => Some(Kind::StreamOpen),
+        ("POST", "/v1/events") | ("PUT", "/api/post-update") => Some(Kind::Publish),
+        ("POST", _) if topic_events => Some(Kind::Publish),
+        ("GET", _) if topic_events => Some(Kind::History),
+        ("POST", "/v1/telemetry/lag") => Some(Kind::Lag),
+        _ => None,
+    }
+}
 
 /// The request headers Herald reads, allowed in a preflight.
 const ALLOW_HEADERS: &str = "authorization, content-type, idempotency-key, last-event-id";
@@ -41,7 +65,14 @@ pub fn layer(router: Router, access: Arc<Access>) -> Router {
     router.layer(middleware::from_fn_with_state(access, edge))
 }
 
-async fn edge(State(access): State<Arc<Access>>, request: Request, next: Next) -> Response {
+async fn edge(State(access): State<Arc<Access>>, mut request: Request, next: Next) -> Response {
+    let client = request
+        .extensions()
+        .get::<Peer>()
+        .and_then(|peer| access.limits().client(peer.0.ip(), request.headers()));
+    request.extensions_mut().insert(Client(client));
+    let kind = kind(request.method(), request.uri().path());
+    let over = kind.and_then(|k| access.limits().take(k, client).err().map(|s| (k, s)));
     let origin = request.headers().get(header::ORIGIN).cloned();
     let listed = origin.as_ref().filter(|o| access.origin_allowed(o));
     let method = request.method().clone();
@@ -69,6 +100,13 @@ async fn edge(State(access): State<Arc<Access>>, request: Request, next: Next) -
         response
     } else if let Err(e) = check_write(&method, request.headers(), origin.as_ref(), listed) {
         e.into_response()
+    } else if let Some((kind, retry_after)) = over {
+        let refusal = ClientLimits::too_many(kind, retry_after);
+        if kind == Kind::StreamOpen {
+            refusal.into_stream_refusal(std::time::Duration::ZERO)
+        } else {
+            refusal.into_response()
+        }
     } else {
         next.run(request).await
     };
@@ -158,6 +196,21 @@ fn same_origin(origin: &HeaderValue, host: Option<&HeaderValue>) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn requests_are_counted_by_what_they_do() {
+        let (get, post, put) = (Method::GET, Method::POST, Method::PUT);
+        assert_eq!(kind(&get, "/v1/stream"), Some(Kind::StreamOpen));
+        assert_eq!(kind(&get, "/api/updates"), Some(Kind::StreamOpen));
+        assert_eq!(kind(&post, "/v1/topics/a.b/events"), Some(Kind::Publish));
+        assert_eq!(kind(&post, "/v1/events"), Some(Kind::Publish));
+        assert_eq!(kind(&put, "/api/post-update"), Some(Kind::Publish));
+        assert_eq!(kind(&get, "/v1/topics/a.b/events"), Some(Kind::History));
+        assert_eq!(kind(&post, "/v1/telemetry/lag"), Some(Kind::Lag));
+        assert_eq!(kind(&get, "/"), None);
+        assert_eq!(kind(&get, "/v1/topics//events"), None);
+        assert_eq!(kind(&get, "/metrics"), None);
+    }
 
     #[test]
     fn json_content_types() {

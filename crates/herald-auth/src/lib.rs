@@ -14,6 +14,8 @@
 //!   `EventSource` sends.
 //! - [`edge`]: CORS for the allowlisted origins and the checks against cross-site writes, in
 //!   front of every public route.
+//! - [`limits`]: per-client limits: streams per address and per subject, token-bucket rates,
+//!   the client's address behind trusted proxies.
 //! - [`options`]: [`AuthOptions`], with the safe default: no access control, no start beyond
 //!   loopback.
 //! - [`token`]: `herald token`, minting HS256 tokens for development and tests.
@@ -22,12 +24,14 @@ pub mod access;
 pub mod cookie;
 pub mod edge;
 pub mod grants;
+pub mod limits;
 pub mod options;
 pub mod token;
 pub mod verify;
 
 pub use access::{Access, TokenSources};
 pub use grants::{Grants, Principal};
+pub use limits::{ClientLimits, LimitOptions};
 pub use options::AuthOptions;
 pub use token::TokenArgs;
 pub use verify::{KeySource, MIN_HMAC_KEY, Rejected, Rules, Verified, Verifier};

@@ -6,8 +6,8 @@ use herald_config::{ConfigError, Secret, units};
 use http::HeaderValue;
 
 use crate::{
-    Access, Grants, KeySource, Rules, TokenSources, Verifier, cookie::SameSite,
-    grants::grant_pattern,
+    Access, ClientLimits, Grants, KeySource, LimitOptions, Rules, TokenSources, Verifier,
+    cookie::SameSite, grants::grant_pattern,
 };
 
 /// Who may read and publish what.
@@ -63,6 +63,9 @@ pub struct AuthOptions {
     /// refused as cross-site.
     #[arg(long, env = "HERALD_CORS_ORIGINS", value_name = "ORIGINS", value_delimiter = ',', value_parser = origin)]
     pub cors_origins: Vec<String>,
+    /// Per-client limits.
+    #[command(flatten)]
+    pub limits: LimitOptions,
     /// A static bearer token that may publish on every topic (beside or instead of keys).
     #[arg(long, env = "HERALD_PUBLISH_TOKEN", value_name = "TOKEN", hide_env_values = true, value_parser = units::secret)]
     pub publish_token: Option<Secret>,
@@ -113,7 +116,11 @@ impl AuthOptions {
             .iter()
             .map(|o| HeaderValue::from_str(o).expect("checked by the parser"))
             .collect();
-        Ok(self.access(listen)?.with_origins(origins))
+        let limits = ClientLimits::new(&self.limits);
+        Ok(self
+            .access(listen)?
+            .with_origins(origins)
+            .with_limits(limits))
     }
 
     fn access(self, listen: SocketAddr) -> Result<Access, ConfigError> {

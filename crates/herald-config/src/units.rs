@@ -93,6 +93,11 @@ pub fn at_least_one() -> impl Fn(&str) -> Result<usize, String> + Clone + Send +
     count(1..=usize::MAX)
 }
 
+/// A count of at least one, or `off`.
+pub fn count_limit(s: &str) -> Result<Limit<usize>, String> {
+    off_or(s, at_least_one())
+}
+
 /// A secret that is not empty.
 pub fn secret(s: &str) -> Result<crate::Secret, String> {
     if s.is_empty() {

@@ -31,13 +31,15 @@ use std::{
 };
 
 use axum::{
+    Extension,
     body::Body,
     extract::{Query, State},
     http::{HeaderMap, HeaderValue, StatusCode, Uri, header},
     response::{IntoResponse, Response},
 };
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
+use herald_auth::{Principal, edge::Client, limits::StreamSlot};
 use herald_core::{Bounds, Epoch, EventId, ResumeVerdict, TopicFilter, sse};
 use herald_runtime::{ApiError, DrainWatch, ErrorCode, drain::jitter};
 use herald_telemetry::{CloseReason, otel};
@@ -53,6 +55,7 @@ use crate::{
 /// `GET /v1/stream?topic=a&topic=b.*&lastEventId=X`
 pub(crate) async fn v1(
     State(gw): State<Arc<GatewayState>>,
+    client: Option<Extension<Client>>,
     uri: Uri,
     headers: HeaderMap,
     Query(params): Query<Vec<(String, String)>>,
@@ -90,7 +93,8 @@ pub(crate) async fn v1(
         gw,
         filter,
         last_event_id(&headers, query_id),
-        principal.expires_in(),
+        &principal,
+        client,
     )
     .await
 }
@@ -98,6 +102,7 @@ pub(crate) async fn v1(
 /// `GET /api/updates`: the article's stream, on the compatibility topic.
 pub(crate) async fn compat(
     State(gw): State<Arc<GatewayState>>,
+    client: Option<Extension<Client>>,
     uri: Uri,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
@@ -108,7 +113,8 @@ pub(crate) async fn compat(
         gw,
         filter,
         last_event_id(&headers, None),
-        principal.expires_in(),
+        &principal,
+        client,
     )
     .await
 }
@@ -127,7 +133,8 @@ async fn open(
     gw: Arc<GatewayState>,
     filter: TopicFilter,
     last_event_id: Option<String>,
-    expires_in: Option<Duration>,
+    principal: &Principal,
+    client: Option<Extension<Client>>,
 ) -> Result<Response, ApiError> {
     if gw.drain.is_draining() {
         gw.metrics.connection_rejected(Rejection::Draining);
@@ -139,7 +146,22 @@ async fn open(
             ),
         ));
     }
-    let Some(guard) = ConnectionGuard::acquire(Arc::clone(&gw)) else {
+    // The client's own share first (streams per address and per token subject), then the
+    // server's.
+    let client = client.and_then(|Extension(Client(ip))| ip);
+    let slot = match gw
+        .config
+        .access
+        .limits()
+        .open_stream(client, principal.subject())
+    {
+        Ok(slot) => slot,
+        Err(e) => {
+            gw.metrics.connection_rejected(Rejection::Limit);
+            return Ok(refused(&gw, e));
+        }
+    };
+    let Some(guard) = ConnectionGuard::acquire(Arc::clone(&gw), slot) else {
         gw.metrics.connection_rejected(Rejection::Limit);
         let limit = ApiError::new(
             ErrorCode::TooManyConnections,
@@ -175,7 +197,7 @@ async fn open(
         last_event_id,
         bounds,
         guard,
-        expires_in,
+        principal.expires_in(),
     );
     Ok(event_stream(Body::from_stream(
         stream.map(Ok::<_, Infallible>),
@@ -195,38 +217,23 @@ fn event_stream(body: Body) -> Response {
     response
 }
 
-/// A stream refused for a cause that passes, said in a way a native `EventSource` survives:
-/// `200`, `retry:` with the delay, `event: herald.refused`, the end. The delay is the larger of
-/// `--retry` and the error's `Retry-After`, stretched at random by up to half, so the clients a
-/// full or draining server turns away do not all come back at once. No `id:` is sent, so the
-/// browser's Last-Event-ID is kept for its next attempt.
+/// A stream refused for a cause that passes, said in a way a native `EventSource` survives
+/// ([`ApiError::into_stream_refusal`]), with `--retry` as the shortest delay.
 fn refused(gw: &GatewayState, e: ApiError) -> Response {
-    let base = gw
-        .config
-        .retry
-        .max(Duration::from_secs(e.retry_after.unwrap_or(0)));
-    let delay = base + jitter(base / 2);
-    let retry_ms = delay.as_millis() as u64;
-    let data = serde_json::json!({
-        "code": e.code.as_str(),
-        "retry_ms": retry_ms,
-        "message": e.message,
-    });
-    let mut body = BytesMut::new();
-    body.extend_from_slice(&sse::retry(retry_ms));
-    body.extend_from_slice(&sse::control("herald.refused", &data.to_string()));
-    event_stream(Body::from(body.freeze()))
+    e.into_stream_refusal(gw.config.retry)
 }
 
-/// Counts an open connection; on drop, uncounts it and records why it ended.
+/// Counts an open connection (and, in its slot, against its client's limits); on drop,
+/// uncounts it and records why it ended.
 #[derive(Debug)]
 struct ConnectionGuard {
     gw: Arc<GatewayState>,
     reason: CloseReason,
+    _slot: StreamSlot,
 }
 
 impl ConnectionGuard {
-    fn acquire(gw: Arc<GatewayState>) -> Option<Self> {
+    fn acquire(gw: Arc<GatewayState>, slot: StreamSlot) -> Option<Self> {
         let open = gw.connections.fetch_add(1, Ordering::AcqRel);
         if open >= gw.config.max_connections {
             gw.connections.fetch_sub(1, Ordering::AcqRel);
@@ -237,6 +244,7 @@ impl ConnectionGuard {
         Some(Self {
             gw,
             reason: CloseReason::Client,
+            _slot: slot,
         })
     }
 }

@@ -68,12 +68,16 @@ codes! {
     Forbidden = "forbidden", FORBIDDEN;
     /// No such endpoint.
     NotFound = "not_found", NOT_FOUND;
+    /// A request body that did not arrive within `--body-timeout`.
+    RequestTimeout = "request_timeout", REQUEST_TIMEOUT;
     /// A history `after=` beyond the head.
     UnknownId = "unknown_id", CONFLICT;
     /// A history `after=` older than the retained history.
     ExpiredId = "expired_id", GONE;
     /// A history `after=` from an earlier epoch.
     EpochId = "epoch_id", GONE;
+    /// A request target over `--max-url-length`.
+    UriTooLong = "uri_too_long", URI_TOO_LONG;
     /// A body over `--max-body`, a batch over `--max-batch`.
     PayloadTooLarge = "payload_too_large", PAYLOAD_TOO_LARGE;
     /// A write whose body is not declared JSON.
@@ -82,6 +86,8 @@ codes! {
     IdempotencyConflict = "idempotency_conflict", UNPROCESSABLE_ENTITY;
     /// A failure the client cannot fix; the cause is logged, not shown.
     Internal = "internal", INTERNAL_SERVER_ERROR;
+    /// A client over one of its rates (`--stream-open-rate`, `--publish-rate`, ...).
+    TooManyRequests = "too_many_requests", TOO_MANY_REQUESTS;
     /// A stream over `--max-connections`.
     TooManyConnections = "too_many_connections", SERVICE_UNAVAILABLE;
     /// The server is shutting down.
@@ -172,6 +178,41 @@ impl IntoResponse for ApiError {
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
+        response
+    }
+}
+
+impl ApiError {
+    /// This refusal of a stream, said in a way a native `EventSource` survives (it gives up for
+    /// good on any status but 200): `200 text/event-stream`, `retry:` with the delay, then
+    /// `event: herald.refused` with `{"code", "retry_ms", "message"}`, then the end. The delay
+    /// is the larger of `at_least` (the server's `--retry`) and the error's `Retry-After`,
+    /// stretched at random by up to half, so the clients turned away do not all come back at
+    /// once. No `id:` is sent: the browser keeps its Last-Event-ID for the next attempt.
+    pub fn into_stream_refusal(self, at_least: std::time::Duration) -> Response {
+        let base = at_least.max(std::time::Duration::from_secs(
+            self.retry_after.unwrap_or(0),
+        ));
+        let delay = base + crate::drain::jitter(base / 2);
+        let retry_ms = delay.as_millis() as u64;
+        let data = json!({
+            "code": self.code.as_str(),
+            "retry_ms": retry_ms,
+            "message": self.message,
+        });
+        let mut body = Vec::new();
+        body.extend_from_slice(&herald_core::sse::retry(retry_ms));
+        body.extend_from_slice(&herald_core::sse::control(
+            "herald.refused",
+            &data.to_string(),
+        ));
+        let mut response = axum::body::Body::from(body).into_response();
+        let h = response.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(herald_core::sse::CONTENT_TYPE),
+        );
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
         response
     }
 }

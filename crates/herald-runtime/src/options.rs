@@ -28,6 +28,27 @@ pub struct ProcessOptions {
     /// A connection whose peer accepts no bytes for this long is closed.
     #[arg(long, env = "HERALD_WRITE_TIMEOUT", value_name = "DURATION", default_value = "30s", value_parser = units::positive_duration)]
     pub write_timeout: Duration,
+    /// A request head must arrive whole within this (from the connection's first byte or the end
+    /// of its previous request, so it also ends idle keep-alive connections); else the
+    /// connection is closed.
+    #[arg(long, env = "HERALD_HEADER_TIMEOUT", value_name = "DURATION", default_value = "10s", value_parser = units::positive_duration)]
+    pub header_timeout: Duration,
+    /// A request body must arrive whole within this from its head; 408 otherwise.
+    #[arg(long, env = "HERALD_BODY_TIMEOUT", value_name = "DURATION", default_value = "10s", value_parser = units::positive_duration)]
+    pub body_timeout: Duration,
+    /// Largest request head (request line and headers); 431 past it.
+    #[arg(long, env = "HERALD_MAX_HEADER_SIZE", value_name = "SIZE", default_value = "16KiB", value_parser = units::positive_size)]
+    pub max_header_size: usize,
+    /// Most request headers; 431 past it.
+    #[arg(long, env = "HERALD_MAX_HEADERS", value_name = "N", default_value_t = 64, value_parser = units::count(1..=1000))]
+    pub max_headers: usize,
+    /// Longest request target (path and query); 414 past it.
+    #[arg(long, env = "HERALD_MAX_URL_LENGTH", value_name = "SIZE", default_value = "4KiB", value_parser = units::positive_size)]
+    pub max_url_length: usize,
+    /// Most open TCP connections on the listener (streams and requests alike); past it, new
+    /// connections wait in the kernel's backlog until one closes.
+    #[arg(long, env = "HERALD_MAX_TCP_CONNECTIONS", value_name = "N", default_value_t = 12_000, value_parser = units::at_least_one())]
+    pub max_tcp_connections: usize,
     /// On SIGTERM/SIGINT, time allowed for streams to end and requests to finish.
     #[arg(long, env = "HERALD_DRAIN_DEADLINE", value_name = "DURATION", default_value = "25s", value_parser = units::positive_duration)]
     pub drain_deadline: Duration,
@@ -54,6 +75,12 @@ impl ProcessOptions {
         ServeOptions {
             write_timeout: self.write_timeout,
             drain_deadline: self.drain_deadline,
+            header_timeout: self.header_timeout,
+            body_timeout: self.body_timeout,
+            max_header_size: self.max_header_size,
+            max_headers: self.max_headers,
+            max_url_length: self.max_url_length,
+            max_tcp_connections: self.max_tcp_connections,
         }
     }
 }

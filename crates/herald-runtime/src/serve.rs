@@ -17,13 +17,68 @@ use tracing::{Instrument, field::Empty};
 
 use crate::{ApiError, Drain, ErrorCode, Health, health, listener::TimedListener};
 
-/// How a server is run and drained.
+/// The TCP peer a request came over (a client, or a proxy in front of it), on every request
+/// served by [`serve`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Peer(pub std::net::SocketAddr);
+
+/// The router for one connection: every request carries the connection's [`Peer`].
+#[derive(Debug, Clone)]
+struct WithPeer {
+    router: Router,
+    peer: std::net::SocketAddr,
+}
+
+impl hyper::service::Service<hyper::Request<hyper::body::Incoming>> for WithPeer {
+    type Response = Response;
+    type Error = std::convert::Infallible;
+    type Future = axum::routing::future::RouteFuture<std::convert::Infallible>;
+
+    fn call(&self, request: hyper::Request<hyper::body::Incoming>) -> Self::Future {
+        use tower_service::Service as _;
+        let mut request = request.map(axum::body::Body::new);
+        request.extensions_mut().insert(Peer(self.peer));
+        // A Router is always ready; a clone is a reference count.
+        self.router.clone().call(request)
+    }
+}
+
+/// How a server is run and drained, and the limits of its HTTP edge.
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
     /// A connection whose peer accepts no bytes for this long is closed.
     pub write_timeout: Duration,
     /// Time allowed, once a drain starts, for streams to end and requests to finish.
     pub drain_deadline: Duration,
+    /// A request head must arrive whole within this, counted from the connection's first read or
+    /// the end of its previous request (so idle keep-alive connections end too).
+    pub header_timeout: Duration,
+    /// A request body must arrive whole within this from its head (408).
+    pub body_timeout: Duration,
+    /// The largest request head, in bytes (431).
+    pub max_header_size: usize,
+    /// The most request headers (431).
+    pub max_headers: usize,
+    /// The longest request target (414).
+    pub max_url_length: usize,
+    /// The most open TCP connections.
+    pub max_tcp_connections: usize,
+}
+
+impl ServeOptions {
+    /// Options for tests and tools: the defaults' limits with these two settings.
+    pub fn new(write_timeout: Duration, drain_deadline: Duration) -> Self {
+        Self {
+            write_timeout,
+            drain_deadline,
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(10),
+            max_header_size: 16 << 10,
+            max_headers: 64,
+            max_url_length: 4 << 10,
+            max_tcp_connections: 12_000,
+        }
+    }
 }
 
 /// The body of every binary's `main`: starts logging and trace export (`service` is the default
@@ -93,25 +148,129 @@ pub async fn serve(
     } else {
         router
     };
+    let router = router.layer(axum::middleware::from_fn_with_state(
+        Limits {
+            body_timeout: options.body_timeout,
+            max_url_length: options.max_url_length,
+        },
+        request_limits,
+    ));
     let watch = drain.watch();
-    let server = axum::serve(listener, shared(router))
-        .with_graceful_shutdown(async move { watch.started().await });
-    let mut server = tokio::spawn(async move { server.await });
+    let server = accept_loop(listener, router, options.clone(), async move {
+        watch.started().await
+    });
+    let mut server = tokio::spawn(server);
     tokio::select! {
         () = shutdown => {}
-        result = &mut server => return result.context("server task")?.context("serving"),
+        result = &mut server => return result.context("server task"),
     }
     let deadline = options.drain_deadline;
     tracing::info!(deadline = ?deadline, "draining");
     drain.start();
     match tokio::time::timeout(deadline, &mut server).await {
-        Ok(result) => result.context("server task")?.context("serving")?,
+        Ok(result) => result.context("server task")?,
         Err(_) => {
             tracing::warn!(deadline = ?deadline, "drain deadline passed; closing the remaining connections");
             server.abort();
         }
     }
     Ok(())
+}
+
+/// Accepts connections on `listener` and serves each over HTTP/1.1 with the edge's limits (head
+/// timeout, head size and header count, at most `max_tcp_connections` at once) until `stop`
+/// resolves; then stops accepting, asks every connection to close once its request is done (idle
+/// ones at once; streams end on the drain by themselves) and returns when all are gone.
+async fn accept_loop(
+    mut listener: TimedListener,
+    router: Router,
+    options: ServeOptions,
+    stop: impl Future<Output = ()> + Send + 'static,
+) {
+    use axum::serve::Listener as _;
+    use hyper_util::{
+        rt::{TokioIo, TokioTimer},
+        server::graceful::GracefulShutdown,
+    };
+
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(options.header_timeout)
+        .max_header_size(options.max_header_size)
+        .max_headers(options.max_headers)
+        // The read buffer holds a head at most (bodies are read in chunks of it): no larger
+        // than the head limit allows, and hyper's floor of 8 KiB.
+        .max_buf_size(options.max_header_size.max(8192));
+    // One router for every connection (built once; each connection holds a reference to it).
+    let router = router.with_state::<()>(());
+    let slots = Arc::new(tokio::sync::Semaphore::new(options.max_tcp_connections));
+    let graceful = GracefulShutdown::new();
+    tokio::pin!(stop);
+    loop {
+        let slot = tokio::select! {
+            slot = Arc::clone(&slots).acquire_owned() => slot.expect("the semaphore is never closed"),
+            () = &mut stop => break,
+        };
+        let (io, peer) = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = &mut stop => break,
+        };
+        let service = WithPeer {
+            router: router.clone(),
+            peer,
+        };
+        let connection = http.serve_connection(TokioIo::new(io), service);
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::trace!(error = %e, "connection ended with an error");
+            }
+            drop(slot);
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+}
+
+/// The per-request limits of the edge.
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    body_timeout: Duration,
+    max_url_length: usize,
+}
+
+/// 414 for a request target over the limit; a body that must arrive whole within the body
+/// timeout (a request without one is left as it is, so a stream costs nothing here).
+async fn request_limits(
+    axum::extract::State(limits): axum::extract::State<Limits>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let target = request
+        .uri()
+        .path_and_query()
+        .map_or(0, |p| p.as_str().len());
+    if target > limits.max_url_length {
+        return ApiError::new(
+            ErrorCode::UriTooLong,
+            format!(
+                "the request target is {target} bytes; the limit is {}",
+                limits.max_url_length
+            ),
+        )
+        .into_response();
+    }
+    let has_body = request.headers().contains_key(header::TRANSFER_ENCODING)
+        || request
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .is_some_and(|v| v.as_bytes() != b"0");
+    let request = if has_body {
+        request.map(|body| crate::http::deadline(body, limits.body_timeout))
+    } else {
+        request
+    };
+    next.run(request).await
 }
 
 /// The HTTP server span, by the OpenTelemetry conventions, continuing the request's

@@ -9,7 +9,7 @@ use herald_gateway::Gateway;
 use herald_ingest::StoreLog;
 use herald_runtime::{
     Drain, Health,
-    serve::{ServeOptions, ops_routes, serve},
+    serve::{ops_routes, serve},
 };
 use herald_store::{EmbeddedStore, History, MemoryStore, Store};
 use herald_telemetry::Metrics;
@@ -94,10 +94,7 @@ impl App {
             Arc::clone(&self.store),
             self.config.trim_interval,
         ));
-        let options = ServeOptions {
-            write_timeout: self.config.write_timeout,
-            drain_deadline: self.config.drain_deadline,
-        };
+        let options = self.config.serve.clone();
         let served = serve(
             listener,
             self.router,

@@ -10,7 +10,7 @@ use herald_auth::AuthOptions;
 use herald_config::{ConfigError, defaults};
 use herald_gateway::{GatewayConfig, GatewayOptions};
 use herald_ingest::{IngestConfig, IngestOptions};
-use herald_runtime::{ArticleOptions, ProcessOptions};
+use herald_runtime::{ArticleOptions, ProcessOptions, serve::ServeOptions};
 use herald_store::{EmbeddedOptions, RetentionOptions, StoreKind, StoreOptions};
 use herald_telemetry::{LogFormat, TracesMode};
 
@@ -64,10 +64,8 @@ pub struct Config {
     pub gateway: GatewayConfig,
     /// The ingest settings.
     pub ingest: IngestConfig,
-    /// The write timeout for a peer that stopped reading.
-    pub write_timeout: Duration,
-    /// The drain deadline.
-    pub drain_deadline: Duration,
+    /// How the server is run and drained, and the limits of its HTTP edge.
+    pub serve: ServeOptions,
     /// Log filter.
     pub log: String,
     /// Log format.
@@ -105,8 +103,7 @@ impl Config {
                 .gateway
                 .resolve(&o.article, &o.process, Arc::clone(&access))?,
             ingest: o.ingest.resolve(&o.article, access),
-            write_timeout: o.process.write_timeout,
-            drain_deadline: o.process.drain_deadline,
+            serve: o.process.serve(),
             log: o.process.log,
             log_format: o.process.log_format,
             traces: o.process.traces,
