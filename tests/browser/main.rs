@@ -7,7 +7,7 @@ use std::{process::Stdio, time::Duration};
 
 use anyhow::{Context, bail};
 use fantoccini::{Client, ClientBuilder, Locator};
-use herald_tests::{Herald, PATIENCE, seq_of};
+use herald_tests::{Herald, PATIENCE, process::mint_token as mint, seq_of};
 use hyper_util::client::legacy::connect::HttpConnector;
 use serde_json::{Value, json};
 use tokio::process::{Child, Command};
@@ -446,6 +446,26 @@ async fn js(browser: &Client, expr: &str) -> anyhow::Result<Value> {
     Ok(browser.execute(&format!("return {expr};"), vec![]).await?)
 }
 
+/// Waits until the page's list `expr` (event ids) is as long as `want`, then checks it is
+/// exactly `want`: every event once, in order.
+async fn page_ids_become(browser: &Client, expr: &str, want: &[String]) {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let got: Vec<String> = serde_json::from_value(js(browser, expr).await.unwrap()).unwrap();
+        if got.len() >= want.len() {
+            assert_eq!(got, want, "{expr}: every event exactly once, in order");
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{expr}: {} of {} events",
+            got.len(),
+            want.len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// With `--max-connections 2`, a page opens three native EventSources: the third is refused in
 /// the way EventSource survives (`herald.refused` on a 200 stream, never a status it gives up
 /// on), keeps retrying on its own, and connects once a slot frees — no source ever ends CLOSED,
@@ -553,36 +573,7 @@ async fn a_refused_eventsource_connects_on_its_own_once_a_slot_frees() {
         "no source was given up by the browser"
     );
     // The source that stayed open has every event, in order.
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
-        let got: Vec<String> =
-            serde_json::from_value(js(&browser, &format!("window.got[{kept}]")).await.unwrap())
-                .unwrap();
-        if got.len() >= published.len() {
-            assert_eq!(got, published);
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{got:?} of {published:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// `herald token` with `key` and `args`.
-fn mint(key: &std::path::Path, args: &[&str]) -> String {
-    let out = std::process::Command::new(herald_tests::process::herald_bin())
-        .args(["token", "--auth-hmac-key-file", key.to_str().unwrap()])
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    page_ids_become(&browser, &format!("window.got[{kept}]"), &published).await;
 }
 
 /// A page reads a private topic with a native EventSource and an HttpOnly cookie: the token
@@ -675,22 +666,7 @@ async fn a_token_expiring_mid_stream_is_refreshed_by_the_page_and_nothing_is_los
         published.push(publish(published.len()).await);
         tokio::time::sleep(Duration::from_millis(150)).await;
     }
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
-        let got: Vec<String> =
-            serde_json::from_value(js(&browser, "window.got").await.unwrap()).unwrap();
-        if got.len() >= published.len() {
-            assert_eq!(got, published, "every event exactly once, in order");
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{} of {} events",
-            got.len(),
-            published.len()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    page_ids_become(&browser, "window.got", &published).await;
     assert_eq!(js(&browser, "window.expired").await.unwrap(), json!(1));
     assert_eq!(js(&browser, "window.gaveUp").await.unwrap(), json!(false));
     assert_eq!(
@@ -817,15 +793,5 @@ async fn a_page_on_another_origin_streams_with_credentials_only_when_allowlisted
     assert_eq!(js(&browser, "window.got").await.unwrap(), json!([]));
     assert_eq!(js(&browser, "window.opened").await.unwrap(), json!(0));
     browser.switch_to_window(first).await.unwrap();
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
-        let got: Vec<String> =
-            serde_json::from_value(js(&browser, "window.got").await.unwrap()).unwrap();
-        if got.len() >= published.len() {
-            assert_eq!(got, published);
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "{got:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    page_ids_become(&browser, "window.got", &published).await;
 }

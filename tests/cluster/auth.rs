@@ -4,26 +4,12 @@
 
 use std::time::Duration;
 
-use herald_tests::cluster::herald_binary;
+use herald_tests::process::mint_token as mint;
 use serde_json::Value;
 
 use crate::common::Cluster;
 
 const KEY: &str = "a-cluster-hmac-key-long-enough-for-hs256!";
-
-fn mint(key: &std::path::Path, args: &[&str]) -> String {
-    let out = std::process::Command::new(herald_binary("herald"))
-        .args(["token", "--auth-hmac-key-file", key.to_str().unwrap()])
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
-}
 
 async fn status(req: reqwest::RequestBuilder) -> (u16, Value) {
     let res = req.send().await.unwrap();

@@ -54,6 +54,27 @@ pub fn herald_bin() -> PathBuf {
     bin
 }
 
+/// `herald token --auth-hmac-key-file KEY ARGS`: a token signed with `key`, as a developer mints
+/// one (the tests' tokens come from the real command).
+pub fn mint_token(key: &Path, args: &[&str]) -> String {
+    let out = std::process::Command::new(herald_bin())
+        .arg("token")
+        .arg("--auth-hmac-key-file")
+        .arg(key)
+        .args(args)
+        .output()
+        .expect("running herald token");
+    assert!(
+        out.status.success(),
+        "herald token failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .expect("UTF-8")
+        .trim()
+        .to_owned()
+}
+
 impl Herald {
     /// Starts `herald` on a free port with `data_dir` and extra flags.
     pub async fn start(data_dir: &Path, args: &[&str]) -> anyhow::Result<Self> {

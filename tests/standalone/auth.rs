@@ -2,9 +2,12 @@
 //! streams, history and publishes, anonymous access only as configured, a stream cut off with
 //! `herald.auth` when its token expires and resumed with a fresh one, and the safe default.
 
-use std::{path::Path, process::Stdio, time::Duration};
+use std::{process::Stdio, time::Duration};
 
-use herald_tests::{Herald, process::herald_bin};
+use herald_tests::{
+    Herald,
+    process::{herald_bin, mint_token as mint},
+};
 use serde_json::{Value, json};
 
 const KEY: &str = "an-hmac-key-for-the-tests-that-is-long-enough";
@@ -28,23 +31,6 @@ async fn node(extra: &[&str]) -> Node {
         key,
         _dir: dir,
     }
-}
-
-/// `herald token ARGS` with the node's key.
-fn mint(key: &Path, args: &[&str]) -> String {
-    let out = std::process::Command::new(herald_bin())
-        .arg("token")
-        .arg("--auth-hmac-key-file")
-        .arg(key)
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "herald token failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }
 
 impl Node {

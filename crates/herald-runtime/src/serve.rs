@@ -65,22 +65,6 @@ pub struct ServeOptions {
     pub max_tcp_connections: usize,
 }
 
-impl ServeOptions {
-    /// Options for tests and tools: the defaults' limits with these two settings.
-    pub fn new(write_timeout: Duration, drain_deadline: Duration) -> Self {
-        Self {
-            write_timeout,
-            drain_deadline,
-            header_timeout: Duration::from_secs(10),
-            body_timeout: Duration::from_secs(10),
-            max_header_size: 16 << 10,
-            max_headers: 64,
-            max_url_length: 4 << 10,
-            max_tcp_connections: 12_000,
-        }
-    }
-}
-
 /// The body of every binary's `main`: starts logging and trace export (`service` is the default
 /// `service.name`), runs `run`, flushes the spans, and turns the outcome into the exit code (2 for
 /// a bad log or trace setting, 1 for a failure, said on stderr).
