@@ -795,3 +795,144 @@ async fn a_page_on_another_origin_streams_with_credentials_only_when_allowlisted
     browser.switch_to_window(first).await.unwrap();
     page_ids_become(&browser, "window.got", &published).await;
 }
+
+/// Publishes on `topic` through `api` with an Idempotency-Key, retrying through 502/503 and
+/// connection failures until it is acknowledged; answers the id.
+async fn publish_until_acked(api: &herald_tests::Api, topic: &str, key: &str, n: usize) -> String {
+    let body = json!({ "data": n }).to_string();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(p) = api.publish_raw(topic, body.clone(), Some(key)).await
+            && p.status == 201
+        {
+            return p.id();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{key} never acknowledged"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The distributed mode behind nginx, with native EventSources in Chromium: one opened while
+/// NATS is down connects on its own once NATS is back, and with both gateways restarting in turn
+/// the page's streams come back by themselves — no EventSource ever ends CLOSED, and each has
+/// every event published after it first connected, once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn native_eventsources_ride_out_a_nats_outage_and_gateway_restarts_behind_nginx() {
+    use herald_tests::cluster::{Deployment, Mongo, Nats, Nginx};
+
+    let mut nats = Nats::start().await.unwrap();
+    let mongo = Mongo::start().await.unwrap();
+    let deployment = Deployment::new(&nats, &mongo, &[]);
+    let ingest = deployment.ingest(&[], &[]).await.unwrap();
+    let mut gateways = vec![
+        deployment.gateway(&["--retry", "1s"]).await.unwrap(),
+        deployment.gateway(&["--retry", "1s"]).await.unwrap(),
+    ];
+    let addrs: Vec<String> = gateways.iter().map(|g| g.addr().to_owned()).collect();
+    let addrs: Vec<&str> = addrs.iter().map(String::as_str).collect();
+    let nginx = Nginx::start(&addrs, &[ingest.addr()]).await.unwrap();
+    let lb = nginx.api();
+
+    let profile = tempfile::tempdir().unwrap();
+    let driver = ChromeDriver::start().await.unwrap();
+    let browser = driver.browser(profile.path()).await.unwrap();
+    browser
+        .goto(&format!("{}/herald-lag.js", lb.base))
+        .await
+        .unwrap();
+    browser
+        .execute(
+            r#"
+            window.got = [[], []]; window.opened = [0, 0]; window.refused = [0, 0]; window.gaveUp = [];
+            window.sources = [];
+            window.openSource = i => {
+                const es = new EventSource('/v1/stream?topic=t');
+                es.onopen = () => window.opened[i]++;
+                es.onmessage = e => window.got[i].push(e.lastEventId);
+                es.addEventListener('herald.refused', () => window.refused[i]++);
+                es.onerror = () => { if (es.readyState === EventSource.CLOSED) window.gaveUp.push(i); };
+                window.sources[i] = es;
+            };
+            window.openSource(0);
+            "#,
+            vec![],
+        )
+        .await
+        .unwrap();
+    let wait = |what: &'static str, expr: &'static str| {
+        let browser = &browser;
+        async move {
+            let deadline = tokio::time::Instant::now() + PATIENCE;
+            while js(browser, expr).await.unwrap() != json!(true) {
+                assert_eq!(
+                    js(browser, "window.gaveUp").await.unwrap(),
+                    json!([]),
+                    "an EventSource was given up while waiting for {what}"
+                );
+                assert!(tokio::time::Instant::now() < deadline, "waiting for {what}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    wait("the first stream", "window.opened[0] > 0").await;
+    let mut published = Vec::new();
+    for n in 0..3 {
+        published.push(publish_until_acked(&lb, "t", &format!("k{n}"), n).await);
+    }
+    page_ids_become(&browser, "window.got[0]", &published).await;
+
+    // NATS goes down; a second EventSource opens meanwhile.
+    nats.stop().await;
+    browser
+        .execute("window.openSource(1);", vec![])
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    nats.resume().await.unwrap();
+    // Once NATS is back, what is published reaches both, the second without any help.
+    let first_after = published.len();
+    for n in first_after..first_after + 3 {
+        published.push(publish_until_acked(&lb, "t", &format!("k{n}"), n).await);
+    }
+    wait("the second stream", "window.got[1].length > 0").await;
+    page_ids_become(&browser, "window.got[0]", &published).await;
+
+    // Both gateways restart, one after the other, while events keep coming.
+    for gateway in &mut gateways {
+        gateway.restart_same_port().await.unwrap();
+        let n = published.len();
+        published.push(publish_until_acked(&lb, "t", &format!("k{n}"), n).await);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let n = published.len();
+    published.push(publish_until_acked(&lb, "t", &format!("k{n}"), n).await);
+    page_ids_become(&browser, "window.got[0]", &published).await;
+    // The second source first connected (live from then: it had no Last-Event-ID) once NATS was
+    // back: from its first event on it has every event, in order, once.
+    let last = published.last().unwrap().clone();
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let second: Vec<String> = loop {
+        let got: Vec<String> =
+            serde_json::from_value(js(&browser, "window.got[1]").await.unwrap()).unwrap();
+        if got.last() == Some(&last) {
+            break got;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "second source: {got:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let from = published.len() - second.len();
+    assert!(from >= first_after, "{second:?}");
+    assert_eq!(second, published[from..], "the second source's events");
+    assert_eq!(js(&browser, "window.gaveUp").await.unwrap(), json!([]));
+    eprintln!(
+        "nats outage and gateway restarts: opens {}, in-band refusals {}",
+        js(&browser, "window.opened").await.unwrap(),
+        js(&browser, "window.refused").await.unwrap()
+    );
+}

@@ -59,7 +59,11 @@ async fn a_publish_and_its_delivery_are_one_trace() {
     let deployment = Deployment::new(&nats, &mongo, &[]);
     let env = otel_env(&receiver);
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let ingest = deployment.ingest(&[], &env).await.unwrap();
+    // The caller is one of our own services: its trace is continued.
+    let ingest = deployment
+        .ingest(&["--trust-traceparent", "true"], &env)
+        .await
+        .unwrap();
     let gateway = deployment.gateway_env(&[], &env).await.unwrap();
     let (ingest_api, gateway_api) = (ingest.api(), gateway.api());
 
@@ -209,7 +213,19 @@ async fn nothing_is_exported_without_an_endpoint_or_with_sampling_off() {
             201
         );
     }
-    sub.collect(20).await.unwrap();
+    // A caller's sampled traceparent cannot force sampling on a listener that does not trust it
+    // (the default).
+    let forced = ingest
+        .api()
+        .http
+        .post(format!("{}/v1/topics/t/events", ingest.api().base))
+        .header("traceparent", format!("00-{TRACE_ID}-{CALLER_SPAN}-01"))
+        .json(&json!({ "data": "forced" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forced.status(), 201);
+    sub.collect(21).await.unwrap();
     tokio::time::sleep(Duration::from_millis(600)).await;
     assert_eq!(receiver.count(), 0, "{:#?}", receiver.spans());
     let stored = mongo.event_field(1, "traceparent").await.unwrap().unwrap();

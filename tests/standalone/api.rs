@@ -335,3 +335,32 @@ async fn a_publish_token_is_required_when_configured() {
     let (status, _) = api.get_json("/v1/topics/t/events").await.unwrap();
     assert!(status.is_success());
 }
+
+#[tokio::test]
+async fn an_admin_listener_takes_the_ops_routes_off_the_public_one() {
+    let port = herald_tests::cluster::free_port();
+    let admin_addr = format!("127.0.0.1:{port}");
+    let (herald, _dir) = node(&["--admin-listen", &admin_addr, "--prestop-delay", "0s"]).await;
+    let admin = herald_tests::Api::new(format!("http://{admin_addr}"));
+    for path in ["/healthz", "/readyz"] {
+        let (status, _) = admin.get_text_status(path).await;
+        assert_eq!(status, 200, "{path} on the admin listener");
+    }
+    assert!(
+        admin
+            .get_text("/metrics")
+            .await
+            .unwrap()
+            .contains("herald_")
+    );
+    let api = herald.api();
+    for path in ["/metrics", "/readyz", "/healthz", "/prestop"] {
+        let (status, body) = api.get_text_status(path).await;
+        assert_eq!(status, 404, "{path} on the public listener: {body}");
+    }
+    // The preStop hook withdraws the node from readiness.
+    let (status, _) = admin.get_text_status("/prestop").await;
+    assert_eq!(status, 200);
+    let (status, _) = admin.get_text_status("/readyz").await;
+    assert_eq!(status, 503);
+}

@@ -593,4 +593,46 @@ async fn the_demo_page_is_held_to_the_grants_and_served_with_security_headers() 
         let (status, _) = off.api().get_text_status(path).await;
         assert_eq!(status, 404, "{path}");
     }
+    // Lag reports switched off: the endpoint is gone and the page asks for none.
+    let dir = tempfile::tempdir().unwrap();
+    let quiet = Herald::start(dir.path(), &["--lag-reports", "false"])
+        .await
+        .unwrap();
+    let report = quiet
+        .api()
+        .http
+        .post(format!("{}/v1/telemetry/lag", quiet.base))
+        .json(&json!({ "samples": [] }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(report.status(), 404);
+    let (_, page) = quiet.api().get_text_status("/").await;
+    assert!(page.contains(r#"data-lag-sample="0""#), "{page}");
+}
+
+#[tokio::test]
+async fn a_token_subject_is_held_to_the_rates_from_any_address() {
+    let node = node(&["--trusted-proxies", "127.0.0.1", "--publish-rate", "3/min"]).await;
+    let alice = mint(&node.key, &["--publish", ">", "--sub", "alice"]);
+    let bob = mint(&node.key, &["--publish", ">", "--sub", "bob"]);
+    let http = &node.herald.api().http;
+    let publish = |token: &str, ip: &str| {
+        http.post(node.url("/v1/topics/t/events"))
+            .bearer_auth(token)
+            .header("x-forwarded-for", ip)
+            .json(&json!({ "data": 1 }))
+            .send()
+    };
+    // Three publishes from three addresses: each address has room left, the subject does not.
+    for ip in ["203.0.113.1", "203.0.113.2", "203.0.113.3"] {
+        assert_eq!(publish(&alice, ip).await.unwrap().status(), 201, "{ip}");
+    }
+    let res = publish(&alice, "203.0.113.4").await.unwrap();
+    assert_eq!(res.status(), 429);
+    assert!(res.headers().contains_key("retry-after"));
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(code(&body), "too_many_requests");
+    // Another subject from an address alice used is served.
+    assert_eq!(publish(&bob, "203.0.113.1").await.unwrap().status(), 201);
 }

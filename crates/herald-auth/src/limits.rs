@@ -1,5 +1,6 @@
 //! Limits per client: how many streams one address and one token subject may hold, and how
-//! fast one address may open streams, publish, read history and report lag (token buckets).
+//! fast one address — and one token subject, wherever it connects from — may open streams,
+//! publish, read history and report lag (token buckets).
 //!
 //! The client's address is the TCP peer's, or, when the peer is one of `--trusted-proxies`, the
 //! rightmost `X-Forwarded-For` address that is not (a client can prepend anything to that
@@ -140,7 +141,7 @@ pub struct LimitOptions {
     #[arg(long, env = "HERALD_STREAM_OPEN_RATE", value_name = "RATE", default_value = "20/s", value_parser = rate)]
     pub stream_open_rate: Limit<Rate>,
     /// Publish requests per client address (a batch counts once); or off.
-    #[arg(long, env = "HERALD_PUBLISH_RATE", value_name = "RATE", default_value = "200/s", value_parser = rate)]
+    #[arg(long, env = "HERALD_PUBLISH_RATE", value_name = "RATE", default_value = "1000/s", value_parser = rate)]
     pub publish_rate: Limit<Rate>,
     /// History reads per client address; or off.
     #[arg(long, env = "HERALD_HISTORY_RATE", value_name = "RATE", default_value = "50/s", value_parser = rate)]
@@ -172,7 +173,7 @@ pub struct ClientLimits {
 
 #[derive(Debug, Default)]
 struct Buckets {
-    map: HashMap<(Kind, IpAddr), Bucket>,
+    map: HashMap<(Kind, StreamKey), Bucket>,
     swept: Option<Instant>,
 }
 
@@ -247,7 +248,25 @@ impl ClientLimits {
 
     /// Takes one request of `kind` from `client`'s bucket: `Err(seconds to wait)` when empty.
     pub fn take(&self, kind: Kind, client: Option<IpAddr>) -> Result<(), u64> {
-        let (Some(ip), Some(rate)) = (client, self.rates.get(&kind)) else {
+        match client {
+            Some(ip) => self.take_for(kind, StreamKey::Ip(ip)),
+            None => Ok(()),
+        }
+    }
+
+    /// Takes one request of `kind` from the token subject's bucket (the same rates as per
+    /// address): a subject spread over many addresses is held to them too. 429 when empty.
+    pub fn take_subject(&self, kind: Kind, subject: Option<&str>) -> Result<(), ApiError> {
+        match subject {
+            Some(sub) => self
+                .take_for(kind, StreamKey::Subject(sub.to_owned()))
+                .map_err(|wait| Self::too_many(kind, wait)),
+            None => Ok(()),
+        }
+    }
+
+    fn take_for(&self, kind: Kind, key: StreamKey) -> Result<(), u64> {
+        let Some(rate) = self.rates.get(&kind) else {
             return Ok(());
         };
         let now = Instant::now();
@@ -262,7 +281,7 @@ impl ClientLimits {
                 .retain(|_, b| now.duration_since(b.at) < IDLE_BUCKET);
             buckets.swept = Some(now);
         }
-        let bucket = buckets.map.entry((kind, ip)).or_insert(Bucket {
+        let bucket = buckets.map.entry((kind, key)).or_insert(Bucket {
             tokens: rate.burst,
             at: now,
         });
@@ -279,6 +298,7 @@ impl ClientLimits {
 
     /// The refusal for a request over its rate.
     pub fn too_many(kind: Kind, retry_after: u64) -> ApiError {
+        // (The message says "client": an address or a token subject.)
         let what = match kind {
             Kind::StreamOpen => "stream opens",
             Kind::Publish => "publishes",
@@ -443,6 +463,16 @@ mod tests {
             l.take(Kind::Publish, ip).is_ok(),
             "each kind has its own bucket"
         );
+        for _ in 0..3 {
+            assert!(l.take_subject(Kind::StreamOpen, Some("alice")).is_ok());
+        }
+        let e = l.take_subject(Kind::StreamOpen, Some("alice")).unwrap_err();
+        assert_eq!(
+            (e.code, e.retry_after),
+            (ErrorCode::TooManyRequests, Some(1))
+        );
+        assert!(l.take_subject(Kind::StreamOpen, Some("bob")).is_ok());
+        assert!(l.take_subject(Kind::StreamOpen, None).is_ok());
         std::thread::sleep(Duration::from_millis(400));
         assert!(l.take(Kind::StreamOpen, ip).is_ok(), "a token came back");
 

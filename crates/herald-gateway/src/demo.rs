@@ -104,8 +104,10 @@ pub(crate) async fn page(
                 "{{lag_sample}}",
                 &params
                     .lag_sample
-                    .filter(|s| s.is_finite())
-                    .map_or(0.1, |s| s.clamp(0.0, 1.0))
+                    .filter(|s| s.is_finite() && gw.config.lag_reports)
+                    .map_or(if gw.config.lag_reports { 0.1 } else { 0.0 }, |s| {
+                        s.clamp(0.0, 1.0)
+                    })
                     .to_string(),
             )
             .replace("{{items}}", &items),

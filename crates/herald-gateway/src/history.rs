@@ -121,6 +121,10 @@ async fn list(
     let topic =
         Topic::new(&topic).map_err(|e| ApiError::new(ErrorCode::InvalidTopic, e.to_string()))?;
     principal.may_subscribe([topic.as_str()])?;
+    reader
+        .access
+        .limits()
+        .take_subject(herald_auth::limits::Kind::History, principal.subject())?;
     let limit = params.limit.unwrap_or(DEFAULT_LIMIT).clamp(1, reader.limit);
     let (bounds, events) = read(&reader, &topic, params.after.as_deref(), limit).await?;
     let history = History {

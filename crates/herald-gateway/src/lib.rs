@@ -122,10 +122,14 @@ impl Gateway {
         } else {
             Router::new()
         };
+        let pages = if self.state.config.lag_reports {
+            pages.route("/v1/telemetry/lag", post(lag::report))
+        } else {
+            pages
+        };
         pages
             .route("/v1/stream", get(stream::v1))
             .route("/api/updates", get(stream::compat))
-            .route("/v1/telemetry/lag", post(lag::report))
             .route("/herald-lag.js", get(lag::script))
             .with_state(Arc::clone(&self.state))
             .merge(self.state.history.clone().router())

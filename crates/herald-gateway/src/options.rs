@@ -35,6 +35,8 @@ pub struct GatewayConfig {
     pub demo_topic: Topic,
     /// Whether the demo page (`/`) and the article's page (`/article`) are served.
     pub demo_pages: bool,
+    /// Whether browsers' lag reports (`POST /v1/telemetry/lag`) are taken.
+    pub lag_reports: bool,
     /// The topic behind the article's `/api/updates` and `/api/post-update`.
     pub compat_topic: Topic,
     /// Who may read what.
@@ -87,6 +89,10 @@ pub struct GatewayOptions {
     /// Serve the demo page at / and the article's page at /article (false: 404).
     #[arg(long, env = "HERALD_DEMO_PAGES", value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
     pub demo_pages: bool,
+    /// Take browsers' delivery-latency reports at POST /v1/telemetry/lag (false: 404, and the demo
+    /// page sends none).
+    #[arg(long, env = "HERALD_LAG_REPORTS", value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
+    pub lag_reports: bool,
 }
 
 impl GatewayOptions {
@@ -124,6 +130,7 @@ impl GatewayOptions {
             gap_timeout: self.gap_timeout,
             demo_topic: self.demo_topic,
             demo_pages: self.demo_pages,
+            lag_reports: self.lag_reports,
             compat_topic: article.compat_topic.clone(),
             access,
         }

@@ -39,7 +39,11 @@ use axum::{
 };
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
-use herald_auth::{Principal, edge::Client, limits::StreamSlot};
+use herald_auth::{
+    Principal,
+    edge::Client,
+    limits::{Kind, StreamSlot},
+};
 use herald_core::{Bounds, Epoch, EventId, ResumeVerdict, TopicFilter, sse};
 use herald_runtime::{ApiError, DrainWatch, ErrorCode, drain::jitter};
 use herald_telemetry::{CloseReason, otel};
@@ -149,6 +153,14 @@ async fn open(
     // The client's own share first (streams per address and per token subject), then the
     // server's.
     let client = client.and_then(|Extension(Client(ip))| ip);
+    if let Err(e) = gw
+        .config
+        .access
+        .limits()
+        .take_subject(Kind::StreamOpen, principal.subject())
+    {
+        return Ok(refused(&gw, e));
+    }
     let slot = match gw
         .config
         .access

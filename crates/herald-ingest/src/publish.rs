@@ -76,6 +76,7 @@ pub(crate) async fn one(
         let principal = state.config.access.identify(&headers, None)?;
         let valid = Topic::new(&topic).map_err(invalid)?;
         principal.may_publish([valid.as_str()])?;
+        charge(&state, &principal)?;
         let event = async {
             let body: PublishBody = read_json(body, state.config.max_body_bytes).await?;
             new_event(&topic, body.event_type.as_deref(), body.data)
@@ -130,6 +131,7 @@ async fn batch_inner(
     .instrument(validate_span())
     .await?;
     principal.may_publish(events.iter().map(|e| e.topic.as_str()))?;
+    charge(state, &principal)?;
     let topics: Vec<Topic> = events.iter().map(|e| e.topic.clone()).collect();
     let appended = commit(state, events, headers).await?;
     let listed: Vec<_> = appended
@@ -156,6 +158,7 @@ pub(crate) async fn compat(
     let result = async {
         let principal = state.config.access.identify(&headers, None)?;
         principal.may_publish([state.config.compat_topic.as_str()])?;
+        charge(&state, &principal)?;
         let data: Box<RawValue> = read_json(body, state.config.max_body_bytes)
             .instrument(validate_span())
             .await?;
@@ -168,6 +171,15 @@ pub(crate) async fn compat(
     }
     .await;
     counted(&state, result)
+}
+
+/// Counts a publish against its token subject's rate (the address's was counted at the edge).
+fn charge(state: &IngestState, principal: &herald_auth::Principal) -> Result<(), ApiError> {
+    state
+        .config
+        .access
+        .limits()
+        .take_subject(herald_auth::limits::Kind::Publish, principal.subject())
 }
 
 /// Commits one event and answers `201 {"id", "topic"}`.

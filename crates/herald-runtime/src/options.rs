@@ -67,6 +67,11 @@ pub struct ProcessOptions {
     /// or `off`; the OTEL_* environment configures the rest (service name, sampler, headers).
     #[arg(long, env = "HERALD_TRACES", value_enum, default_value = "auto")]
     pub traces: TracesMode,
+    /// Continue the trace of a request's `traceparent` header (its sampling decision included).
+    /// Off by default: a header from the internet cannot force sampling; turn on where only your
+    /// own services reach this listener.
+    #[arg(long, env = "HERALD_TRUST_TRACEPARENT", value_name = "BOOL", default_value_t = false, action = clap::ArgAction::Set)]
+    pub trust_traceparent: bool,
 }
 
 impl ProcessOptions {
@@ -81,6 +86,7 @@ impl ProcessOptions {
             max_headers: self.max_headers,
             max_url_length: self.max_url_length,
             max_tcp_connections: self.max_tcp_connections,
+            trust_traceparent: self.trust_traceparent,
         }
     }
 }

@@ -63,6 +63,8 @@ pub struct ServeOptions {
     pub max_url_length: usize,
     /// The most open TCP connections.
     pub max_tcp_connections: usize,
+    /// Whether a request's `traceparent` is continued.
+    pub trust_traceparent: bool,
 }
 
 /// The body of every binary's `main`: starts logging and trace export (`service` is the default
@@ -128,7 +130,10 @@ pub async fn serve(
     // response head: for a stream, the time to open it, not its hour of life (entering a span on
     // every poll of a stream's body would cost on every frame written).
     let router = if herald_telemetry::traces_enabled() {
-        router.layer(axum::middleware::from_fn(server_span))
+        router.layer(axum::middleware::from_fn_with_state(
+            options.trust_traceparent,
+            server_span,
+        ))
     } else {
         router
     };
@@ -258,8 +263,12 @@ async fn request_limits(
 }
 
 /// The HTTP server span, by the OpenTelemetry conventions, continuing the request's
-/// `traceparent`.
-async fn server_span(request: Request, next: Next) -> Response {
+/// `traceparent` when it is `trusted` (else a new trace, sampled by this process's sampler).
+async fn server_span(
+    axum::extract::State(trusted): axum::extract::State<bool>,
+    request: Request,
+    next: Next,
+) -> Response {
     let method = request.method().as_str().to_owned();
     let route = request
         .extensions()
@@ -289,7 +298,8 @@ async fn server_span(request: Request, next: Next) -> Response {
         http.response.status_code = Empty,
         enduser.id = Empty,
     );
-    if let Some(parent) = herald_telemetry::otel::parent_from_headers(request.headers()) {
+    if trusted && let Some(parent) = herald_telemetry::otel::parent_from_headers(request.headers())
+    {
         herald_telemetry::otel::set_parent(&span, parent);
     }
     let response = next.run(request).instrument(span.clone()).await;

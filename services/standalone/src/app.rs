@@ -8,8 +8,8 @@ use herald_bus::MemoryBus;
 use herald_gateway::Gateway;
 use herald_ingest::StoreLog;
 use herald_runtime::{
-    Drain, Health,
-    serve::{ops_routes, serve},
+    ApiError, Drain, ErrorCode, Health,
+    serve::{admin_routes, ops_routes, serve, spawn_admin},
 };
 use herald_store::{EmbeddedStore, History, MemoryStore, Store};
 use herald_telemetry::Metrics;
@@ -25,6 +25,7 @@ const STORE_CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct App {
     config: Config,
     router: Router,
+    health: Health,
     store: Arc<dyn Store>,
     metrics: Arc<Metrics>,
     drain: Drain,
@@ -68,25 +69,24 @@ impl App {
                 .merge(herald_auth::cookie::router(Arc::clone(&access))),
             access,
         );
-        let router = public.merge(ops_routes(Health::new(watch), {
-            let metrics = Arc::clone(&metrics);
-            Arc::new(move || metrics.render())
-        }));
         Ok(Self {
             config,
-            router,
+            router: public,
+            health: Health::new(watch),
             store,
             metrics,
             drain,
         })
     }
 
-    /// Serves `listener` until `shutdown` resolves, then drains: readiness fails and no new
-    /// connection is accepted, every stream ends at a jittered moment, in-flight requests finish,
-    /// all under the drain deadline; then the store flushes and closes.
+    /// Serves `listener` (and the ops routes on `admin` when given, else on `listener` too) until
+    /// `shutdown` resolves, then drains: readiness fails and no new connection is accepted, every
+    /// stream ends at a jittered moment, in-flight requests finish, all under the drain deadline;
+    /// then the store flushes and closes.
     pub async fn run(
         self,
         listener: TcpListener,
+        admin: Option<TcpListener>,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let metrics = Arc::clone(&self.metrics);
@@ -94,10 +94,24 @@ impl App {
             Arc::clone(&self.store),
             self.config.trim_interval,
         ));
+        let render: Arc<dyn Fn() -> String + Send + Sync> = {
+            let metrics = Arc::clone(&self.metrics);
+            Arc::new(move || metrics.render())
+        };
+        let (router, admin) = match admin {
+            None => (self.router.merge(ops_routes(self.health, render)), None),
+            Some(admin) => {
+                let routes = admin_routes(self.health, render, self.config.prestop_delay);
+                let router = self
+                    .router
+                    .fallback(|| async { ApiError::new(ErrorCode::NotFound, "no such endpoint") });
+                (router, Some(spawn_admin(admin, routes)))
+            }
+        };
         let options = self.config.serve.clone();
         let served = serve(
             listener,
-            self.router,
+            router,
             &self.drain,
             &options,
             Arc::new(move || {
@@ -107,6 +121,9 @@ impl App {
         )
         .await;
         trimmer.abort();
+        if let Some(admin) = admin {
+            admin.abort();
+        }
         served?;
         match tokio::time::timeout(STORE_CLOSE_TIMEOUT, self.store.close()).await {
             Ok(result) => result.context("closing the store")?,

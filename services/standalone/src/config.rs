@@ -10,7 +10,7 @@ use herald_auth::AuthOptions;
 use herald_config::{ConfigError, defaults};
 use herald_gateway::{GatewayConfig, GatewayOptions};
 use herald_ingest::{IngestConfig, IngestOptions};
-use herald_runtime::{ArticleOptions, ProcessOptions, serve::ServeOptions};
+use herald_runtime::{AdminOptions, ArticleOptions, ProcessOptions, serve::ServeOptions};
 use herald_store::{EmbeddedOptions, RetentionOptions, StoreKind, StoreOptions};
 use herald_telemetry::{LogFormat, TracesMode};
 
@@ -34,6 +34,8 @@ pub struct Options {
     #[command(flatten)]
     process: ProcessOptions,
     #[command(flatten)]
+    admin: AdminOptions,
+    #[command(flatten)]
     store: EmbeddedOptions,
     #[command(flatten)]
     retention: RetentionOptions,
@@ -52,6 +54,10 @@ pub struct Options {
 pub struct Config {
     /// Where to listen.
     pub listen: SocketAddr,
+    /// Where the ops routes listen, when not on `listen`.
+    pub admin_listen: Option<SocketAddr>,
+    /// How long `/prestop` (admin listener) waits before it answers.
+    pub prestop_delay: Duration,
     /// The embedded store's directory.
     pub data_dir: PathBuf,
     /// Which store.
@@ -78,6 +84,7 @@ impl Default for Config {
     fn default() -> Self {
         let options = Options {
             process: defaults(),
+            admin: defaults(),
             store: defaults(),
             retention: defaults(),
             gateway: defaults(),
@@ -95,6 +102,8 @@ impl Config {
         let access = Arc::new(o.auth.resolve(o.process.listen)?);
         Ok(Self {
             listen: o.process.listen,
+            admin_listen: o.admin.admin_listen,
+            prestop_delay: o.admin.prestop_delay,
             data_dir: o.store.data_dir.clone(),
             store: o.store.store,
             store_options: StoreOptions::new(&o.retention, &o.store),

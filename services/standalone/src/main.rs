@@ -18,16 +18,29 @@ async fn main() -> ExitCode {
 }
 
 async fn run(config: Config) -> anyhow::Result<()> {
-    let listen = config.listen;
+    let (listen, admin_listen) = (config.listen, config.admin_listen);
     let app = App::build(config).await?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("binding {listen}"))?;
     let addr = listener.local_addr().context("reading the bound address")?;
+    let admin = match admin_listen {
+        Some(at) => Some(
+            tokio::net::TcpListener::bind(at)
+                .await
+                .with_context(|| format!("binding the admin listener {at}"))?,
+        ),
+        None => None,
+    };
     tracing::info!(%addr, "listening");
-    // A stable line on stdout for people and scripts (tests read the port from it).
+    // Stable lines on stdout for people and scripts (tests read the port from the first).
     println!("herald listening on http://{addr}");
-    app.run(listener, async {
+    if let Some(admin) = &admin {
+        let at = admin.local_addr().context("reading the admin address")?;
+        tracing::info!(%at, "admin listening");
+        println!("herald admin listening on http://{at}");
+    }
+    app.run(listener, admin, async {
         let signal = herald_runtime::signal::shutdown().await;
         tracing::info!(signal, "shutdown requested");
     })
