@@ -6,11 +6,11 @@
 //! access would do, so a client with a broken token hears about it. Everything is decided from
 //! the request head, before a body is read.
 
+use std::sync::Arc;
+
 use herald_config::Secret;
 use herald_runtime::{ApiError, ErrorCode};
 use http::{HeaderMap, HeaderValue, Uri, header};
-
-use std::sync::Arc;
 
 use crate::{ClientLimits, Grants, Principal, Verifier, cookie::SameSite};
 
@@ -132,6 +132,17 @@ impl Access {
     /// Whether every request may read and publish everything without a token.
     pub fn is_open(&self) -> bool {
         self.anonymous == Grants::all()
+    }
+
+    /// Says in the log, at start-up, when anyone who reaches `listen` may read and publish
+    /// everything: at info on loopback (the demo), as a warning beyond it (configured so).
+    pub fn warn_if_open(&self, listen: std::net::SocketAddr) {
+        const OPEN: &str = "no access control: anyone who reaches this address may read and publish every topic (docs/security.md)";
+        match (self.is_open(), listen.ip().is_loopback()) {
+            (false, _) => {}
+            (true, true) => tracing::info!(%listen, "{OPEN}"),
+            (true, false) => tracing::warn!(%listen, "{OPEN}"),
+        }
     }
 
     /// Who the request acts as: 401 for a token that is present but not valid. `stream_uri` is

@@ -99,6 +99,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let feed = backends.feed(redis_poll)?;
     let history = backends.history();
     let access = Arc::clone(&config.access);
+    access.warn_if_open(service.process.listen);
     let gateway = Gateway::start(config, history, &*feed, Arc::clone(&metrics), watch).await?;
     Service::new(
         herald_auth::edge::layer(

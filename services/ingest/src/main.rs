@@ -75,6 +75,7 @@ async fn main() -> ExitCode {
 }
 
 async fn run(options: Options, cluster: ClusterConfig, access: Arc<Access>) -> anyhow::Result<()> {
+    access.warn_if_open(options.service.process.listen);
     let ingest = options
         .ingest
         .resolve(&options.article, Arc::clone(&access));

@@ -62,6 +62,7 @@ impl App {
         let log = Arc::new(StoreLog::new(Arc::clone(&store), bus));
         let ingest = herald_ingest::router(config.ingest.clone(), log, Arc::clone(&metrics));
         let access = Arc::clone(&config.gateway.access);
+        access.warn_if_open(config.listen);
         let public = herald_auth::edge::layer(
             gateway
                 .router()
