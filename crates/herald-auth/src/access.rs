@@ -110,21 +110,9 @@ impl Access {
     /// For `POST /v1/auth/cookie`: the bearer token of the request, verified, and the seconds it
     /// stays valid (the cookie's `Max-Age`). Only a verifiable token becomes a cookie.
     pub fn cookie_token(&self, headers: &HeaderMap) -> Result<(String, u64), ApiError> {
-        let token = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim)
-            .filter(|t| !t.is_empty())
+        let token = bearer(headers)?
             .ok_or_else(|| unauthorized("send the token as `Authorization: Bearer <token>`"))?;
-        let verifier = self
-            .verifier
-            .as_ref()
-            .ok_or_else(|| unauthorized("this server has no token keys"))?;
-        verifier
-            .verify(token)
-            .map_err(|e| unauthorized(&e.to_string()))?;
-        let principal = self.identify(headers, None)?;
+        let principal = self.verified(token)?;
         let max_age = principal.expires_in().unwrap_or_default().as_secs().max(1);
         Ok((token.to_owned(), max_age))
     }
@@ -171,12 +159,17 @@ impl Access {
                 None,
             ));
         }
+        self.verified(&token)
+    }
+
+    /// The client a JWT names, once verified: 401 for one that does not verify.
+    fn verified(&self, token: &str) -> Result<Principal, ApiError> {
         let Some(verifier) = &self.verifier else {
             return Err(unauthorized(
-                "this server accepts no tokens but the publish token",
+                "this server has no token keys (it accepts only the publish token)",
             ));
         };
-        let verified = verifier.verify(&token).map_err(|e| {
+        let verified = verifier.verify(token).map_err(|e| {
             tracing::debug!(reason = %e, "a token was refused");
             unauthorized(&e.to_string())
         })?;
@@ -199,14 +192,7 @@ impl Access {
 
     /// The token the request carries, if any.
     fn token(&self, headers: &HeaderMap, uri: Option<&Uri>) -> Result<Option<String>, ApiError> {
-        if let Some(value) = headers.get(header::AUTHORIZATION) {
-            let token = value
-                .to_str()
-                .ok()
-                .and_then(|v| v.strip_prefix("Bearer "))
-                .map(str::trim)
-                .filter(|t| !t.is_empty())
-                .ok_or_else(|| unauthorized("Authorization must be `Bearer <token>`"))?;
+        if let Some(token) = bearer(headers)? {
             return Ok(Some(token.to_owned()));
         }
         if let (Some(name), Some(query)) = (&self.sources.query, uri.and_then(Uri::query))
@@ -228,6 +214,22 @@ impl Access {
         }
         Ok(None)
     }
+}
+
+/// The token of `Authorization: Bearer <token>`: none without the header, 401 for another scheme
+/// or an empty token.
+fn bearer(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
+    let Some(value) = headers.get(header::AUTHORIZATION) else {
+        return Ok(None);
+    };
+    value
+        .to_str()
+        .ok()
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(Some)
+        .ok_or_else(|| unauthorized("Authorization must be `Bearer <token>`"))
 }
 
 fn unauthorized(message: &str) -> ApiError {

@@ -151,21 +151,13 @@ fn check_write(
             ),
         ));
     }
-    if has_body(headers) && !is_json(headers.get(header::CONTENT_TYPE)) {
+    if herald_runtime::http::has_body(headers) && !is_json(headers.get(header::CONTENT_TYPE)) {
         return Err(ApiError::new(
             ErrorCode::UnsupportedMediaType,
             "the body must be JSON, sent with `Content-Type: application/json`",
         ));
     }
     Ok(())
-}
-
-/// Whether the request says it has a body (a `Content-Length` above 0, or chunked).
-fn has_body(headers: &HeaderMap) -> bool {
-    headers.contains_key(header::TRANSFER_ENCODING)
-        || headers
-            .get(header::CONTENT_LENGTH)
-            .is_some_and(|v| v.as_bytes() != b"0")
 }
 
 /// `application/json` or `application/<x>+json`, with any parameters.

@@ -167,18 +167,18 @@ pub struct ClientLimits {
     per_ip: Option<usize>,
     per_subject: Option<usize>,
     rates: HashMap<Kind, Rate>,
-    streams: Mutex<HashMap<StreamKey, usize>>,
+    streams: Mutex<HashMap<ClientKey, usize>>,
     buckets: Mutex<Buckets>,
 }
 
 #[derive(Debug, Default)]
 struct Buckets {
-    map: HashMap<(Kind, StreamKey), Bucket>,
+    map: HashMap<(Kind, ClientKey), Bucket>,
     swept: Option<Instant>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-enum StreamKey {
+enum ClientKey {
     Ip(IpAddr),
     Subject(String),
 }
@@ -249,7 +249,7 @@ impl ClientLimits {
     /// Takes one request of `kind` from `client`'s bucket: `Err(seconds to wait)` when empty.
     pub fn take(&self, kind: Kind, client: Option<IpAddr>) -> Result<(), u64> {
         match client {
-            Some(ip) => self.take_for(kind, StreamKey::Ip(ip)),
+            Some(ip) => self.take_for(kind, ClientKey::Ip(ip)),
             None => Ok(()),
         }
     }
@@ -259,13 +259,13 @@ impl ClientLimits {
     pub fn take_subject(&self, kind: Kind, subject: Option<&str>) -> Result<(), ApiError> {
         match subject {
             Some(sub) => self
-                .take_for(kind, StreamKey::Subject(sub.to_owned()))
+                .take_for(kind, ClientKey::Subject(sub.to_owned()))
                 .map_err(|wait| Self::too_many(kind, wait)),
             None => Ok(()),
         }
     }
 
-    fn take_for(&self, kind: Kind, key: StreamKey) -> Result<(), u64> {
+    fn take_for(&self, kind: Kind, key: ClientKey) -> Result<(), u64> {
         let Some(rate) = self.rates.get(&kind) else {
             return Ok(());
         };
@@ -321,11 +321,11 @@ impl ClientLimits {
     ) -> Result<StreamSlot, ApiError> {
         let mut keys = Vec::with_capacity(2);
         if let (Some(ip), Some(max)) = (client, self.per_ip) {
-            keys.push((StreamKey::Ip(ip), max, "this address"));
+            keys.push((ClientKey::Ip(ip), max, "this address"));
         }
         if let (Some(sub), Some(max)) = (subject, self.per_subject) {
             keys.push((
-                StreamKey::Subject(sub.to_owned()),
+                ClientKey::Subject(sub.to_owned()),
                 max,
                 "this token's subject",
             ));
@@ -354,7 +354,7 @@ impl ClientLimits {
 #[derive(Debug)]
 pub struct StreamSlot {
     limits: Arc<ClientLimits>,
-    keys: Vec<StreamKey>,
+    keys: Vec<ClientKey>,
 }
 
 impl Drop for StreamSlot {

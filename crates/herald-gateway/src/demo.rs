@@ -86,6 +86,12 @@ pub(crate) async fn page(
         .map_or(EventId::new(bounds.epoch, bounds.head), |e| {
             EventId::new(bounds.epoch, e.seq)
         });
+    // No reports where they are not taken (`--lag-reports false`).
+    let lag_sample = match params.lag_sample.filter(|s| s.is_finite()) {
+        _ if !gw.config.lag_reports => 0.0,
+        Some(s) => s.clamp(0.0, 1.0),
+        None => 0.1,
+    };
     let mut items = String::new();
     for e in &events {
         let _ = write!(
@@ -100,16 +106,7 @@ pub(crate) async fn page(
             .replace("{{topic}}", topic.as_str())
             .replace("{{resume_from}}", &resume_from.to_string())
             .replace("{{rendered}}", &events.len().to_string())
-            .replace(
-                "{{lag_sample}}",
-                &params
-                    .lag_sample
-                    .filter(|s| s.is_finite() && gw.config.lag_reports)
-                    .map_or(if gw.config.lag_reports { 0.1 } else { 0.0 }, |s| {
-                        s.clamp(0.0, 1.0)
-                    })
-                    .to_string(),
-            )
+            .replace("{{lag_sample}}", &lag_sample.to_string())
             .replace("{{items}}", &items),
     )))
 }

@@ -13,6 +13,15 @@ use tokio::time::Sleep;
 
 use crate::{ApiError, ErrorCode};
 
+/// Whether a request says it has a body: a `Content-Length` above 0, or a chunked one.
+pub fn has_body(headers: &axum::http::HeaderMap) -> bool {
+    use axum::http::header;
+    headers.contains_key(header::TRANSFER_ENCODING)
+        || headers
+            .get(header::CONTENT_LENGTH)
+            .is_some_and(|v| v.as_bytes() != b"0")
+}
+
 /// `body`, failing with [`BodyTimeout`] if it has not arrived whole within `timeout`: a client
 /// that trickles its body (a slowloris body) cannot hold a request open.
 pub fn deadline(body: Body, timeout: Duration) -> Body {

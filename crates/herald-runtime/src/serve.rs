@@ -249,12 +249,7 @@ async fn request_limits(
         )
         .into_response();
     }
-    let has_body = request.headers().contains_key(header::TRANSFER_ENCODING)
-        || request
-            .headers()
-            .get(header::CONTENT_LENGTH)
-            .is_some_and(|v| v.as_bytes() != b"0");
-    let request = if has_body {
+    let request = if crate::http::has_body(request.headers()) {
         request.map(|body| crate::http::deadline(body, limits.body_timeout))
     } else {
         request
