@@ -98,6 +98,9 @@ async fn the_redis_bus_keeps_both_contracts() {
         bus: BusKind::Redis,
         redis: RedisOptions {
             redis_url: Secret::new(redis.url()),
+            redis_ca_file: None,
+            redis_tls_cert_file: None,
+            redis_tls_key_file: None,
         },
         redis_channel: redis_bus::DEFAULT_CHANNEL.into(),
     };

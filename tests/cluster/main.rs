@@ -4,6 +4,7 @@
 
 mod api;
 mod auth;
+mod backend_auth;
 mod bridge;
 mod cli;
 mod common;
@@ -14,6 +15,7 @@ mod fanout;
 mod faults;
 mod metrics;
 mod mongo;
+
 mod redis_bus;
 mod rehearsal;
 mod restarts;

@@ -269,3 +269,104 @@ fn nginx_prometheus_and_grafana_agree_with_the_services() {
             .any(|m| m.starts_with("./grafana/provisioning:/etc/grafana/provisioning"))
     );
 }
+
+/// `redis`'s command as the container's shell runs it (compose turns `$$` into `$`).
+fn redis_command() -> String {
+    let services = services();
+    let command: Vec<String> = services["redis"]["command"]
+        .as_sequence()
+        .expect("redis: command")
+        .iter()
+        .map(str_of)
+        .collect();
+    assert_eq!(command[..2], ["sh", "-c"], "redis: command");
+    command[2].replace("$$", "$")
+}
+
+#[test]
+fn redis_needs_a_password_and_reads_it_from_the_environment() {
+    let services = services();
+    let redis = &services["redis"];
+    assert_eq!(
+        environment(redis).get("REDIS_PASSWORD").map(String::as_str),
+        Some("${HERALD_REDIS_PASSWORD:-}"),
+        "the password comes from the user's environment, never from the file"
+    );
+    for port in redis["ports"].as_sequence().into_iter().flatten() {
+        assert!(str_of(port).starts_with("127.0.0.1:"), "redis: {port:?}");
+    }
+    // The command, run by sh with Debian's redis-server on a free port (a wrapper adds --port).
+    let dir = tempfile::tempdir().unwrap();
+    let port = herald_tests::cluster::free_port();
+    let real =
+        herald_tests::cluster::server_bin("HERALD_REDIS", PathBuf::from("/usr/bin/redis-server"));
+    let wrapper = dir.path().join("redis-server");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nexec {} \"$@\" --port {port} --dir {}\n",
+            real.display(),
+            dir.path().display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        &wrapper,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let run = |password: &str| {
+        std::process::Command::new("sh")
+            .arg("-c")
+            .arg(redis_command())
+            .env("REDIS_PASSWORD", password)
+            .env(
+                "PATH",
+                format!(
+                    "{}:{}",
+                    dir.path().display(),
+                    std::env::var("PATH").unwrap()
+                ),
+            )
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let out = run("").wait_with_output().unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("HERALD_REDIS_PASSWORD"),
+        "the refusal does not say what to set"
+    );
+
+    let mut server = run("compose test password");
+    let ask = |commands: &str| -> String {
+        use std::io::{Read, Write};
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let mut s = loop {
+            match std::net::TcpStream::connect(("127.0.0.1", port)) {
+                Ok(s) => break s,
+                Err(e) => {
+                    assert!(std::time::Instant::now() < deadline, "redis: {e}");
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+            }
+        };
+        s.write_all(commands.as_bytes()).unwrap();
+        s.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
+    };
+    let anonymous = ask("PING\r\n");
+    let authed = ask("AUTH \"compose test password\"\r\nPING\r\nCONFIG GET save\r\n");
+    let _ = server.kill();
+    let _ = server.wait();
+    assert!(anonymous.starts_with("-NOAUTH"), "{anonymous}");
+    assert!(authed.starts_with("+OK\r\n+PONG\r\n"), "{authed}");
+    assert!(
+        authed.ends_with("$4\r\nsave\r\n$0\r\n\r\n"),
+        "persistence is on: {authed}"
+    );
+}

@@ -16,7 +16,9 @@ use k8s_openapi::{
 use serde::de::DeserializeOwned;
 
 use crate::{
-    render::{OVERLAYS, Object, env_file, find, help, of_kind, overlay, render, repo},
+    render::{
+        OVERLAYS, Object, env_file, find, help, of_kind, overlay, render, repo, scratch_copy,
+    },
     typed::{self, HttpRoute, Method, PathMatchType, ServiceMonitor},
 };
 
@@ -777,9 +779,19 @@ fn secrets_are_referenced_never_committed_in_prod() {
     let readme = std::fs::read_to_string(repo().join("k8s/README.md")).unwrap();
     for name in ["prod", "prod-gateway-api"] {
         let objects = overlay(name);
-        assert!(
-            of_kind(&objects, "Secret").next().is_none(),
-            "overlay {name} renders a Secret"
+        // One Secret only: the token keys, generated from a file git ignores (the rendering here
+        // carries the test document; prod_does_not_render_without_token_keys checks the rest).
+        let secrets: Vec<&str> = of_kind(&objects, "Secret")
+            .map(|o| o.name.as_str())
+            .collect();
+        assert_eq!(secrets, ["herald-auth"], "overlay {name} renders Secrets");
+        let auth = find(&objects, "Secret", "herald-auth");
+        assert_eq!(
+            auth.value["data"]
+                .as_object()
+                .map(|d| d.keys().collect::<Vec<_>>()),
+            Some(vec![&"jwks.json".to_owned()]),
+            "overlay {name}"
         );
         for &d in HERALD {
             let dep = deployment(&objects, d);
@@ -839,24 +851,6 @@ fn every_configured_setting_is_a_flag_of_the_binary_it_configures() {
     }
 }
 
-/// A copy of `k8s/` (and the collector config it includes) to change and render.
-fn scratch_copy() -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    let copy = |from: &Path, to: &Path| {
-        let status = std::process::Command::new("cp")
-            .arg("-r")
-            .arg(from)
-            .arg(to)
-            .status()
-            .unwrap();
-        assert!(status.success());
-    };
-    std::fs::create_dir_all(dir.path().join("deploy")).unwrap();
-    copy(&repo().join("k8s"), dir.path());
-    copy(&repo().join("deploy/otel"), &dir.path().join("deploy"));
-    dir
-}
-
 fn templates_after(change: impl FnOnce(&Path)) -> (Vec<Object>, Vec<Object>) {
     let dir = scratch_copy();
     let before = render(&dir.path().join("k8s/overlays/dev"));
@@ -903,4 +897,195 @@ fn a_config_change_rolls_exactly_the_pods_it_configures() {
     for d in HERALD {
         assert!(same_template(&before, &after, d));
     }
+}
+
+/// The stream paths: what the Ingress herald-streams carries.
+const STREAM_PATHS: &[&str] = &["/v1/stream", "/api/updates"];
+
+#[test]
+fn the_ingress_answers_a_stream_no_gateway_could_take_in_band() {
+    for name in ["dev", "prod"] {
+        let objects = overlay(name);
+        let main: Ingress = typed(find(&objects, "Ingress", "herald"));
+        let streams: Ingress = typed(find(&objects, "Ingress", "herald-streams"));
+        let notes = |i: &Ingress| i.metadata.annotations.clone().unwrap_or_default();
+        let (main_notes, stream_notes) = (notes(&main), notes(&streams));
+        let key = |k: &str| format!("nginx.ingress.kubernetes.io/{k}");
+        // The SSE settings of the main Ingress hold on the stream paths too.
+        for k in [
+            "proxy-buffering",
+            "proxy-http-version",
+            "proxy-read-timeout",
+            "proxy-send-timeout",
+            "proxy-next-upstream",
+        ] {
+            assert_eq!(
+                stream_notes.get(&key(k)),
+                main_notes.get(&key(k)),
+                "overlay {name}: {k} differs between the Ingresses"
+            );
+        }
+        let host = |i: &Ingress| {
+            i.spec.as_ref().unwrap().rules.as_ref().unwrap()[0]
+                .host
+                .clone()
+        };
+        assert_eq!(host(&main), host(&streams), "overlay {name}: hosts differ");
+        let paths: Vec<String> = streams.spec.as_ref().unwrap().rules.as_ref().unwrap()[0]
+            .http
+            .as_ref()
+            .unwrap()
+            .paths
+            .iter()
+            .map(|p| p.path.clone().unwrap())
+            .collect();
+        assert_eq!(paths, STREAM_PATHS, "overlay {name}: only the stream paths");
+        for path in STREAM_PATHS {
+            assert_eq!(
+                ingress_backend(&streams, path),
+                Some(("herald-gateway".into(), "http".into())),
+                "overlay {name}: {path}"
+            );
+        }
+        // The gateways' errors on streams go to the refusal backend; on the JSON endpoints a
+        // 503 stays a 503 (a publisher retries it with its Idempotency-Key).
+        let mut codes: Vec<&str> = stream_notes[&key("custom-http-errors")]
+            .split(',')
+            .collect();
+        codes.sort_unstable();
+        assert_eq!(codes, ["502", "503", "504"], "overlay {name}");
+        assert!(
+            !main_notes.contains_key(&key("custom-http-errors")),
+            "overlay {name}: the JSON endpoints' errors are intercepted"
+        );
+        let backend = &stream_notes[&key("default-backend")];
+        let svc: Service = typed(find(&objects, "Service", backend));
+        let selector = svc.spec.unwrap().selector.unwrap();
+        let refusal = deployment(&objects, "herald-refusal");
+        let labels = template(&refusal).metadata.clone().unwrap().labels.unwrap();
+        assert!(
+            selector.iter().all(|(k, v)| labels.get(k) == Some(v)),
+            "overlay {name}: Service {backend} does not select herald-refusal"
+        );
+        assert!(
+            refusal.spec.replicas.unwrap_or(1) >= 2,
+            "overlay {name}: one refusal pod is a single point of failure"
+        );
+        let config = pod(&refusal)
+            .volumes
+            .iter()
+            .flatten()
+            .find_map(|v| v.config_map.as_ref())
+            .expect("the refusal configuration")
+            .name
+            .clone();
+        let map: ConfigMap = typed(find(&objects, "ConfigMap", &config));
+        let conf = map.data.unwrap()["refusal.conf"].clone();
+        assert_refusal_answers(&conf);
+    }
+}
+
+/// Runs Debian's nginx with the rendered refusal configuration and asks it what ingress-nginx
+/// would: a stream request with `X-Code: 502`, and one with no code (no gateway endpoint at all).
+fn assert_refusal_answers(conf: &str) {
+    use std::io::{Read, Write};
+    let dir = herald_tests::cluster::nginx_dir().unwrap();
+    let port = herald_tests::cluster::free_port();
+    assert!(conf.contains("listen 8080;"));
+    let site = conf.replace("listen 8080;", &format!("listen 127.0.0.1:{port};"));
+    std::fs::write(dir.path().join("refusal.conf"), site).unwrap();
+    let main = format!(
+        "pid {pid};\nerror_log stderr crit;\nevents {{}}\nhttp {{\n  access_log off;\n  include {site};\n}}\n",
+        pid = dir.path().join("nginx.pid").display(),
+        site = dir.path().join("refusal.conf").display(),
+    );
+    std::fs::write(dir.path().join("nginx.conf"), main).unwrap();
+    let mut nginx = std::process::Command::new(herald_tests::cluster::nginx_bin())
+        .arg("-p")
+        .arg(dir.path())
+        .arg("-c")
+        .arg(dir.path().join("nginx.conf"))
+        .args(["-e", "stderr", "-g", "daemon off;"])
+        .spawn()
+        .expect("nginx");
+    let get = |head: &str| -> Option<String> {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+        s.write_all(head.as_bytes()).ok()?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).ok()?;
+        Some(out)
+    };
+    let request = |code: &str| {
+        format!(
+            "GET /v1/stream?topic=scores HTTP/1.1\r\nHost: herald\r\nAccept: text/event-stream\r\n{code}Connection: close\r\n\r\n"
+        )
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut retries = std::collections::BTreeSet::new();
+    for code in ["X-Code: 502\r\n", ""].into_iter().cycle().take(40) {
+        let answer = loop {
+            if let Some(a) = get(&request(code)) {
+                break a;
+            }
+            assert!(std::time::Instant::now() < deadline, "nginx did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+        assert!(head.starts_with("HTTP/1.1 200"), "{answer}");
+        assert!(
+            head.to_lowercase()
+                .contains("content-type: text/event-stream"),
+            "{answer}"
+        );
+        // `retry: N`, then the named event with the code and the same delay.
+        let retry: u64 = body
+            .strip_prefix("retry: ")
+            .and_then(|r| r.split('\n').next())
+            .and_then(|r| r.parse().ok())
+            .unwrap_or_else(|| panic!("no retry first: {body}"));
+        let data = body
+            .split("event: herald.refused\ndata: ")
+            .nth(1)
+            .and_then(|d| d.split('\n').next())
+            .unwrap_or_else(|| panic!("no herald.refused event: {body}"));
+        let data: serde_json::Value = serde_json::from_str(data).unwrap();
+        assert_eq!(data["code"], "unavailable");
+        assert_eq!(data["retry_ms"], retry);
+        assert!((2000..=4000).contains(&retry), "{retry}");
+        retries.insert(retry);
+    }
+    assert!(retries.len() > 1, "the delay is not spread: {retries:?}");
+    let _ = nginx.kill();
+    let _ = nginx.wait();
+}
+
+#[test]
+fn prod_does_not_render_without_token_keys() {
+    let dir = scratch_copy();
+    for name in ["prod", "prod-gateway-api"] {
+        let out = std::process::Command::new(crate::render::tool("HERALD_KUBECTL", "kubectl"))
+            .arg("kustomize")
+            .arg(dir.path().join("k8s/overlays").join(name))
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success(),
+            "overlay {name} rendered with no token keys"
+        );
+        assert!(
+            stderr.contains("secrets/jwks.json"),
+            "overlay {name}: the error does not name the missing file:\n{stderr}"
+        );
+    }
+    // And git keeps the real document out of the repository.
+    let out = std::process::Command::new("git")
+        .args(["check-ignore", "-q", "k8s/overlays/prod/secrets/jwks.json"])
+        .current_dir(repo())
+        .status()
+        .unwrap();
+    assert!(
+        out.success(),
+        "git would commit k8s/overlays/prod/secrets/jwks.json"
+    );
 }

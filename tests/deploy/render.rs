@@ -52,14 +52,50 @@ pub(crate) fn render(dir: &Path) -> Vec<Object> {
     parse_documents(&String::from_utf8(out.stdout).expect("UTF-8"))
 }
 
-/// An overlay of the repository's `k8s/`, rendered once for all the tests.
+/// An overlay of the repository's `k8s/`, rendered once for all the tests, with the test JWKS
+/// document as prod's token keys (a checkout has none: `secrets/` is git-ignored).
 pub(crate) fn overlay(name: &str) -> Vec<Object> {
     static RENDERED: Mutex<BTreeMap<String, Vec<Object>>> = Mutex::new(BTreeMap::new());
     let mut rendered = RENDERED.lock().unwrap_or_else(|e| e.into_inner());
     rendered
         .entry(name.to_owned())
-        .or_insert_with(|| render(&repo().join("k8s/overlays").join(name)))
+        .or_insert_with(|| {
+            let dir = scratch_copy();
+            std::fs::write(
+                dir.path().join("k8s/overlays/prod/secrets/jwks.json"),
+                test_jwks(),
+            )
+            .unwrap();
+            render(&dir.path().join("k8s/overlays").join(name))
+        })
         .clone()
+}
+
+/// The JWKS document the rendered prod overlays carry: one of the token tests' public keys.
+pub(crate) fn test_jwks() -> String {
+    let key =
+        std::fs::read_to_string(repo().join("crates/herald-auth/tests/keys/rsa.jwk.json")).unwrap();
+    format!("{{\"keys\": [{key}]}}")
+}
+
+/// A copy of `k8s/` (and the collector config it includes) to change and render, without any
+/// production secret a developer may have put in the checkout.
+pub(crate) fn scratch_copy() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let copy = |from: &Path, to: &Path| {
+        let status = Command::new("cp")
+            .arg("-r")
+            .arg(from)
+            .arg(to)
+            .status()
+            .unwrap();
+        assert!(status.success());
+    };
+    std::fs::create_dir_all(dir.path().join("deploy")).unwrap();
+    copy(&repo().join("k8s"), dir.path());
+    copy(&repo().join("deploy/otel"), &dir.path().join("deploy"));
+    let _ = std::fs::remove_file(dir.path().join("k8s/overlays/prod/secrets/jwks.json"));
+    dir
 }
 
 /// Every document of a YAML stream, as JSON values with kind and name.

@@ -77,6 +77,8 @@ pub fn herald_binary(name: &str) -> PathBuf {
 pub fn cluster_config(nats_url: &str, uri: &str, database: &str) -> herald_cluster::ClusterConfig {
     herald_cluster::ClusterConfig {
         nats_url: nats_url.to_owned(),
+        nats_auth: herald_cluster::NatsAuth::None,
+        nats_tls: herald_cluster::NatsTls::default(),
         mongodb_uri: herald_config::Secret::new(uri),
         mongodb_database: database.to_owned(),
         stream: "HERALD".into(),
@@ -117,24 +119,38 @@ pub struct Nats {
     /// The client port.
     pub port: u16,
     dir: TempDir,
+    extra: Vec<String>,
 }
 
 impl Nats {
     /// Starts a server.
     pub async fn start() -> anyhow::Result<Self> {
-        let dir = tempfile::tempdir()?;
-        let port = free_port();
-        let child = Self::spawn(port, dir.path()).await?;
-        Ok(Self { child, port, dir })
+        Self::start_with(&[]).await
     }
 
-    async fn spawn(port: u16, dir: &Path) -> anyhow::Result<Child> {
+    /// Starts a server with more flags (`--user`, `--tls`, ...).
+    pub async fn start_with(extra: &[&str]) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let port = free_port();
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        let child = Self::spawn(port, dir.path(), &extra).await?;
+        Ok(Self {
+            child,
+            port,
+            dir,
+            extra,
+        })
+    }
+
+    async fn spawn(port: u16, dir: &Path, extra: &[String]) -> anyhow::Result<Child> {
         let bin = server_bin(
             "HERALD_NATS_SERVER",
             cache_dir().join("venv/bin/nats-server"),
         );
         let child = Command::new(bin)
-            .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+            .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string()])
+            .args(extra)
+            .arg("-sd")
             .arg(dir)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -163,7 +179,7 @@ impl Nats {
 
     /// A new server on the same port and store directory (after [`Self::stop`]).
     pub async fn resume(&mut self) -> anyhow::Result<()> {
-        self.child = Self::spawn(self.port, self.dir.path()).await?;
+        self.child = Self::spawn(self.port, self.dir.path(), &self.extra).await?;
         Ok(())
     }
 

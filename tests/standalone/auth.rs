@@ -636,3 +636,136 @@ async fn a_token_subject_is_held_to_the_rates_from_any_address() {
     // Another subject from an address alice used is served.
     assert_eq!(publish(&bob, "203.0.113.1").await.unwrap().status(), 201);
 }
+
+/// base64url without padding (RFC 7515's encoding of a JWK's `k`).
+fn b64url(bytes: &[u8]) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let n = chunk.iter().fold(0u32, |n, &b| n << 8 | u32::from(b)) << (8 * (3 - chunk.len()));
+        for i in 0..=chunk.len() {
+            out.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
+        }
+    }
+    out
+}
+
+/// A JWKS document of one HMAC key (an `oct` JWK), the kind `herald token` signs with.
+fn oct_jwks(secret: &str) -> String {
+    json!({"keys": [{"kty": "oct", "alg": "HS256", "k": b64url(secret.as_bytes())}]}).to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_come_from_an_https_jwks_url_and_rotate_on_refresh() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("certs");
+    let (first, second) = (dir.path().join("first.key"), dir.path().join("second.key"));
+    std::fs::write(&first, KEY).unwrap();
+    std::fs::write(&second, format!("{KEY}-rotated")).unwrap();
+    let site = dir.path().join("site");
+    std::fs::create_dir(&site).unwrap();
+    std::fs::write(site.join("jwks.json"), oct_jwks(KEY)).unwrap();
+    // The identity provider: Python's HTTP server over TLS with the test CA's certificate.
+    let port = herald_tests::cluster::free_port();
+    let script = "import http.server, ssl, sys\n\
+        port, root, cert, key = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]\n\
+        handler = lambda *a: http.server.SimpleHTTPRequestHandler(*a, directory=root)\n\
+        server = http.server.ThreadingHTTPServer(('127.0.0.1', port), handler)\n\
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)\n\
+        context.load_cert_chain(cert, key)\n\
+        server.socket = context.wrap_socket(server.socket, server_side=True)\n\
+        server.serve_forever()\n";
+    let _idp = tokio::process::Command::new("python3")
+        .args(["-c", script, &port.to_string()])
+        .arg(&site)
+        .arg(certs.join("server.pem"))
+        .arg(certs.join("server.key"))
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("python3");
+    herald_tests::cluster::wait_port(port).await.unwrap();
+    let url = format!("https://127.0.0.1:{port}/jwks.json");
+    let ca = certs.join("ca.pem");
+    let herald = Herald::start(
+        &dir.path().join("data"),
+        &[
+            "--auth-jwks-url",
+            &url,
+            "--auth-jwks-ca-file",
+            ca.to_str().unwrap(),
+            "--auth-jwks-refresh",
+            "1s",
+        ],
+    )
+    .await
+    .unwrap();
+    let status = |token: String| {
+        let req = herald
+            .api()
+            .http
+            .get(format!("{}/v1/stream?topic=a", herald.api().base))
+            .bearer_auth(token);
+        async move { req.send().await.unwrap().status().as_u16() }
+    };
+    let old = mint(&first, &["--subscribe", "a"]);
+    let new = mint(&second, &["--subscribe", "a", "--publish", "a"]);
+    assert_eq!(status(old.clone()).await, 200);
+    assert_eq!(status(new.clone()).await, 401);
+    // A stream opened with the old key stays open through the rotation.
+    let mut open = herald_tests::SseStream::open(
+        herald
+            .api()
+            .http
+            .get(format!("{}/v1/stream?topic=a", herald.api().base))
+            .bearer_auth(&old),
+    )
+    .await
+    .unwrap();
+    // The provider rotates its key: within a refresh the new one is accepted, the old refused.
+    std::fs::write(site.join("jwks.json"), oct_jwks(&format!("{KEY}-rotated"))).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while status(new.clone()).await != 200 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the rotated key was not fetched"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(status(old).await, 401);
+    let published = herald
+        .api()
+        .http
+        .post(format!("{}/v1/topics/a/events", herald.api().base))
+        .bearer_auth(&new)
+        .json(&json!({"data": "after the rotation"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(published.status(), 201);
+    let event = loop {
+        let e = open
+            .next_within(Duration::from_secs(5))
+            .await
+            .unwrap()
+            .expect("the stream opened before the rotation is still open");
+        if e.event == "message" {
+            break e;
+        }
+    };
+    assert_eq!(event.data, "\"after the rotation\"");
+
+    // A URL that is not https, and a CA file without a URL, do not start.
+    for args in [
+        &["--auth-jwks-url", "http://127.0.0.1/jwks.json"][..],
+        &[
+            "--auth-jwks-ca-file",
+            ca.to_str().unwrap(),
+            "--anonymous-subscribe",
+            ">",
+        ][..],
+    ] {
+        let (code, stderr) = run(args).await;
+        assert_eq!(code, Some(2), "{args:?}: {stderr}");
+    }
+}

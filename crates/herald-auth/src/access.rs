@@ -109,10 +109,10 @@ impl Access {
 
     /// For `POST /v1/auth/cookie`: the bearer token of the request, verified, and the seconds it
     /// stays valid (the cookie's `Max-Age`). Only a verifiable token becomes a cookie.
-    pub fn cookie_token(&self, headers: &HeaderMap) -> Result<(String, u64), ApiError> {
+    pub async fn cookie_token(&self, headers: &HeaderMap) -> Result<(String, u64), ApiError> {
         let token = bearer(headers)?
             .ok_or_else(|| unauthorized("send the token as `Authorization: Bearer <token>`"))?;
-        let principal = self.verified(token)?;
+        let principal = self.verified(token).await?;
         let max_age = principal.expires_in().unwrap_or_default().as_secs().max(1);
         Ok((token.to_owned(), max_age))
     }
@@ -136,7 +136,7 @@ impl Access {
     /// Who the request acts as: 401 for a token that is present but not valid. `stream_uri` is
     /// the URI of a stream request, the one kind of request whose token may come in the query
     /// (an `EventSource` cannot set headers; everything else can).
-    pub fn identify(
+    pub async fn identify(
         &self,
         headers: &HeaderMap,
         stream_uri: Option<&Uri>,
@@ -159,17 +159,17 @@ impl Access {
                 None,
             ));
         }
-        self.verified(&token)
+        self.verified(&token).await
     }
 
     /// The client a JWT names, once verified: 401 for one that does not verify.
-    fn verified(&self, token: &str) -> Result<Principal, ApiError> {
+    async fn verified(&self, token: &str) -> Result<Principal, ApiError> {
         let Some(verifier) = &self.verifier else {
             return Err(unauthorized(
                 "this server has no token keys (it accepts only the publish token)",
             ));
         };
-        let verified = verifier.verify(token).map_err(|e| {
+        let verified = verifier.verify_fresh(token).await.map_err(|e| {
             tracing::debug!(reason = %e, "a token was refused");
             unauthorized(&e.to_string())
         })?;

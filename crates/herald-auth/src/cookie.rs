@@ -52,7 +52,7 @@ pub fn router(access: Arc<Access>) -> Router {
 }
 
 async fn set(State(access): State<Arc<Access>>, headers: HeaderMap) -> Result<Response, ApiError> {
-    let (token, max_age) = access.cookie_token(&headers)?;
+    let (token, max_age) = access.cookie_token(&headers).await?;
     let cookie = format!(
         "{}={token}; Path=/; HttpOnly; Max-Age={max_age}; {}",
         access.cookie_name(),

@@ -26,6 +26,7 @@ pub mod edge;
 pub mod grants;
 pub mod limits;
 pub mod options;
+pub mod remote;
 pub mod token;
 pub mod verify;
 
@@ -33,5 +34,6 @@ pub use access::{Access, TokenSources};
 pub use grants::{Grants, Principal};
 pub use limits::{ClientLimits, LimitOptions};
 pub use options::AuthOptions;
+pub use remote::JwksUrl;
 pub use token::TokenArgs;
 pub use verify::{KeySource, MIN_HMAC_KEY, Rejected, Rules, Verified, Verifier};

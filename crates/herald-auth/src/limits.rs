@@ -3,8 +3,11 @@
 //! publish, read history and report lag (token buckets).
 //!
 //! The client's address is the TCP peer's, or, when the peer is one of `--trusted-proxies`, the
-//! rightmost `X-Forwarded-For` address that is not (a client can prepend anything to that
-//! header; only what the trusted proxies appended is believed). Loopback addresses are never
+//! rightmost address of the forwarding header (`X-Forwarded-For`, or RFC 7239 `Forwarded` with
+//! `--client-ip-header forwarded`) that is not a trusted proxy (a client can prepend anything to
+//! that header; only what the trusted proxies appended is believed). Only the one configured
+//! header is read: a proxy that writes `X-Forwarded-For` passes a client's forged `Forwarded`
+//! through untouched. Loopback addresses are never
 //! limited by address: they are this machine (a local proxy not declared trusted, probes, tools),
 //! and limiting them would limit every client behind them at once. Behind a load balancer, list
 //! its addresses in `--trusted-proxies`, or every client shares its address.
@@ -127,10 +130,20 @@ pub fn cidr(s: &str) -> Result<Cidr, String> {
 /// The per-client limits' options.
 #[derive(Debug, Clone, clap::Args)]
 pub struct LimitOptions {
-    /// Proxies whose X-Forwarded-For is believed (comma-separated networks: 10.0.0.0/8); the
+    /// Proxies whose forwarding header is believed (comma-separated networks: 10.0.0.0/8); the
     /// client is the rightmost address they did not add.
     #[arg(long, env = "HERALD_TRUSTED_PROXIES", value_name = "NETWORKS", value_delimiter = ',', value_parser = cidr)]
     pub trusted_proxies: Vec<Cidr>,
+    /// The header the trusted proxies write the client's address in: `x-forwarded-for` or
+    /// `forwarded` (RFC 7239, its `for=` parameters).
+    #[arg(
+        long,
+        env = "HERALD_CLIENT_IP_HEADER",
+        value_name = "HEADER",
+        default_value = "x-forwarded-for",
+        value_enum
+    )]
+    pub client_ip_header: ClientIpHeader,
     /// Most open streams per client address (`off`: no limit).
     #[arg(long, env = "HERALD_MAX_STREAMS_PER_IP", value_name = "N", default_value = "1000", value_parser = units::count_limit)]
     pub max_streams_per_ip: Limit<usize>,
@@ -151,6 +164,58 @@ pub struct LimitOptions {
     pub lag_report_rate: Limit<Rate>,
 }
 
+/// The header trusted proxies name the client in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ClientIpHeader {
+    /// `X-Forwarded-For: client, proxy1, proxy2` (nginx, most load balancers).
+    #[value(name = "x-forwarded-for")]
+    XForwardedFor,
+    /// `Forwarded: for=client, for=proxy1` (RFC 7239).
+    Forwarded,
+}
+
+impl ClientIpHeader {
+    /// The hops the header lists, first (the client's claim) to last (the nearest proxy's);
+    /// `None` for a hop that is not an address (`unknown`, an obfuscated name, garbage).
+    fn hops(self, headers: &HeaderMap) -> Vec<Option<IpAddr>> {
+        let name = match self {
+            Self::XForwardedFor => "x-forwarded-for",
+            Self::Forwarded => "forwarded",
+        };
+        let values = headers
+            .get_all(name)
+            .iter()
+            .map(|v| v.to_str().unwrap_or(""))
+            .flat_map(|v| v.split(','));
+        match self {
+            Self::XForwardedFor => values.map(|a| a.trim().parse().ok()).collect(),
+            Self::Forwarded => values.map(forwarded_for).collect(),
+        }
+    }
+}
+
+/// The address of one `Forwarded` element's `for=` parameter (RFC 7239 §4, §6): `192.0.2.60`,
+/// `"192.0.2.60:4711"`, `"[2001:db8::17]:4711"`; `None` for `unknown`, an obfuscated node, or an
+/// element without `for=`.
+fn forwarded_for(element: &str) -> Option<IpAddr> {
+    let node = element.split(';').find_map(|pair| {
+        let (key, value) = pair.split_once('=')?;
+        key.trim()
+            .eq_ignore_ascii_case("for")
+            .then(|| value.trim().trim_matches('"'))
+    })?;
+    if let Some(v6) = node.strip_prefix('[') {
+        return v6.split(']').next()?.parse().ok();
+    }
+    node.parse().ok().or_else(|| {
+        node.rsplit_once(':')?
+            .0
+            .parse::<std::net::Ipv4Addr>()
+            .ok()
+            .map(IpAddr::V4)
+    })
+}
+
 /// A bucket not touched for this long is forgotten.
 const IDLE_BUCKET: Duration = Duration::from_secs(60);
 
@@ -164,6 +229,7 @@ struct Bucket {
 #[derive(Debug)]
 pub struct ClientLimits {
     trusted: Vec<Cidr>,
+    header: ClientIpHeader,
     per_ip: Option<usize>,
     per_subject: Option<usize>,
     rates: HashMap<Kind, Rate>,
@@ -194,6 +260,7 @@ impl ClientLimits {
     pub fn none() -> Self {
         Self {
             trusted: Vec::new(),
+            header: ClientIpHeader::XForwardedFor,
             per_ip: None,
             per_subject: None,
             rates: HashMap::new(),
@@ -215,6 +282,7 @@ impl ClientLimits {
         .collect();
         Self {
             trusted: options.trusted_proxies.clone(),
+            header: options.client_ip_header,
             per_ip: options.max_streams_per_ip.0,
             per_subject: options.max_streams_per_subject.0,
             rates,
@@ -228,20 +296,20 @@ impl ClientLimits {
         let trusted = |ip: &IpAddr| self.trusted.iter().any(|c| c.contains(*ip));
         let mut client = peer;
         if trusted(&peer) {
-            let hops: Vec<IpAddr> = headers
-                .get_all("x-forwarded-for")
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .flat_map(|v| v.split(','))
-                .filter_map(|a| a.trim().parse().ok())
-                .collect();
-            client = hops
-                .iter()
-                .rev()
-                .find(|ip| !trusted(ip))
-                .or(hops.first())
-                .copied()
-                .unwrap_or(peer);
+            // Right to left, past the trusted proxies: the first other hop is the client. A hop
+            // that is not an address ends the walk at the proxy that wrote it (what lies left of
+            // it is anyone's claim); a list of trusted proxies only names its first as the client.
+            let hops = self.header.hops(headers);
+            for hop in hops.iter().rev() {
+                match hop {
+                    Some(ip) if trusted(ip) => client = *ip,
+                    Some(ip) => {
+                        client = *ip;
+                        break;
+                    }
+                    None => break,
+                }
+            }
         }
         (!client.is_loopback()).then_some(client)
     }
@@ -445,6 +513,51 @@ mod tests {
         assert_eq!(l.client(ip("10.1.1.1"), &h), Some(ip("198.51.100.7")));
         // From anyone else, the header is not believed.
         assert_eq!(l.client(ip("203.0.113.9"), &h), Some(ip("203.0.113.9")));
+        // A hop that is not an address stops the walk at the proxy that wrote it.
+        h.insert(
+            "x-forwarded-for",
+            HeaderValue::from_static("198.51.100.7, unknown, 10.0.0.5"),
+        );
+        assert_eq!(l.client(ip("10.1.1.1"), &h), Some(ip("10.0.0.5")));
+        // Only the configured header is read: X-Forwarded-For here, a forged Forwarded ignored.
+        h.remove("x-forwarded-for");
+        h.insert("forwarded", HeaderValue::from_static("for=198.51.100.7"));
+        assert_eq!(l.client(ip("10.1.1.1"), &h), Some(ip("10.1.1.1")));
+    }
+
+    #[test]
+    fn forwarded_names_the_client_when_configured() {
+        let mut o: LimitOptions = herald_config::defaults();
+        o.trusted_proxies = vec![cidr("10.0.0.0/8").unwrap()];
+        o.client_ip_header = ClientIpHeader::Forwarded;
+        let l = ClientLimits::new(&o);
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let mut h = HeaderMap::new();
+        h.append(
+            "forwarded",
+            HeaderValue::from_static("for=1.2.3.4, for=\"[2001:db8:cafe::17]:4711\";proto=https"),
+        );
+        h.append(
+            "forwarded",
+            HeaderValue::from_static("For=\"10.0.0.7:80\";by=10.0.0.1"),
+        );
+        assert_eq!(l.client(ip("10.1.1.1"), &h), Some(ip("2001:db8:cafe::17")));
+        h.insert(
+            "forwarded",
+            HeaderValue::from_static("for=198.51.100.7:4711"),
+        );
+        assert_eq!(l.client(ip("10.1.1.1"), &h), Some(ip("198.51.100.7")));
+        h.insert(
+            "forwarded",
+            HeaderValue::from_static("for=1.2.3.4, for=_hidden"),
+        );
+        assert_eq!(l.client(ip("10.1.1.1"), &h), Some(ip("10.1.1.1")));
+        h.insert("x-forwarded-for", HeaderValue::from_static("198.51.100.7"));
+        assert_eq!(
+            l.client(ip("10.1.1.1"), &h),
+            Some(ip("10.1.1.1")),
+            "X-Forwarded-For is not read when Forwarded is the configured header"
+        );
     }
 
     #[test]

@@ -6,7 +6,7 @@ use herald_config::{ConfigError, Secret, units};
 use http::HeaderValue;
 
 use crate::{
-    Access, ClientLimits, Grants, KeySource, LimitOptions, Rules, TokenSources, Verifier,
+    Access, ClientLimits, Grants, JwksUrl, KeySource, LimitOptions, Rules, TokenSources, Verifier,
     cookie::SameSite, grants::grant_pattern,
 };
 
@@ -23,6 +23,18 @@ pub struct AuthOptions {
     /// when it changes, so keys rotate without a restart.
     #[arg(long, env = "HERALD_AUTH_JWKS_FILE", value_name = "FILE")]
     pub auth_jwks_file: Option<PathBuf>,
+    /// Verify tokens with the keys of the JWKS document at this https URL (an identity
+    /// provider's `jwks_uri`), fetched again every --auth-jwks-refresh and when a token names a
+    /// key id not held.
+    #[arg(long, env = "HERALD_AUTH_JWKS_URL", value_name = "URL", value_parser = crate::remote::https_url)]
+    pub auth_jwks_url: Option<String>,
+    /// How often the --auth-jwks-url document is fetched again.
+    #[arg(long, env = "HERALD_AUTH_JWKS_REFRESH", value_name = "DURATION", default_value = "5m", value_parser = units::positive_duration)]
+    pub auth_jwks_refresh: Duration,
+    /// PEM certificates of the CAs that sign the --auth-jwks-url server's certificate, beside
+    /// the built-in Mozilla roots (a private CA).
+    #[arg(long, env = "HERALD_AUTH_JWKS_CA_FILE", value_name = "FILE")]
+    pub auth_jwks_ca_file: Option<PathBuf>,
     /// Tokens must carry this `iss`.
     #[arg(long, env = "HERALD_AUTH_ISSUER", value_name = "ISSUER")]
     pub auth_issuer: Option<String>,
@@ -89,6 +101,16 @@ impl AuthOptions {
                 "--auth-jwks-file",
                 self.auth_jwks_file.clone().map(KeySource::JwksFile),
             ),
+            (
+                "--auth-jwks-url",
+                self.auth_jwks_url.clone().map(|url| {
+                    KeySource::JwksUrl(JwksUrl {
+                        url,
+                        ca_file: self.auth_jwks_ca_file.clone(),
+                        refresh: self.auth_jwks_refresh,
+                    })
+                }),
+            ),
         ]
         .into_iter()
         .filter_map(|(name, source)| source.map(|s| (name, s)))
@@ -125,6 +147,12 @@ impl AuthOptions {
 
     fn access(self, listen: SocketAddr) -> Result<Access, ConfigError> {
         let key = self.key()?;
+        if self.auth_jwks_ca_file.is_some() && self.auth_jwks_url.is_none() {
+            return Err(ConfigError::new(
+                "--auth-jwks-ca-file",
+                "is for the server of --auth-jwks-url, which is not set",
+            ));
+        }
         let explicit = !self.anonymous_subscribe.is_empty() || self.anonymous_publish;
         if key.is_none() && self.publish_token.is_none() && !explicit {
             if !listen.ip().is_loopback() {
@@ -132,8 +160,8 @@ impl AuthOptions {
                     "--listen",
                     format_args!(
                         "{listen} reaches beyond this machine and no access control is set: give \
-                         token keys (--auth-hmac-key-file, --auth-public-key-file or \
-                         --auth-jwks-file), or allow anonymous access explicitly \
+                         token keys (--auth-hmac-key-file, --auth-public-key-file, \
+                         --auth-jwks-file or --auth-jwks-url), or allow anonymous access explicitly \
                          (--anonymous-subscribe '>' to let anyone read, --anonymous-publish to \
                          let anyone publish)"
                     ),

@@ -1,5 +1,6 @@
-//! Verifying a token: the configured keys ([`Keys`]: an HMAC secret, a PEM public key, or a JWKS
-//! document re-read when it changes), the algorithms they allow, and the registered claims.
+//! Verifying a token: the configured keys ([`Keys`]: an HMAC secret, a PEM public key, a JWKS
+//! document re-read when it changes, or one fetched over https), the algorithms they allow, and
+//! the registered claims.
 //!
 //! The algorithms a token may use follow from the key that verifies it, never from the token:
 //! an HMAC secret accepts HS256/384/512, an RSA key RS*/PS*, an EC key ES256/ES384, an Ed25519
@@ -19,7 +20,10 @@ use jsonwebtoken::{
 };
 use serde::Deserialize;
 
-use crate::Grants;
+use crate::{
+    Grants,
+    remote::{JwksUrl, RemoteJwks},
+};
 
 /// The shortest HMAC secret accepted, in bytes (RFC 7518 §3.2: at least the hash's size).
 pub const MIN_HMAC_KEY: usize = 32;
@@ -109,6 +113,9 @@ pub enum KeySource {
     /// A JWKS document (`{"keys": [...]}`); keys are picked by `kid` and the file is re-read when it
     /// changes, so keys rotate without a restart.
     JwksFile(PathBuf),
+    /// A JWKS document fetched over https, refreshed, and fetched again when a token names a key
+    /// id not held (`--auth-jwks-url`).
+    JwksUrl(JwksUrl),
 }
 
 /// What must hold of a token besides its signature.
@@ -134,6 +141,7 @@ pub struct Verifier {
 enum Keys {
     Static(Box<DecodingKey>),
     Jwks(JwksFile),
+    Remote(RemoteJwks),
 }
 
 impl Verifier {
@@ -167,6 +175,7 @@ impl Verifier {
                 Keys::Static(Box::new(key))
             }
             KeySource::JwksFile(path) => Keys::Jwks(JwksFile::load(path)?),
+            KeySource::JwksUrl(url) => Keys::Remote(RemoteJwks::start(url)?),
         };
         Ok(Self { keys, rules })
     }
@@ -176,6 +185,18 @@ impl Verifier {
         self.rules.leeway
     }
 
+    /// [`Verifier::verify`], and for keys fetched over https, once more after fetching the
+    /// document again when the token names a key not held (a key rotated in at the provider).
+    pub async fn verify_fresh(&self, token: &str) -> Result<Verified, Rejected> {
+        match (self.verify(token), &self.keys) {
+            (Err(Rejected::UnknownKey), Keys::Remote(remote)) => {
+                remote.refetch().await;
+                self.verify(token)
+            }
+            (verdict, _) => verdict,
+        }
+    }
+
     /// Verifies `token`: its algorithm against the key, its signature, `exp` (required), `nbf`,
     /// `iss` and `aud`, and the shape of its `herald` claim.
     pub fn verify(&self, token: &str) -> Result<Verified, Rejected> {
@@ -183,6 +204,10 @@ impl Verifier {
         let (key, algorithms) = match &self.keys {
             Keys::Static(key) => (key.as_ref().clone(), key.family().algorithms().to_vec()),
             Keys::Jwks(file) => file.key(header.kid.as_deref())?,
+            Keys::Remote(remote) => {
+                let keys = remote.keys().ok_or(Rejected::UnknownKey)?;
+                jwk_key(find(&keys, header.kid.as_deref()).ok_or(Rejected::UnknownKey)?)?
+            }
         };
         if !algorithms.contains(&header.alg) {
             return Err(Rejected::Algorithm);
@@ -246,15 +271,7 @@ impl JwksFile {
         let modified = std::fs::metadata(path).and_then(|m| m.modified()).ok();
         let keys: JwkSet = serde_json::from_slice(&read(path)?)
             .map_err(|e| format!("{}: not a JWKS document: {e}", path.display()))?;
-        for jwk in &keys.keys {
-            DecodingKey::from_jwk(jwk).map_err(|e| {
-                format!(
-                    "{}: key {:?} is not usable: {e}",
-                    path.display(),
-                    jwk.common.key_id
-                )
-            })?;
-        }
+        check_usable(&keys).map_err(|e| format!("{}: {e}", path.display()))?;
         Ok((keys, modified))
     }
 
@@ -266,14 +283,7 @@ impl JwksFile {
         if due || find(&state.keys, kid).is_none() && state.checked.elapsed() >= JWKS_RECHECK / 10 {
             self.refresh(&mut state);
         }
-        let jwk = find(&state.keys, kid).ok_or(Rejected::UnknownKey)?;
-        let key = DecodingKey::from_jwk(jwk).map_err(|_| Rejected::UnknownKey)?;
-        let algorithms = match jwk.common.key_algorithm.map(Algorithm::try_from) {
-            Some(Ok(alg)) => vec![alg],
-            Some(Err(_)) => return Err(Rejected::Algorithm),
-            None => key.family().algorithms().to_vec(),
-        };
-        Ok((key, algorithms))
+        jwk_key(find(&state.keys, kid).ok_or(Rejected::UnknownKey)?)
     }
 
     /// Re-reads the document if it changed. A document that became unreadable or invalid is
@@ -297,6 +307,27 @@ impl JwksFile {
             }
         }
     }
+}
+
+/// Every key of a JWKS document can verify tokens (checked when a document is loaded, so a
+/// document with one bad key is refused whole rather than half used).
+pub(crate) fn check_usable(keys: &JwkSet) -> Result<(), String> {
+    for jwk in &keys.keys {
+        DecodingKey::from_jwk(jwk)
+            .map_err(|e| format!("key {:?} is not usable: {e}", jwk.common.key_id))?;
+    }
+    Ok(())
+}
+
+/// A JWK's key and the algorithms it allows: the key's `alg` if it names one, else its family's.
+fn jwk_key(jwk: &Jwk) -> Result<(DecodingKey, Vec<Algorithm>), Rejected> {
+    let key = DecodingKey::from_jwk(jwk).map_err(|_| Rejected::UnknownKey)?;
+    let algorithms = match jwk.common.key_algorithm.map(Algorithm::try_from) {
+        Some(Ok(alg)) => vec![alg],
+        Some(Err(_)) => return Err(Rejected::Algorithm),
+        None => key.family().algorithms().to_vec(),
+    };
+    Ok((key, algorithms))
 }
 
 fn find<'a>(keys: &'a JwkSet, kid: Option<&str>) -> Option<&'a Jwk> {

@@ -3,6 +3,7 @@
 
 use std::{sync::Arc, time::Duration};
 
+use anyhow::Context as _;
 use async_nats::{
     Client, HeaderMap,
     jetstream::{
@@ -23,7 +24,7 @@ use herald_telemetry::{Metrics, otel};
 use serde_json::Value;
 
 use crate::{
-    ClusterConfig, Mongo,
+    ClusterConfig, Mongo, NatsAuth,
     envelope::{ALL_SUBJECTS, Stamp, decode, encode, filter_subjects, subject},
     stream,
 };
@@ -69,7 +70,29 @@ impl JetStream {
         mongo: &Mongo,
         metrics: Arc<Metrics>,
     ) -> anyhow::Result<Self> {
-        let client = async_nats::ConnectOptions::new()
+        let mut options = match &config.nats_auth {
+            NatsAuth::None => async_nats::ConnectOptions::new(),
+            NatsAuth::Credentials(path) => async_nats::ConnectOptions::with_credentials_file(path)
+                .await
+                .with_context(|| format!("reading NATS credentials {}", path.display()))?,
+            NatsAuth::UserPassword(user, password) => {
+                async_nats::ConnectOptions::with_user_and_password(
+                    user.clone(),
+                    password.expose().to_owned(),
+                )
+            }
+            NatsAuth::Token(token) => {
+                async_nats::ConnectOptions::with_token(token.expose().to_owned())
+            }
+        };
+        if let Some(ca) = &config.nats_tls.ca_file {
+            options = options.add_root_certificates(ca.clone());
+        }
+        if let Some((cert, key)) = &config.nats_tls.client {
+            options = options.add_client_certificate(cert.clone(), key.clone());
+        }
+        let client = options
+            .require_tls(config.nats_tls.required())
             .name(name)
             .max_reconnects(None)
             .connection_timeout(config.backend_timeout)

@@ -35,7 +35,7 @@ pub use backends::Backends;
 pub use jetstream::JetStream;
 pub use log::ClusterLog;
 pub use mongo::Mongo;
-pub use options::{ClusterConfig, ClusterOptions};
+pub use options::{ClusterConfig, ClusterOptions, NatsAuth, NatsAuthOptions, NatsTls};
 pub use tiered::Tiered;
 
 use std::sync::Arc;

@@ -55,9 +55,7 @@ impl Listeners {
 }
 
 async fn bind(name: &str, what: &str, addr: SocketAddr) -> anyhow::Result<TcpListener> {
-    let listener = TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("binding {addr}"))?;
+    let listener = herald_runtime::serve::bind(addr).with_context(|| format!("binding {addr}"))?;
     let addr = listener.local_addr().context("reading the bound address")?;
     tracing::info!(%addr, "{what}");
     println!("{name} {what} on http://{addr}");

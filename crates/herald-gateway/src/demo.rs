@@ -72,7 +72,7 @@ pub(crate) async fn page(
     headers: HeaderMap,
     Query(params): Query<Params>,
 ) -> Result<Response, ApiError> {
-    let principal = gw.config.access.identify(&headers, None)?;
+    let principal = gw.config.access.identify(&headers, None).await?;
     let topic = match params.topic {
         Some(t) => {
             Topic::new(&t).map_err(|e| ApiError::new(ErrorCode::InvalidTopic, e.to_string()))?

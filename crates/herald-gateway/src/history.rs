@@ -117,7 +117,7 @@ async fn list(
     headers: HeaderMap,
     Query(params): Query<Params>,
 ) -> Result<Response, ApiError> {
-    let principal = reader.access.identify(&headers, None)?;
+    let principal = reader.access.identify(&headers, None).await?;
     let topic =
         Topic::new(&topic).map_err(|e| ApiError::new(ErrorCode::InvalidTopic, e.to_string()))?;
     principal.may_subscribe([topic.as_str()])?;

@@ -64,7 +64,7 @@ pub(crate) async fn v1(
     headers: HeaderMap,
     Query(params): Query<Vec<(String, String)>>,
 ) -> Result<Response, ApiError> {
-    let principal = gw.config.access.identify(&headers, Some(&uri))?;
+    let principal = gw.config.access.identify(&headers, Some(&uri)).await?;
     let topics: Vec<&str> = params
         .iter()
         .filter(|(k, _)| k == "topic")
@@ -110,7 +110,7 @@ pub(crate) async fn compat(
     uri: Uri,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let principal = gw.config.access.identify(&headers, Some(&uri))?;
+    let principal = gw.config.access.identify(&headers, Some(&uri)).await?;
     principal.may_subscribe([gw.config.compat_topic.as_str()])?;
     let filter = TopicFilter::topics([gw.config.compat_topic.clone()]);
     open(

@@ -73,7 +73,7 @@ pub(crate) async fn one(
     let started = Instant::now();
     let result = async {
         // Decided from the head, before the body is read.
-        let principal = state.config.access.identify(&headers, None)?;
+        let principal = state.config.access.identify(&headers, None).await?;
         let valid = Topic::new(&topic).map_err(invalid)?;
         principal.may_publish([valid.as_str()])?;
         charge(&state, &principal)?;
@@ -107,7 +107,7 @@ async fn batch_inner(
     body: Body,
 ) -> Result<Response, ApiError> {
     // The token is checked from the head, before the body is read; the topics, once it is.
-    let principal = state.config.access.identify(headers, None)?;
+    let principal = state.config.access.identify(headers, None).await?;
     let events = async {
         let items: Vec<BatchItem> = read_json(body, state.config.max_body_bytes).await?;
         if items.is_empty() {
@@ -156,7 +156,7 @@ pub(crate) async fn compat(
 ) -> Result<Response, ApiError> {
     let started = Instant::now();
     let result = async {
-        let principal = state.config.access.identify(&headers, None)?;
+        let principal = state.config.access.identify(&headers, None).await?;
         principal.may_publish([state.config.compat_topic.as_str()])?;
         charge(&state, &principal)?;
         let data: Box<RawValue> = read_json(body, state.config.max_body_bytes)

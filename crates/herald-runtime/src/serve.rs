@@ -67,6 +67,25 @@ pub struct ServeOptions {
     pub trust_traceparent: bool,
 }
 
+/// The accept queue asked of the kernel (which caps it at `net.core.somaxconn`, 4096 on current
+/// Linux). tokio's own default is 1,024: a burst of connections beyond it — a region's browsers
+/// reconnecting at once, a flood of opens — has its handshakes dropped, and the clients' TCP
+/// retries them only a second or more later.
+pub const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds a TCP listener on `addr` with [`LISTEN_BACKLOG`] (and `SO_REUSEADDR`, as tokio's
+/// `TcpListener::bind` sets it).
+pub fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 /// The body of every binary's `main`: starts logging and trace export (`service` is the default
 /// `service.name`), runs `run`, flushes the spans, and turns the outcome into the exit code (2 for
 /// a bad log or trace setting, 1 for a failure, said on stderr).

@@ -20,14 +20,12 @@ async fn main() -> ExitCode {
 async fn run(config: Config) -> anyhow::Result<()> {
     let (listen, admin_listen) = (config.listen, config.admin_listen);
     let app = App::build(config).await?;
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("binding {listen}"))?;
+    let listener =
+        herald_runtime::serve::bind(listen).with_context(|| format!("binding {listen}"))?;
     let addr = listener.local_addr().context("reading the bound address")?;
     let admin = match admin_listen {
         Some(at) => Some(
-            tokio::net::TcpListener::bind(at)
-                .await
+            herald_runtime::serve::bind(at)
                 .with_context(|| format!("binding the admin listener {at}"))?,
         ),
         None => None,

@@ -1,5 +1,7 @@
 //! The bus options: which bus, where Redis is, the channel.
 
+use std::path::PathBuf;
+
 use super::*;
 
 /// The channel events travel on by default.
@@ -42,12 +44,66 @@ pub struct RedisOptions {
         value_parser = redis_url
     )]
     pub redis_url: Secret,
+    /// PEM CA certificates the Redis server's certificate is checked against (a `rediss://`
+    /// URL; without this, the system's roots).
+    #[arg(long, env = "HERALD_REDIS_CA_FILE", value_name = "FILE")]
+    pub redis_ca_file: Option<PathBuf>,
+    /// Client certificate (PEM) for Redis mutual TLS, with --redis-tls-key-file.
+    #[arg(
+        long,
+        env = "HERALD_REDIS_TLS_CERT_FILE",
+        value_name = "FILE",
+        requires = "redis_tls_key_file"
+    )]
+    pub redis_tls_cert_file: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(
+        long,
+        env = "HERALD_REDIS_TLS_KEY_FILE",
+        value_name = "FILE",
+        requires = "redis_tls_cert_file"
+    )]
+    pub redis_tls_key_file: Option<PathBuf>,
 }
 
 impl RedisOptions {
-    /// A client for the configured Redis (the URL was checked when it was parsed).
+    /// A client for the configured Redis (the URL was checked when it was parsed): over TLS for
+    /// a `rediss://` URL, with the configured CA and client certificate.
     pub fn client(&self) -> redis::RedisResult<redis::Client> {
-        redis::Client::open(self.redis_url.expose())
+        let url = self.redis_url.expose();
+        if self.redis_ca_file.is_none() && self.redis_tls_cert_file.is_none() {
+            return redis::Client::open(url);
+        }
+        if !url.starts_with("rediss://") {
+            return Err(redis::RedisError::from((
+                redis::ErrorKind::InvalidClientConfig,
+                "--redis-ca-file and --redis-tls-cert-file need a rediss:// URL",
+            )));
+        }
+        let read = |path: &PathBuf| {
+            std::fs::read(path).map_err(|e| {
+                redis::RedisError::from((
+                    redis::ErrorKind::InvalidClientConfig,
+                    "cannot read a Redis TLS file",
+                    format!("{}: {e}", path.display()),
+                ))
+            })
+        };
+        let client_tls = match (&self.redis_tls_cert_file, &self.redis_tls_key_file) {
+            (Some(cert), Some(key)) => Some(redis::ClientTlsConfig {
+                client_cert: read(cert)?,
+                client_key: read(key)?,
+            }),
+            _ => None,
+        };
+        let root_cert = self.redis_ca_file.as_ref().map(read).transpose()?;
+        redis::Client::build_with_tls(
+            url,
+            redis::TlsCertificates {
+                client_tls,
+                root_cert,
+            },
+        )
     }
 }
 
