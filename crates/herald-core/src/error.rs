@@ -20,6 +20,12 @@ pub enum ValidationError {
         "invalid event type {0:?}: use 1-64 characters without control characters (CR, LF, NUL)"
     )]
     EventType(String),
+    /// A publisher named an event type that is Herald's or EventSource's own
+    /// ([`crate::EventType::is_reserved`]).
+    #[error(
+        "event type {0:?} is reserved: `herald.*` names Herald's control events, `error` and `open` EventSource's own"
+    )]
+    ReservedType(String),
     /// The event data is not JSON.
     #[error("event data is not valid JSON: {0}")]
     Data(String),

@@ -102,6 +102,71 @@ pub struct NewEvent {
     pub data: Box<RawValue>,
 }
 
+impl NewEvent {
+    /// An event a publisher sent, checked: the topic's grammar, the type's (`message` when
+    /// none), and no reserved type ([`EventType::is_reserved`]).
+    pub fn checked(
+        topic: &str,
+        event_type: Option<&str>,
+        data: Box<RawValue>,
+    ) -> Result<Self, ValidationError> {
+        let event_type = match event_type {
+            Some(t) => {
+                let t = EventType::new(t)?;
+                if t.is_reserved() {
+                    return Err(ValidationError::ReservedType(t.as_str().to_owned()));
+                }
+                t
+            }
+            None => EventType::default(),
+        };
+        Ok(Self {
+            topic: Topic::new(topic)?,
+            event_type,
+            data,
+        })
+    }
+}
+
+/// The body of a publish to one topic (`POST /v1/topics/{topic}/events`):
+/// `{"type": "...", "data": ...}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PublishBody {
+    /// The event type (`message` when absent).
+    #[serde(rename = "type")]
+    pub event_type: Option<String>,
+    /// The JSON data, kept byte for byte.
+    pub data: Box<RawValue>,
+}
+
+impl PublishBody {
+    /// The event, on `topic`, checked.
+    pub fn into_event(self, topic: &str) -> Result<NewEvent, ValidationError> {
+        NewEvent::checked(topic, self.event_type.as_deref(), self.data)
+    }
+}
+
+/// One event of a batch (`POST /v1/events`): `{"topic": "...", "type": "...", "data": ...}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchItem {
+    /// Where it is published.
+    pub topic: String,
+    /// The event type (`message` when absent).
+    #[serde(rename = "type")]
+    pub event_type: Option<String>,
+    /// The JSON data, kept byte for byte.
+    pub data: Box<RawValue>,
+}
+
+impl BatchItem {
+    /// The event, checked.
+    pub fn into_event(self) -> Result<NewEvent, ValidationError> {
+        NewEvent::checked(&self.topic, self.event_type.as_deref(), self.data)
+    }
+}
+
 /// A sequenced, stored event.
 #[derive(Debug, Clone)]
 pub struct Event {

@@ -9,11 +9,10 @@ use axum::{
     http::{HeaderMap, HeaderValue, StatusCode},
     response::{IntoResponse, Response},
 };
-use herald_core::{EventId, EventType, NewEvent, Topic, ValidationError};
+use herald_core::{BatchItem, EventId, EventType, NewEvent, PublishBody, Topic, ValidationError};
 use herald_runtime::{ApiError, ErrorCode, http::read_json};
 use herald_store::{Appended, Idempotency, StoreError};
 use herald_telemetry::{PublishOutcome, StoreOp};
-use serde::Deserialize;
 use serde_json::{json, value::RawValue};
 use tracing::{Instrument, Span};
 
@@ -21,25 +20,6 @@ use crate::IngestState;
 
 /// The longest `Idempotency-Key` accepted.
 const MAX_KEY_LEN: usize = 256;
-
-/// `{"type": "...", "data": ...}` for one event.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct PublishBody {
-    #[serde(rename = "type")]
-    event_type: Option<String>,
-    data: Box<RawValue>,
-}
-
-/// `{"topic": "...", "type": "...", "data": ...}` in a batch.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct BatchItem {
-    topic: String,
-    #[serde(rename = "type")]
-    event_type: Option<String>,
-    data: Box<RawValue>,
-}
 
 /// The span of reading and validating a publish body (only when traces are exported).
 fn validate_span() -> Span {
@@ -79,7 +59,7 @@ pub(crate) async fn one(
         charge(&state, &principal)?;
         let event = async {
             let body: PublishBody = read_json(body, state.config.max_body_bytes).await?;
-            new_event(&topic, body.event_type.as_deref(), body.data)
+            body.into_event(&topic).map_err(invalid)
         }
         .instrument(validate_span())
         .await?;
@@ -125,7 +105,7 @@ async fn batch_inner(
         }
         items
             .into_iter()
-            .map(|i| new_event(&i.topic, i.event_type.as_deref(), i.data))
+            .map(|i| i.into_event().map_err(invalid))
             .collect::<Result<Vec<_>, _>>()
     }
     .instrument(validate_span())
@@ -196,37 +176,10 @@ async fn single(
     Ok(answer(state, started, &appended, body))
 }
 
-fn new_event(
-    topic: &str,
-    event_type: Option<&str>,
-    data: Box<RawValue>,
-) -> Result<NewEvent, ApiError> {
-    Ok(NewEvent {
-        topic: Topic::new(topic).map_err(invalid)?,
-        event_type: match event_type {
-            Some(t) => {
-                let t = EventType::new(t).map_err(invalid)?;
-                if t.is_reserved() {
-                    return Err(ApiError::new(
-                        ErrorCode::InvalidType,
-                        format!(
-                            "event type {:?} is reserved: `herald.*` names Herald's control events, `error` and `open` EventSource's own",
-                            t.as_str()
-                        ),
-                    ));
-                }
-                t
-            }
-            None => EventType::default(),
-        },
-        data,
-    })
-}
-
 fn invalid(e: ValidationError) -> ApiError {
     let code = match e {
         ValidationError::Topic(_) | ValidationError::Pattern(_) => ErrorCode::InvalidTopic,
-        ValidationError::EventType(_) => ErrorCode::InvalidType,
+        ValidationError::EventType(_) | ValidationError::ReservedType(_) => ErrorCode::InvalidType,
         ValidationError::Data(_) => ErrorCode::InvalidData,
         ValidationError::IdempotencyKey => ErrorCode::InvalidIdempotencyKey,
     };
@@ -309,6 +262,14 @@ fn answer(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn new_event(
+        topic: &str,
+        event_type: Option<&str>,
+        data: Box<RawValue>,
+    ) -> Result<NewEvent, ApiError> {
+        NewEvent::checked(topic, event_type, data).map_err(invalid)
+    }
 
     fn ev(data: &str) -> NewEvent {
         new_event("t", None, RawValue::from_string(data.into()).unwrap()).unwrap()
