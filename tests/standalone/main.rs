@@ -3,6 +3,7 @@
 
 mod api;
 mod auth;
+mod checker;
 mod crash;
 mod delivery;
 mod drain;
