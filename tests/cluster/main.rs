@@ -6,6 +6,7 @@ mod api;
 mod auth;
 mod backend_auth;
 mod bridge;
+mod checker;
 mod cli;
 mod common;
 mod config;

@@ -9,6 +9,7 @@
 //! - [`SseStream`]: an event stream read through the WHATWG decoder in `herald-core`, so tests see
 //!   exactly what a browser would.
 
+pub mod checker;
 pub mod cluster;
 pub mod otlp;
 pub mod process;

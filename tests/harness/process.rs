@@ -178,7 +178,7 @@ pub(crate) fn send_sigterm(pid: u32) -> bool {
 }
 
 /// `kill -<signal> <pid>`; whether it was delivered.
-pub(crate) fn send_signal(pid: u32, signal: &str) -> bool {
+pub fn send_signal(pid: u32, signal: &str) -> bool {
     std::process::Command::new("kill")
         .args([&format!("-{signal}"), &pid.to_string()])
         .status()

@@ -1,349 +1,42 @@
-//! A randomized fault-schedule checker over the real `herald` process (Jepsen-style, seeded and
-//! reproducible). A schedule interleaves publishes (single, batch, keyed, and retries of a key
-//! after a success or an error), subscribers on topics and patterns that disconnect and resume
-//! from their last id, from an old id they saw, or from a foreign one, and `kill -9` or SIGTERM
-//! plus restart of the server. Subscribers behave like `EventSource`: when the stream ends they
-//! come back with their last id. Every acknowledgement and every event every subscriber read is
-//! recorded, then the history is checked:
-//!
-//! - G1: every acknowledged event is in the final replay of everything, with its topic and data;
-//! - G2/G3: no id ever names two different events, and each connection's ids only go up;
-//! - G4: a resume from an id of this server is judged recovered (no retention here), and from a
-//!   foreign id is told `recovered:false`; a recovered connection gets every event after its id
-//!   that its topics match, up to the last one it read — none missing, none twice;
-//! - G5: a key answers with one id however often it is retried, and its data is stored once.
-//!
-//! On a violation it prints the seed and the schedule up to the violation's last operation (a
-//! schedule is replayed from its seed: `HERALD_CHECKER_SEED=N`). `tests/run` runs a few
-//! schedules with new seeds each time (`HERALD_CHECKER_SCHEDULES`, default 4);
-//! `HERALD_CHECKER_SCHEDULES=200` runs for hours.
+//! The fault-schedule checker (`herald_tests::checker`) against the standalone `herald`: its
+//! faults are `kill -9` and SIGTERM plus a restart on the same data directory and port.
 
-use std::{collections::BTreeMap, time::Duration};
+use std::time::Duration;
 
-use herald_core::{EventId, TopicFilter};
-use herald_tests::{Herald, SseStream};
-use serde_json::{Value, json};
-use tokio::sync::mpsc;
+use herald_tests::{
+    Api, Herald,
+    checker::{self, System},
+};
 
-const TOPICS: &[&str] = &["t.a", "t.b", "u.c"];
-const FILTERS: &[&[&str]] = &[&["t.a"], &["t.*"], &[">"], &["u.c", "t.b"]];
-const SUBSCRIBERS: usize = 4;
-const OPERATIONS: usize = 100;
-
-/// One step of a schedule.
-#[derive(Debug, Clone)]
-enum Op {
-    Publish(&'static str),
-    Batch(Vec<&'static str>),
-    Keyed(&'static str),
-    RetryKey,
-    Resume(usize),
-    ResumeOld(usize),
-    ResumeForeign(usize),
-    Kill9,
-    Sigterm,
-    Pause(u64),
-}
-
-fn schedule(seed: u64) -> Vec<Op> {
-    let mut rng = fastrand::Rng::with_seed(seed);
-    let topic = |rng: &mut fastrand::Rng| TOPICS[rng.usize(..TOPICS.len())];
-    (0..OPERATIONS)
-        .map(|_| match rng.usize(0..100) {
-            0..30 => Op::Publish(topic(&mut rng)),
-            30..40 => Op::Batch((0..rng.usize(2..5)).map(|_| topic(&mut rng)).collect()),
-            40..52 => Op::Keyed(topic(&mut rng)),
-            52..60 => Op::RetryKey,
-            60..68 => Op::Resume(rng.usize(..SUBSCRIBERS)),
-            68..74 => Op::ResumeOld(rng.usize(..SUBSCRIBERS)),
-            74..78 => Op::ResumeForeign(rng.usize(..SUBSCRIBERS)),
-            78..82 => Op::Kill9,
-            82..85 => Op::Sigterm,
-            _ => Op::Pause(rng.u64(0..150)),
-        })
-        .collect()
-}
-
-/// What a subscriber is told to do.
-#[derive(Debug)]
-enum Command {
-    /// Drop the connection and come back with this Last-Event-ID (its own last id when `None`);
-    /// `true` when the id is not one this server handed out.
-    Reconnect(Option<String>, bool),
-    /// Move to this server address (after a restart on a new port).
-    Server(String),
-    Stop,
-}
-
-/// One connection of a subscriber, as read.
-#[derive(Debug, Default, Clone)]
-struct Session {
-    /// The Last-Event-ID it was opened with.
-    from: Option<String>,
-    /// Whether that id is not one this server handed out (it must not be judged recovered;
-    /// any other must, with no retention).
-    foreign: bool,
-    /// `recovered` of its `herald.resume`, if one came.
-    recovered: Option<bool>,
-    /// `(id, topic, n)` of every event read, in order.
-    events: Vec<(EventId, String, u64)>,
-}
-
-/// A subscriber that behaves like EventSource: it reconnects with its last id when the stream
-/// ends, retrying while the server is down.
-async fn subscriber(
-    filter: &'static [&'static str],
-    mut base: String,
-    mut commands: mpsc::UnboundedReceiver<Command>,
-) -> Vec<Session> {
-    let http = reqwest::Client::new();
-    let query: String = filter
-        .iter()
-        .map(|t| format!("topic={}", t.replace('>', "%3E")))
-        .collect::<Vec<_>>()
-        .join("&");
-    let mut sessions = Vec::new();
-    let mut last: Option<String> = None;
-    // A Last-Event-ID given by the schedule for the next connection, and whether it is foreign.
-    let mut given: Option<(String, bool)> = None;
-    loop {
-        let (from, foreign) = match given.take() {
-            Some((id, foreign)) => (Some(id), foreign),
-            None => (last.clone(), false),
-        };
-        let mut req = http.get(format!("{base}/v1/stream?{query}"));
-        if let Some(id) = &from {
-            req = req.header("last-event-id", id);
-        }
-        let mut stream = match SseStream::open(req).await {
-            Ok(s) => s,
-            Err(_) => {
-                // Down: wait (a browser waits its retry) or take a command.
-                tokio::select! {
-                    c = commands.recv() => match c {
-                        Some(Command::Stop) | None => return sessions,
-                        Some(Command::Server(b)) => base = b,
-                        Some(Command::Reconnect(id, foreign)) => given = id.map(|id| (id, foreign)),
-                    },
-                    () = tokio::time::sleep(Duration::from_millis(100)) => {}
-                }
-                continue;
-            }
-        };
-        let mut session = Session {
-            from: from.clone(),
-            foreign,
-            ..Session::default()
-        };
-        let stop = loop {
-            tokio::select! {
-                c = commands.recv() => match c {
-                    Some(Command::Stop) | None => break true,
-                    Some(Command::Server(b)) => base = b,
-                    Some(Command::Reconnect(id, foreign)) => {
-                        given = id.map(|id| (id, foreign));
-                        break false;
-                    }
-                },
-                ev = stream.next_within(Duration::from_secs(60)) => match ev {
-                    Ok(Some(ev)) if ev.event == "herald.resume" => {
-                        let v: Value = serde_json::from_str(&ev.data).unwrap_or_default();
-                        session.recovered = v["recovered"].as_bool();
-                    }
-                    Ok(Some(ev)) if ev.event.starts_with("herald.") => {}
-                    Ok(Some(ev)) => {
-                        let id: EventId = ev.id.parse().expect("an event id");
-                        let data: Value = serde_json::from_str(&ev.data).expect("JSON data");
-                        let n = data["n"].as_u64().expect("n");
-                        let topic = data["topic"].as_str().expect("topic").to_owned();
-                        session.events.push((id, topic, n));
-                        last = Some(ev.id);
-                    }
-                    // The server went away: EventSource reconnects with its last id.
-                    Ok(None) | Err(_) => break false,
-                },
-            }
-        };
-        sessions.push(session);
-        if stop {
-            return sessions;
-        }
-        // A browser waits its `retry:` before reconnecting (a draining server refuses at once).
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// Everything a schedule saw.
-#[derive(Debug, Default)]
-struct History {
-    /// n → (id, topic) of acknowledged publishes.
-    acked: BTreeMap<u64, (EventId, String)>,
-    /// n → topic of publishes whose outcome is unknown (an error or a timeout).
-    maybe: BTreeMap<u64, String>,
-    /// key → (n, id) of its first acknowledgement.
-    keys: BTreeMap<String, (u64, EventId)>,
-    /// n of keyed publishes.
-    keyed: Vec<u64>,
-    /// Every id this server handed out, as text.
-    ids: Vec<String>,
-}
-
-struct Run {
+struct Standalone {
     herald: Herald,
-    subs: Vec<mpsc::UnboundedSender<Command>>,
-    history: History,
-    next_n: u64,
-    last_key: Option<(String, &'static str, u64)>,
-    log: Vec<String>,
+    _dir: tempfile::TempDir,
 }
 
-impl Run {
-    fn data(&mut self, topic: &str) -> (u64, Value) {
-        self.next_n += 1;
-        (self.next_n, json!({ "n": self.next_n, "topic": topic }))
+impl Standalone {
+    async fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        // A short drain, so SIGTERM does not wait out the streams; no retention limit is reached.
+        let herald = Herald::start(
+            dir.path(),
+            &["--drain-deadline", "1s", "--drain-jitter", "100ms"],
+        )
+        .await
+        .unwrap();
+        Self { herald, _dir: dir }
+    }
+}
+
+impl System for Standalone {
+    fn publisher(&self) -> Api {
+        self.herald.api()
     }
 
-    fn ack(&mut self, n: u64, id: &str, topic: &str) {
-        let id_parsed: EventId = id.parse().expect("an id in the answer");
-        self.history.acked.insert(n, (id_parsed, topic.to_owned()));
-        self.history.maybe.remove(&n);
-        self.history.ids.push(id.to_owned());
+    fn stream_base(&self, _: usize) -> String {
+        self.herald.api().base
     }
 
-    async fn keyed(&mut self, key: String, topic: &'static str, n: u64) {
-        let answer = keyed_publish(self.herald.api(), &key, topic, n).await;
-        self.record_keyed(key, topic, n, answer);
-    }
-
-    fn record_keyed(
-        &mut self,
-        key: String,
-        topic: &'static str,
-        n: u64,
-        answer: anyhow::Result<herald_tests::Published>,
-    ) {
-        match answer {
-            Ok(p) if p.status.is_success() => {
-                let id = p.id();
-                match self.history.keys.get(&key) {
-                    Some((_, first)) => {
-                        assert_eq!(id, first.to_string(), "G5: key {key} answered two ids")
-                    }
-                    None => {
-                        self.history
-                            .keys
-                            .insert(key.clone(), (n, id.parse().unwrap()));
-                        self.ack(n, &id, topic);
-                    }
-                }
-            }
-            Ok(p) if p.status.is_server_error() => {
-                self.history.maybe.insert(n, topic.to_owned());
-            }
-            Ok(p) => panic!("keyed publish answered {}: {}", p.status, p.body),
-            Err(_) => {
-                self.history.maybe.insert(n, topic.to_owned());
-            }
-        }
-        self.last_key = Some((key, topic, n));
-    }
-
-    async fn apply(&mut self, op: &Op, rng: &mut fastrand::Rng) {
-        match op {
-            Op::Publish(topic) => {
-                let (n, data) = self.data(topic);
-                match self.herald.api().publish(topic, data).await {
-                    Ok(p) if p.status.is_success() => self.ack(n, &p.id(), topic),
-                    Ok(p) if p.status.is_server_error() => {
-                        self.history.maybe.insert(n, topic.to_string());
-                    }
-                    Ok(p) => panic!("publish answered {}: {}", p.status, p.body),
-                    Err(_) => {
-                        self.history.maybe.insert(n, topic.to_string());
-                    }
-                }
-            }
-            Op::Batch(topics) => {
-                let items: Vec<(u64, Value)> = topics.iter().map(|t| self.data(t)).collect();
-                let batch: Vec<Value> = items
-                    .iter()
-                    .zip(topics)
-                    .map(|((_, data), t)| json!({ "topic": t, "data": data }))
-                    .collect();
-                match self.herald.api().publish_batch(json!(batch)).await {
-                    Ok(p) if p.status.is_success() => {
-                        let ids: Vec<String> = p.body["events"]
-                            .as_array()
-                            .expect("events in a batch answer")
-                            .iter()
-                            .map(|e| e["id"].as_str().unwrap().to_owned())
-                            .collect();
-                        assert_eq!(ids.len(), items.len());
-                        for (((n, _), t), id) in items.iter().zip(topics).zip(&ids) {
-                            self.ack(*n, id, t);
-                        }
-                    }
-                    Ok(p) if p.status.is_server_error() => {
-                        for ((n, _), t) in items.iter().zip(topics) {
-                            self.history.maybe.insert(*n, t.to_string());
-                        }
-                    }
-                    Ok(p) => panic!("batch answered {}: {}", p.status, p.body),
-                    Err(_) => {
-                        for ((n, _), t) in items.iter().zip(topics) {
-                            self.history.maybe.insert(*n, t.to_string());
-                        }
-                    }
-                }
-            }
-            Op::Keyed(topic) => {
-                self.next_n += 1;
-                let n = self.next_n;
-                self.history.keyed.push(n);
-                self.keyed(format!("key-{n}"), topic, n).await;
-            }
-            Op::RetryKey => {
-                if let Some((key, topic, n)) = self.last_key.clone() {
-                    self.keyed(key, topic, n).await;
-                }
-            }
-            Op::Resume(s) => {
-                let _ = self.subs[*s].send(Command::Reconnect(None, false));
-            }
-            Op::ResumeOld(s) => {
-                let ids = &self.history.ids;
-                if !ids.is_empty() {
-                    let id = ids[rng.usize(..ids.len())].clone();
-                    self.log
-                        .push(format!("  (subscriber {s} resumes from {id})"));
-                    let _ = self.subs[*s].send(Command::Reconnect(Some(id), false));
-                }
-            }
-            Op::ResumeForeign(s) => {
-                let foreign = ["9999-1", "not-an-id"][rng.usize(..2)].to_owned();
-                let _ = self.subs[*s].send(Command::Reconnect(Some(foreign), true));
-            }
-            Op::Kill9 => {
-                // A keyed publish in flight when the process dies: acknowledged, or unknown
-                // until a retry of its key settles it.
-                self.next_n += 1;
-                let n = self.next_n;
-                self.history.keyed.push(n);
-                let (key, topic) = (format!("key-{n}"), TOPICS[rng.usize(..TOPICS.len())]);
-                let api = self.herald.api();
-                let k = key.clone();
-                let in_flight = tokio::spawn(async move { keyed_publish(api, &k, topic, n).await });
-                tokio::time::sleep(Duration::from_micros(rng.u64(0..3000))).await;
-                self.restart(false).await;
-                let answer = in_flight.await.unwrap();
-                self.record_keyed(key, topic, n, answer);
-            }
-            Op::Sigterm => self.restart(true).await,
-            Op::Pause(ms) => tokio::time::sleep(Duration::from_millis(*ms)).await,
-        }
-    }
-
-    async fn restart(&mut self, graceful: bool) {
+    async fn fault(&mut self, _: &mut fastrand::Rng, graceful: bool) -> String {
         if graceful {
             self.herald.sigterm();
             let status = self
@@ -353,236 +46,21 @@ impl Run {
                 .expect("herald exits after SIGTERM");
             assert!(status.success(), "SIGTERM: {status}");
         }
-        self.herald.restart().await.expect("herald restarts");
-        for sub in &self.subs {
-            let _ = sub.send(Command::Server(self.herald.api().base.clone()));
+        self.herald.restart_same_port().await.expect("restart");
+        if graceful {
+            "SIGTERM, restart"
+        } else {
+            "kill -9, restart"
         }
+        .to_owned()
     }
-}
 
-async fn keyed_publish(
-    api: herald_tests::Api,
-    key: &str,
-    topic: &str,
-    n: u64,
-) -> anyhow::Result<herald_tests::Published> {
-    let body = json!({ "data": { "n": n, "topic": topic } }).to_string();
-    api.publish_raw(topic, body, Some(key)).await
-}
-
-/// Runs one schedule; panics with the seed and the schedule on a violation.
-async fn check(seed: u64) -> (usize, usize, usize) {
-    let ops = schedule(seed);
-    let dir = tempfile::tempdir().unwrap();
-    // A short drain, so SIGTERM does not wait out the streams. The default idempotency window
-    // (24 h) outlives the run; no retention limit is reached.
-    let herald = Herald::start(
-        dir.path(),
-        &["--drain-deadline", "1s", "--drain-jitter", "100ms"],
-    )
-    .await
-    .unwrap();
-    let mut subs = Vec::new();
-    let mut tasks = Vec::new();
-    for i in 0..SUBSCRIBERS {
-        let (tx, rx) = mpsc::unbounded_channel();
-        subs.push(tx);
-        tasks.push(tokio::spawn(subscriber(
-            FILTERS[i % FILTERS.len()],
-            herald.api().base.clone(),
-            rx,
-        )));
+    async fn crash_publisher(&mut self) {
+        self.herald.restart_same_port().await.expect("restart");
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let mut run = Run {
-        herald,
-        subs,
-        history: History::default(),
-        next_n: 0,
-        last_key: None,
-        log: Vec::new(),
-    };
-    let mut rng = fastrand::Rng::with_seed(seed ^ 0x5eed);
-    let mut faults = 0;
-    for op in &ops {
-        run.log.push(format!("{op:?}"));
-        if matches!(op, Op::Kill9 | Op::Sigterm) {
-            faults += 1;
-        }
-        run.apply(op, &mut rng).await;
-    }
-    // Settle the last key: its retry answers with the first id, or stores it once now.
-    if run.last_key.is_some() {
-        run.apply(&Op::RetryKey, &mut rng).await;
-    }
-    // Let the subscribers catch up with the last acknowledged event, then stop them.
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    for sub in &run.subs {
-        let _ = sub.send(Command::Stop);
-    }
-    let mut all = Vec::new();
-    for task in tasks {
-        all.push(task.await.unwrap());
-    }
-    let schedule_text = run.log.join("\n");
-    let fail = |what: String| -> ! {
-        panic!("seed {seed}: {what}\nschedule:\n{schedule_text}");
-    };
-
-    // The final replay of everything, from before the first event, up to the newest event
-    // anyone saw (acknowledged, or read by a subscriber after an unanswered publish).
-    let seen = all
-        .iter()
-        .flatten()
-        .flat_map(|session| session.events.iter().map(|(id, _, _)| *id));
-    let ids: Vec<EventId> = run
-        .history
-        .acked
-        .values()
-        .map(|(id, _)| *id)
-        .chain(seen)
-        .collect();
-    let Some(epoch) = ids.first().map(|id| id.epoch) else {
-        return (ops.len(), faults, 0);
-    };
-    let head = ids.iter().map(|id| id.seq).max().unwrap_or(0);
-    let mut everything: BTreeMap<u64, (String, u64)> = BTreeMap::new();
-    if head > 0 {
-        let mut stream = run
-            .herald
-            .api()
-            .stream(
-                "/v1/stream?topic=%3E",
-                Some(&EventId::new(epoch, 0).to_string()),
-            )
-            .await
-            .unwrap();
-        while everything.keys().next_back().copied().unwrap_or(0) < head {
-            match stream.next().await {
-                Ok(Some(ev)) if ev.event.starts_with("herald.") => {
-                    if ev.event == "herald.resume" && !ev.data.contains("\"recovered\":true") {
-                        fail(format!("the final replay was not recovered: {}", ev.data));
-                    }
-                }
-                Ok(Some(ev)) => {
-                    let id: EventId = ev.id.parse().unwrap();
-                    let data: Value = serde_json::from_str(&ev.data).unwrap();
-                    let n = data["n"].as_u64().unwrap();
-                    let topic = data["topic"].as_str().unwrap().to_owned();
-                    if everything.insert(id.seq, (topic, n)).is_some() {
-                        fail(format!("the final replay sent {id} twice"));
-                    }
-                }
-                other => fail(format!("the final replay ended early: {other:?}")),
-            }
-        }
-    }
-    // G1: every acknowledged event is there, as published.
-    for (n, (id, topic)) in &run.history.acked {
-        match everything.get(&id.seq) {
-            Some((t, m)) if t == topic && m == n => {}
-            other => fail(format!(
-                "G1: acknowledged event n={n} {id} on {topic} is {other:?} in the replay"
-            )),
-        }
-    }
-    // G5: a key's data is stored once.
-    for n in &run.history.keyed {
-        let copies = everything.values().filter(|(_, m)| m == n).count();
-        if copies > 1 {
-            fail(format!("G5: keyed event n={n} stored {copies} times"));
-        }
-    }
-    // Every event read by anyone is the one the replay has under its id (G2/G3).
-    let mut events_checked = 0;
-    for (s, sessions) in all.iter().enumerate() {
-        let filter = TopicFilter::parse(FILTERS[s % FILTERS.len()].to_vec()).unwrap();
-        for session in sessions {
-            let mut previous: Option<EventId> = None;
-            for (id, topic, n) in &session.events {
-                events_checked += 1;
-                if id.epoch != epoch {
-                    fail(format!("subscriber {s} read {id} of another epoch"));
-                }
-                match everything.get(&id.seq) {
-                    Some((t, m)) if t == topic && m == n => {}
-                    other => fail(format!(
-                        "G2: subscriber {s} read {id} as n={n} on {topic}; the replay has {other:?}"
-                    )),
-                }
-                if !filter.matches(topic) {
-                    fail(format!(
-                        "subscriber {s} read {id} on {topic}, not its topics"
-                    ));
-                }
-                if previous.is_some_and(|p| p.seq >= id.seq) {
-                    fail(format!("G3: subscriber {s} read {id} after {previous:?}"));
-                }
-                previous = Some(*id);
-            }
-            // G4: the verdict, and nothing missing after the resume point.
-            let from: Option<EventId> = session.from.as_deref().and_then(|f| f.parse().ok());
-            if session.from.is_some() {
-                match (!session.foreign, session.recovered) {
-                    (true, Some(false)) => fail(format!(
-                        "G4: subscriber {s} resuming from its own {:?} was not recovered",
-                        session.from
-                    )),
-                    (false, Some(true)) => fail(format!(
-                        "G4: subscriber {s} resuming from foreign {:?} was told recovered",
-                        session.from
-                    )),
-                    _ => {}
-                }
-            }
-            let Some((last, _, _)) = session.events.last() else {
-                continue;
-            };
-            let start = match (session.recovered, from) {
-                (Some(true), Some(from)) => from.seq,
-                // Live: from the first event read.
-                _ => session.events[0].0.seq - 1,
-            };
-            let want: Vec<u64> = everything
-                .range(start + 1..=last.seq)
-                .filter(|(_, (t, _))| filter.matches(t))
-                .map(|(seq, _)| *seq)
-                .collect();
-            let got: Vec<u64> = session.events.iter().map(|(id, _, _)| id.seq).collect();
-            if got != want {
-                fail(format!(
-                    "G4: subscriber {s} (from {:?}, recovered {:?}) read {got:?}, wants {want:?}",
-                    session.from, session.recovered
-                ));
-            }
-        }
-    }
-    (ops.len(), faults, events_checked)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn random_fault_schedules_keep_every_guarantee() {
-    let schedules: u64 = std::env::var("HERALD_CHECKER_SCHEDULES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(4);
-    let seeds: Vec<u64> = match std::env::var("HERALD_CHECKER_SEED") {
-        Ok(seed) => vec![seed.parse().expect("HERALD_CHECKER_SEED is a number")],
-        Err(_) => {
-            let first = fastrand::u64(..1 << 32);
-            (first..first + schedules).collect()
-        }
-    };
-    let (mut ops, mut faults, mut events) = (0, 0, 0);
-    for &seed in &seeds {
-        eprintln!("checker: seed {seed} (HERALD_CHECKER_SEED={seed} replays it)");
-        let (o, f, e) = check(seed).await;
-        ops += o;
-        faults += f;
-        events += e;
-    }
-    eprintln!(
-        "checker: {} schedules, {ops} operations, {faults} process faults, {events} events read and checked, 0 violations",
-        seeds.len()
-    );
+    checker::run_all("standalone", Standalone::start).await;
 }
