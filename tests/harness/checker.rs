@@ -373,14 +373,32 @@ async fn keyed_publish(api: Api, key: &str, topic: &str, n: u64) -> anyhow::Resu
 }
 
 /// What one schedule did.
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone)]
 pub struct Tally {
     /// Operations run.
     pub operations: usize,
-    /// Faults injected (process kills and restarts, backend restarts).
-    pub faults: usize,
+    /// Faults injected, by kind (process kills and restarts, backend restarts and pauses).
+    pub faults: BTreeMap<String, usize>,
     /// Events read by subscribers and checked.
     pub events: usize,
+}
+
+impl Tally {
+    fn add(&mut self, other: Tally) {
+        self.operations += other.operations;
+        self.events += other.events;
+        for (kind, n) in other.faults {
+            *self.faults.entry(kind).or_default() += n;
+        }
+    }
+}
+
+/// A fault's kind: its description without the process number and the pause length.
+fn fault_kind(what: &str) -> String {
+    what.split(' ')
+        .filter(|w| !w.chars().next().is_some_and(|c| c.is_ascii_digit()))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// Runs the schedule of `seed` against `system`; panics with the seed and the schedule on a
@@ -408,13 +426,20 @@ pub async fn check<S: System>(system: S, seed: u64) -> Tally {
         log: Vec::new(),
     };
     let mut rng = fastrand::Rng::with_seed(seed ^ 0x5eed);
-    let mut faults = 0;
     for op in &ops {
         run.log.push(format!("{op:?}"));
-        if matches!(op, Op::Kill9 | Op::Sigterm | Op::CrashPublishing) {
-            faults += 1;
-        }
         run.apply(op, &mut rng).await;
+    }
+    let mut faults: BTreeMap<String, usize> = BTreeMap::new();
+    for line in &run.log {
+        if let Some(what) = line.strip_prefix("  (").and_then(|l| l.strip_suffix(')'))
+            && !what.starts_with("subscriber")
+        {
+            *faults.entry(fault_kind(what)).or_default() += 1;
+        }
+        if line == "CrashPublishing" {
+            *faults.entry("crash while publishing".into()).or_default() += 1;
+        }
     }
     // Settle the last key: its retry answers with the first id, or stores it once now.
     if run.last_key.is_some() {
@@ -601,15 +626,13 @@ where
     let mut total = Tally::default();
     for &seed in &seeds {
         eprintln!("checker ({what}): seed {seed} (HERALD_CHECKER_SEED={seed} replays it)");
-        let tally = check(start().await, seed).await;
-        total.operations += tally.operations;
-        total.faults += tally.faults;
-        total.events += tally.events;
+        total.add(check(start().await, seed).await);
     }
     eprintln!(
-        "checker ({what}): {} schedules, {} operations, {} faults, {} events read and checked, 0 violations",
+        "checker ({what}): {} schedules, {} operations, {} faults ({:?}), {} events read and checked, 0 violations",
         seeds.len(),
         total.operations,
+        total.faults.values().sum::<usize>(),
         total.faults,
         total.events
     );
