@@ -4,6 +4,8 @@
 //! through a failing or broken document, and never fetched from a server whose certificate is
 //! not trusted.
 
+mod common;
+
 use std::{
     path::{Path, PathBuf},
     sync::{
@@ -13,9 +15,10 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
+use common::{jwks, key_file};
 use herald_auth::{JwksUrl, KeySource, Rejected, Rules, Verifier};
 use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
-use serde_json::{Value, json};
+use serde_json::json;
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::TcpListener,
@@ -32,23 +35,6 @@ fn certs(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../../tests/certs")
         .join(name)
-}
-
-fn key_file(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/keys")
-        .join(name)
-}
-
-fn jwks(names: &[&str]) -> String {
-    let keys: Vec<Value> = names
-        .iter()
-        .map(|n| {
-            serde_json::from_slice(&std::fs::read(key_file(&format!("{n}.jwk.json"))).unwrap())
-                .unwrap()
-        })
-        .collect();
-    json!({ "keys": keys }).to_string()
 }
 
 fn token(kid: &str, key: &str) -> String {

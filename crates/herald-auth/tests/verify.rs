@@ -1,22 +1,16 @@
 //! The token matrix, against the verifier the servers use: every way a token can be wrong is
 //! refused with its reason, and the right token is accepted with its grants.
 
-use std::{
-    path::{Path, PathBuf},
-    time::{Duration, SystemTime, UNIX_EPOCH},
-};
+mod common;
 
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use common::{jwks, key_file};
 use herald_auth::{Grants, KeySource, Rejected, Rules, Verifier};
 use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
 use serde_json::{Value, json};
 
 const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef-test-secret";
-
-fn key_file(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/keys")
-        .join(name)
-}
 
 fn now() -> u64 {
     SystemTime::now()
@@ -247,17 +241,6 @@ fn bad_keys_are_refused_at_start() {
         let e = Verifier::load(&KeySource::JwksFile(bad_jwks.clone()), Rules::default());
         assert!(e.is_err(), "{doc}");
     }
-}
-
-fn jwks(names: &[&str]) -> String {
-    let keys: Vec<Value> = names
-        .iter()
-        .map(|n| {
-            serde_json::from_slice(&std::fs::read(key_file(&format!("{n}.jwk.json"))).unwrap())
-                .unwrap()
-        })
-        .collect();
-    json!({ "keys": keys }).to_string()
 }
 
 #[test]
