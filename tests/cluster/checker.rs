@@ -78,9 +78,9 @@ impl System for Distributed {
         }
     }
 
-    async fn crash_publisher(&mut self) {
+    async fn crash_publisher(&mut self, rng: &mut fastrand::Rng) {
         // nginx spreads publishes over both ingests: the one killed may be the one reached.
-        let i = fastrand::usize(0..2);
+        let i = rng.usize(0..2);
         self.cluster.ingests[i]
             .restart_same_port()
             .await
@@ -171,8 +171,8 @@ impl System for RedisBus {
         }
     }
 
-    async fn crash_publisher(&mut self) {
-        let i = fastrand::usize(0..2);
+    async fn crash_publisher(&mut self, rng: &mut fastrand::Rng) {
+        let i = rng.usize(0..2);
         self.ingests[i].restart_same_port().await.expect("restart");
     }
 }

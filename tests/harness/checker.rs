@@ -39,9 +39,9 @@ pub trait System {
     /// One fault picked with `rng` (`graceful`: SIGTERM rather than `kill -9` where it applies),
     /// done and recovered from (the process restarted); what it was, for the schedule.
     async fn fault(&mut self, rng: &mut fastrand::Rng, graceful: bool) -> String;
-    /// Kills and restarts the process the publisher's requests reach (an in-flight publish then
-    /// has an unknown outcome).
-    async fn crash_publisher(&mut self);
+    /// Kills and restarts the process the publisher's requests reach, picked with `rng` where
+    /// there are several (an in-flight publish then has an unknown outcome).
+    async fn crash_publisher(&mut self, rng: &mut fastrand::Rng);
 }
 const TOPICS: &[&str] = &["t.a", "t.b", "u.c"];
 const FILTERS: &[&[&str]] = &[&["t.a"], &["t.*"], &[">"], &["u.c", "t.b"]];
@@ -358,7 +358,7 @@ impl<S: System> Run<S> {
                 let k = key.clone();
                 let in_flight = tokio::spawn(async move { keyed_publish(api, &k, topic, n).await });
                 tokio::time::sleep(Duration::from_micros(rng.u64(0..3000))).await;
-                self.system.crash_publisher().await;
+                self.system.crash_publisher(rng).await;
                 let answer = in_flight.await.unwrap();
                 self.record_keyed(key, topic, n, answer);
             }

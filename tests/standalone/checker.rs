@@ -55,7 +55,7 @@ impl System for Standalone {
         .to_owned()
     }
 
-    async fn crash_publisher(&mut self) {
+    async fn crash_publisher(&mut self, _: &mut fastrand::Rng) {
         self.herald.restart_same_port().await.expect("restart");
     }
 }
