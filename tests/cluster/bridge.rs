@@ -488,8 +488,9 @@ async fn pubsub_loses_only_the_window_without_a_bridge_and_doubles_nothing() {
                 let message = json!({ "id": format!("P{i}"), "score": i }).to_string();
                 // A legacy publisher that retries until Redis takes the message.
                 loop {
-                    let r: redis::RedisResult<i64> = conn.publish("updates", &message).await;
+                    // When it was sent: Redis counted its receivers after this.
                     let at = Instant::now();
+                    let r: redis::RedisResult<i64> = conn.publish("updates", &message).await;
                     match r {
                         Ok(n) => {
                             sent.lock().unwrap().push(Sent {
@@ -520,7 +521,17 @@ async fn pubsub_loses_only_the_window_without_a_bridge_and_doubles_nothing() {
     let bridge_killed = Instant::now();
     a.kill9().await;
     // The publisher goes on while the kill takes effect: a message published up to here may
-    // have been heard by the bridge that was dying.
+    // have been heard by the bridge that was dying. Redis counts the dead bridge's subscription
+    // (a PUBLISH reports it as a receiver) until it has read the closed socket, so the bridge is
+    // gone for the publisher once NUMSUB no longer counts it (CI saw P301 counted after kill9).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while numsub(&redis, "updates").await > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "Redis still counts the killed bridges"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
     let bridge_gone = Instant::now();
     tokio::time::sleep(Duration::from_millis(500)).await;
     a.restart_same_port().await.unwrap();
