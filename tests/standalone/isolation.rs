@@ -156,6 +156,17 @@ async fn a_slow_reader_catches_up_in_place_and_a_stopped_one_is_cut_off() {
     let api = herald.api();
     let stopped = stalled_subscriber(&herald.base, "topic=t");
     let mut slow = api.stream("/v1/stream?topic=t", None).await.unwrap();
+    // The stopped reader's stream must be open before the first publish: opened late, it would
+    // be sent only the tail, which its socket buffers can hold whole, and never be cut off.
+    let mut open = 0.0;
+    for _ in 0..100 {
+        open = api.metric("herald_connections_open").await.unwrap();
+        if open >= 2.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(open, 2.0, "both streams are open");
     let payload = "y".repeat(16 * 1024);
     let total = 600usize;
     let publisher = {
