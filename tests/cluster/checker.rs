@@ -2,8 +2,9 @@
 //! ingests and two gateways behind nginx, over NATS and the MongoDB-wire server, or over Redis
 //! and MongoDB (`--bus redis`). Publishes go through nginx; subscribers connect through nginx or
 //! straight to a gateway. Faults: `kill -9` or SIGTERM and restart of a gateway or an ingest, a
-//! NATS or Redis restart (NATS keeps its disk), and a MongoDB restart (over NATS) or pause (over
-//! Redis, where MongoDB is the commit point: see `RedisBus::fault`).
+//! NATS restart with or without its disk (the running processes make the stream again), a Redis
+//! restart, and a MongoDB restart (over NATS) or pause (over Redis, where MongoDB is the commit
+//! point: see `RedisBus::fault`).
 
 use std::time::Duration;
 
@@ -56,10 +57,7 @@ impl System for Distributed {
                 let i = rng.usize(0..2);
                 restart_one(&mut self.cluster.ingests, "ingest", i, graceful).await
             }
-            // Off unless asked for: running ingests and gateways do not recreate a stream NATS
-            // lost (they answer 503 and refuse streams in band until one of them restarts), so
-            // every schedule with this fault fails for now (docs/guarantees.md).
-            2 if std::env::var_os("HERALD_CHECKER_NATS_DISK_LOSS").is_some() && rng.bool() => {
+            2 if rng.bool() => {
                 self.cluster
                     .nats
                     .restart_empty()

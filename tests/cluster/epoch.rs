@@ -1,6 +1,6 @@
-//! NATS loses its disk: the stream is gone while MongoDB keeps the history. The next process to
-//! start recreates it in the same epoch, continuing MongoDB's sequence, so old ids stay valid and
-//! no id is ever reused.
+//! NATS loses its disk: the stream is gone while MongoDB keeps the history. The running processes
+//! (or the next one to start) recreate it in the same epoch, continuing MongoDB's sequence, so old
+//! ids stay valid and no id is ever reused.
 
 use std::time::Duration;
 
@@ -52,6 +52,88 @@ async fn a_lost_stream_is_recreated_in_the_same_epoch_after_mongodbs_history() {
     };
     let got: Vec<&str> = events.iter().map(|e| e.id.as_str()).collect();
     assert_eq!(got, [&ids[2], &ids[3], &ids[4], &after]);
+}
+
+/// NATS loses its disk while every Herald process runs: without a restart, publishes are
+/// acknowledged again within seconds (the stream made again in the same epoch, after the ids
+/// handed out), a subscriber that stayed connected gets the new events, and an old id resumes.
+/// (Before, the ingest answered 503 and streams were refused until a process restarted.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn running_processes_recreate_the_stream_nats_lost() {
+    let mut cluster = Cluster::start(2, 2, &[]).await;
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let api = cluster.ingests[i % 2].api();
+        let (id, _) = publish_until_acked(&api, "t", &format!("before{i}"), json!(i)).await;
+        ids.push(id);
+    }
+    let mut live = cluster.gateways[1]
+        .api()
+        .stream("/v1/stream?topic=t", None)
+        .await
+        .unwrap();
+
+    cluster.nats.restart_empty().await.unwrap();
+    let lost = tokio::time::Instant::now();
+    // Each ingest publishes again once the stream is back; a single and a batch.
+    let mut after = Vec::new();
+    for (i, ingest) in cluster.ingests.iter().enumerate() {
+        let api = ingest.api();
+        loop {
+            let r = api.publish("t", json!({"after": i})).await.unwrap();
+            if r.status == 201 {
+                after.push(r.id());
+                break;
+            }
+            assert!(
+                lost.elapsed() < Duration::from_secs(15),
+                "ingest {i} still answers {} {} after NATS came back without its stream",
+                r.status,
+                r.body
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    let r = cluster.ingests[0]
+        .api()
+        .publish_batch(json!([{"topic": "t", "data": "b1"}, {"topic": "t", "data": "b2"}]))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 201, "{}", r.body);
+    for e in r.body["events"].as_array().unwrap() {
+        after.push(e["id"].as_str().unwrap().to_owned());
+    }
+    println!(
+        "publishes acknowledged again {:?} after NATS lost its stream",
+        lost.elapsed()
+    );
+    let last_before = seq_of(&ids[4]);
+    for (k, id) in after.iter().enumerate() {
+        assert_eq!(epoch_of(id), epoch_of(&ids[0]), "the epoch changed");
+        assert_eq!(
+            seq_of(id),
+            last_before + 1 + k as u64,
+            "{after:?} after {ids:?}"
+        );
+    }
+
+    let (got, _) = live.collect(after.len()).await.unwrap();
+    let got: Vec<&str> = got.iter().map(|e| e.id.as_str()).collect();
+    assert_eq!(got, after, "the connected subscriber's events");
+
+    for gateway in &cluster.gateways {
+        let mut s = gateway
+            .api()
+            .stream("/v1/stream?topic=t", Some(&ids[2]))
+            .await
+            .unwrap();
+        let verdict = s.next().await.unwrap().unwrap();
+        assert_eq!(verdict.data, r#"{"recovered":true}"#);
+        let (events, _) = s.collect(2 + after.len()).await.unwrap();
+        let got: Vec<&str> = events.iter().map(|e| e.id.as_str()).collect();
+        let want: Vec<&str> = ids[3..].iter().chain(&after).map(String::as_str).collect();
+        assert_eq!(got, want, "a resume across the lost stream");
+    }
 }
 
 /// G2: a stream recreated after MongoDB's retention removed every event never hands out an id

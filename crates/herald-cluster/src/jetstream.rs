@@ -1,15 +1,23 @@
 //! Herald on NATS JetStream: publish (the PubAck's sequence is the global sequence), the
 //! gateway's one live feed, and replay reads filtered to a connection's topics.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
 
 use anyhow::Context as _;
 use async_nats::{
-    Client, HeaderMap,
+    Client, HeaderMap, RequestErrorKind,
     jetstream::{
-        self,
+        self, ErrorCode,
         consumer::{AckPolicy, DeliverPolicy, pull},
+        context::{GetStreamErrorKind, PublishErrorKind},
         message::PublishMessage,
+        stream::ConsumerErrorKind,
     },
 };
 use async_trait::async_trait;
@@ -50,6 +58,35 @@ pub struct JetStream {
     timeout: Duration,
     metrics: Arc<Metrics>,
     reads: Arc<tokio::sync::Semaphore>,
+    recovery: Arc<Recovery>,
+}
+
+/// What it takes to make the stream again while running, when NATS lost it.
+#[derive(Debug)]
+struct Recovery {
+    config: ClusterConfig,
+    mongo: Mongo,
+    /// The highest sequence this process saw handed out: published or delivered live.
+    seen: AtomicU64,
+    /// One recovery at a time; a caller that waited finds the stream made.
+    one: tokio::sync::Mutex<()>,
+}
+
+/// The stream is gone: NATS lost its storage (or an operator deleted it). Carried inside
+/// [`StoreError::Unavailable`] so that the operation can make the stream again and try once more.
+#[derive(Debug)]
+struct StreamMissing;
+
+impl std::fmt::Display for StreamMissing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the stream is missing")
+    }
+}
+
+impl std::error::Error for StreamMissing {}
+
+fn missing(e: &StoreError) -> bool {
+    matches!(e, StoreError::Unavailable(inner) if inner.is::<StreamMissing>())
 }
 
 /// What a publish got from JetStream.
@@ -114,7 +151,65 @@ impl JetStream {
             timeout: config.backend_timeout,
             metrics,
             reads: Arc::new(tokio::sync::Semaphore::new(CONCURRENT_READS)),
+            recovery: Arc::new(Recovery {
+                config: config.clone(),
+                mongo: mongo.clone(),
+                seen: AtomicU64::new(0),
+                one: tokio::sync::Mutex::new(()),
+            }),
         })
+    }
+
+    /// Runs `op`; if it found the stream missing, makes the stream again ([`JetStream::restore`])
+    /// and runs it once more.
+    async fn restoring<T, F>(&self, op: impl Fn() -> F) -> Result<T, StoreError>
+    where
+        F: Future<Output = Result<T, StoreError>>,
+    {
+        match op().await {
+            Err(e) if missing(&e) => {
+                self.restore().await?;
+                op().await
+            }
+            done => done,
+        }
+    }
+
+    /// Makes the stream again after NATS lost it, as start-up does ([`stream::ensure`]): in the
+    /// same epoch, after the highest sequence MongoDB knows was handed out — first raised to the
+    /// highest this process saw, which MongoDB may not hold yet (an event published or delivered
+    /// live whose insert had not happened). A gateway's live feed notices the loss first (within
+    /// [`FEED_RETRY`] of NATS coming back) and so records what it delivered before anyone
+    /// recreates. Nothing is done when the stream is there again.
+    async fn restore(&self) -> Result<(), StoreError> {
+        let recovery = &self.recovery;
+        let _one = recovery.one.lock().await;
+        if let Err(e) = self.js.get_stream(&*self.stream).await {
+            if !matches!(e.kind(), GetStreamErrorKind::JetStream(ref j) if j.error_code() == ErrorCode::STREAM_NOT_FOUND)
+            {
+                return Err(unavailable(e));
+            }
+            let seen = recovery.seen.load(Ordering::Relaxed);
+            recovery.mongo.raise_handed_out(seen).await?;
+            tracing::warn!(stream = %self.stream, seen, "the stream is gone (NATS lost its storage); making it again");
+        } else {
+            return Ok(());
+        }
+        let epoch = stream::ensure(&self.js, &recovery.config, &recovery.mongo)
+            .await
+            .map_err(|e| unavailable(format!("making the stream again: {e:#}")))?;
+        if epoch != self.epoch {
+            return Err(unavailable(format!(
+                "the stream was made again in epoch {epoch}, not this process's {}; restart it",
+                self.epoch
+            )));
+        }
+        Ok(())
+    }
+
+    /// Notes a sequence handed out, for [`JetStream::restore`].
+    fn saw(&self, seq: u64) {
+        self.recovery.seen.fetch_max(seq, Ordering::Relaxed);
     }
 
     /// The stream's epoch.
@@ -130,10 +225,17 @@ impl JetStream {
     /// The stream's first and last sequence now. An empty stream answers `(last + 1, last)`.
     pub async fn state(&self) -> Result<(u64, u64), StoreError> {
         let stream = self
-            .js
-            .get_stream(&*self.stream)
-            .await
-            .map_err(unavailable)?;
+            .restoring(|| async {
+                self.js.get_stream(&*self.stream).await.map_err(|e| {
+                    if matches!(e.kind(), GetStreamErrorKind::JetStream(ref j) if j.error_code() == ErrorCode::STREAM_NOT_FOUND)
+                    {
+                        unavailable(StreamMissing)
+                    } else {
+                        unavailable(e)
+                    }
+                })
+            })
+            .await?;
         let state = &stream.cached_info().state;
         let first = if state.messages == 0 {
             state.last_sequence + 1
@@ -163,14 +265,26 @@ impl JetStream {
             key,
             size: batch.len(),
         };
-        match batch {
-            [] => Ok(Published {
-                seqs: Vec::new(),
-                duplicate: false,
-            }),
-            [event] => self.publish_one(event, &stamp, trace).await,
-            _ => self.publish_batch(batch, &stamp, trace).await,
+        let published = match batch {
+            [] => {
+                return Ok(Published {
+                    seqs: Vec::new(),
+                    duplicate: false,
+                });
+            }
+            [event] => {
+                self.restoring(|| self.publish_one(event, &stamp, trace))
+                    .await?
+            }
+            _ => {
+                self.restoring(|| self.publish_batch(batch, &stamp, trace))
+                    .await?
+            }
+        };
+        if let Some(&last) = published.seqs.last() {
+            self.saw(last);
         }
+        Ok(published)
     }
 
     async fn publish_one(
@@ -193,7 +307,11 @@ impl JetStream {
             .await
             .map_err(unavailable)?
             .await
-            .map_err(unavailable)?;
+            .map_err(|e| match e.kind() {
+                // No stream listens on the subject: nothing was stored.
+                PublishErrorKind::StreamNotFound => unavailable(StreamMissing),
+                _ => unavailable(e),
+            })?;
         if ack.duplicate && key.is_some() {
             // The key was used before: with the same request, answer the first result.
             let stored = self.fingerprint_at(ack.sequence).await?;
@@ -240,7 +358,11 @@ impl JetStream {
                 )
                 .await
                 .map_err(|_| unavailable("the batch publish timed out"))?
-                .map_err(unavailable)?;
+                .map_err(|e| match e.kind() {
+                    // The first message found no stream: nothing of the batch was stored.
+                    RequestErrorKind::NoResponders if n == 1 => unavailable(StreamMissing),
+                    _ => unavailable(e),
+                })?;
                 let answer = parse_reply(&reply.payload)?;
                 if n == last {
                     commit = answer;
@@ -299,15 +421,20 @@ impl JetStream {
             });
         }
         let _turn = self.reads.acquire().await.map_err(unavailable)?;
-        let stream = self
-            .js
-            .get_stream_no_info(&*self.stream)
-            .await
-            .map_err(unavailable)?;
-        let consumer = stream
-            .create_consumer(read_consumer(filter, after))
-            .await
-            .map_err(unavailable)?;
+        let (stream, consumer) = self
+            .restoring(|| async {
+                let stream = self
+                    .js
+                    .get_stream_no_info(&*self.stream)
+                    .await
+                    .map_err(unavailable)?;
+                let consumer = stream
+                    .create_consumer(read_consumer(filter, after))
+                    .await
+                    .map_err(consumer_error)?;
+                Ok((stream, consumer))
+            })
+            .await?;
         let name = consumer.cached_info().name.clone();
         let pending = consumer.cached_info().num_pending;
         let want = (limit as u64).min(pending) as usize;
@@ -440,6 +567,7 @@ impl Bus for JetStream {
                             continue;
                         }
                         last = seq;
+                        this.saw(seq);
                         pending.set(i64::try_from(info.pending).unwrap_or(i64::MAX));
                         match this.receive(&message, seq) {
                             Ok(event) => yield event,
@@ -489,19 +617,26 @@ impl JetStream {
         decode(&message.payload, seq, own).map(|d| d.event)
     }
 
+    /// The live feed from `start` on. A stream NATS lost is made again first: the feed notices
+    /// the loss as soon as NATS is back.
     async fn live_from(&self, start: u64) -> Result<pull::Ordered, BusError> {
-        let stream = self
-            .js
-            .get_stream_no_info(&*self.stream)
-            .await
-            .map_err(|e| BusError::Backend(Box::new(e)))?;
-        let consumer = stream
-            .create_consumer(pull::OrderedConfig {
-                filter_subject: ALL_SUBJECTS.to_owned(),
-                deliver_policy: DeliverPolicy::ByStartSequence {
-                    start_sequence: start,
-                },
-                ..Default::default()
+        let consumer = self
+            .restoring(|| async {
+                let stream = self
+                    .js
+                    .get_stream_no_info(&*self.stream)
+                    .await
+                    .map_err(unavailable)?;
+                stream
+                    .create_consumer(pull::OrderedConfig {
+                        filter_subject: ALL_SUBJECTS.to_owned(),
+                        deliver_policy: DeliverPolicy::ByStartSequence {
+                            start_sequence: start,
+                        },
+                        ..Default::default()
+                    })
+                    .await
+                    .map_err(consumer_error)
             })
             .await
             .map_err(|e| BusError::Backend(Box::new(e)))?;
@@ -529,6 +664,16 @@ fn parse_reply(payload: &Bytes) -> Result<Option<Value>, StoreError> {
         return Err(unavailable(format!("JetStream refused the batch: {error}")));
     }
     Ok(Some(value))
+}
+
+/// A consumer could not be made; [`StreamMissing`] when its stream is gone.
+fn consumer_error(e: async_nats::jetstream::stream::ConsumerError) -> StoreError {
+    if matches!(e.kind(), ConsumerErrorKind::JetStream(ref j) if j.error_code() == ErrorCode::STREAM_NOT_FOUND)
+    {
+        unavailable(StreamMissing)
+    } else {
+        unavailable(e)
+    }
 }
 
 /// NATS could not be reached or refused: the caller may retry (503).

@@ -28,6 +28,14 @@ impl Mongo {
         Ok(high.max(self.head().await?))
     }
 
+    /// Raises the high-water mark to `seq`, a sequence this process saw handed out (published or
+    /// delivered live) that MongoDB may not hold yet: done before a lost stream is made again,
+    /// so the new stream starts after it.
+    pub async fn raise_handed_out(&self, seq: u64) -> Result<(), StoreError> {
+        self.bounded("high-water mark", self.raise_meta_seq(HIGH, seq))
+            .await
+    }
+
     async fn insert_once(&self, events: &[Arc<Event>]) -> Result<(), StoreError> {
         if events.is_empty() {
             return Ok(());
