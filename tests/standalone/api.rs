@@ -364,3 +364,34 @@ async fn an_admin_listener_takes_the_ops_routes_off_the_public_one() {
     let (status, _) = admin.get_text_status("/readyz").await;
     assert_eq!(status, 503);
 }
+
+/// Every error answer is the API's JSON, the HTTP framework's own refusals included: a query
+/// parameter of the wrong kind, a method an endpoint does not take, an unknown path.
+#[tokio::test]
+async fn the_frameworks_own_refusals_are_json_errors_too() {
+    let (herald, _dir) = node(&[]).await;
+    let api = herald.api();
+    let (status, body) = api.get_json("/v1/topics/t/events?limit=x").await.unwrap();
+    assert_eq!(status, 400);
+    assert_eq!(body["error"]["code"], "invalid_request", "{body}");
+    assert!(
+        body["error"]["message"].as_str().unwrap().contains("limit"),
+        "{body}"
+    );
+
+    let res = api
+        .http
+        .delete(format!("{}/v1/stream?topic=t", api.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 405);
+    assert!(res.headers()["allow"].to_str().unwrap().contains("GET"));
+    assert_eq!(res.headers()["content-type"], "application/json");
+    let body: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "method_not_allowed", "{body}");
+
+    let (status, body) = api.get_json("/v1/nowhere").await.unwrap();
+    assert_eq!(status, 404);
+    assert_eq!(body["error"]["code"], "not_found", "{body}");
+}

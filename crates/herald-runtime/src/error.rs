@@ -41,6 +41,9 @@ macro_rules! codes {
 }
 
 codes! {
+    /// A request whose target, query or headers the server does not understand (a query
+    /// parameter of the wrong kind, a path that is not UTF-8).
+    InvalidRequest = "invalid_request", BAD_REQUEST;
     /// A topic or pattern that is not valid.
     InvalidTopic = "invalid_topic", BAD_REQUEST;
     /// An event type that is not valid.
@@ -68,6 +71,8 @@ codes! {
     Forbidden = "forbidden", FORBIDDEN;
     /// No such endpoint.
     NotFound = "not_found", NOT_FOUND;
+    /// An endpoint that does not take this method (`Allow` lists those it takes).
+    MethodNotAllowed = "method_not_allowed", METHOD_NOT_ALLOWED;
     /// A request body that did not arrive within `--body-timeout`.
     RequestTimeout = "request_timeout", REQUEST_TIMEOUT;
     /// A history `after=` beyond the head.
@@ -217,6 +222,88 @@ impl ApiError {
     }
 }
 
+/// The most of a non-JSON error body kept as the message of its JSON answer.
+const MAX_MESSAGE: usize = 512;
+
+/// Middleware making every error answer the API's JSON shape: those the handlers give are
+/// already; what the framework answers on its own (a query or path it could not read, a method
+/// an endpoint does not take, an unknown path) comes as plain text or empty, and is rewritten
+/// with the code its status means, keeping its headers (`Allow`) and its text as the message.
+pub async fn json_errors(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let response = next.run(request).await;
+    let status = response.status();
+    if !(status.is_client_error() || status.is_server_error()) || is_json(&response) {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    let text = match axum::body::to_bytes(body, MAX_MESSAGE * 4).await {
+        Ok(bytes) => String::from_utf8_lossy(&bytes).trim().to_owned(),
+        Err(_) => String::new(),
+    };
+    let code = code_for(status);
+    let message = match (text.is_empty(), code) {
+        (false, _) => text.chars().take(MAX_MESSAGE).collect(),
+        (true, ErrorCode::MethodNotAllowed) => "this endpoint does not take this method".into(),
+        (true, ErrorCode::NotFound) => "no such endpoint".into(),
+        (true, _) => status
+            .canonical_reason()
+            .unwrap_or("error")
+            .to_ascii_lowercase(),
+    };
+    let answer = ApiError::new(code, message).into_response();
+    parts.headers.remove(header::CONTENT_TYPE);
+    parts.headers.remove(header::CONTENT_LENGTH);
+    let (answer_parts, answer_body) = answer.into_parts();
+    parts.status = answer_parts.status;
+    parts.headers.extend(answer_parts.headers);
+    Response::from_parts(parts, answer_body)
+}
+
+fn is_json(response: &Response) -> bool {
+    response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"))
+}
+
+/// The code of a framework's own error answer, by its status.
+fn code_for(status: StatusCode) -> ErrorCode {
+    ErrorCode::ALL
+        .iter()
+        .copied()
+        .find(|code| code.status() == status && code.is_generic())
+        .unwrap_or(if status.is_client_error() {
+            ErrorCode::InvalidRequest
+        } else {
+            ErrorCode::Internal
+        })
+}
+
+impl ErrorCode {
+    /// The code that stands for its status as a whole, for answers no handler chose a code for.
+    fn is_generic(self) -> bool {
+        matches!(
+            self,
+            ErrorCode::InvalidRequest
+                | ErrorCode::Unauthorized
+                | ErrorCode::Forbidden
+                | ErrorCode::NotFound
+                | ErrorCode::MethodNotAllowed
+                | ErrorCode::RequestTimeout
+                | ErrorCode::UriTooLong
+                | ErrorCode::PayloadTooLarge
+                | ErrorCode::UnsupportedMediaType
+                | ErrorCode::TooManyRequests
+                | ErrorCode::Internal
+                | ErrorCode::Unavailable
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -274,5 +361,70 @@ mod tests {
             .collect();
         codes.sort();
         assert_eq!(documented, codes);
+    }
+
+    async fn answer(
+        app: axum::Router,
+        request: axum::extract::Request,
+    ) -> (StatusCode, axum::http::HeaderMap, serde_json::Value) {
+        use tower_service::Service as _;
+        let mut app = app.layer(axum::middleware::from_fn(json_errors));
+        let response = app.call(request).await.unwrap();
+        let (parts, body) = response.into_parts();
+        let bytes = axum::body::to_bytes(body, 1 << 16).await.unwrap();
+        (
+            parts.status,
+            parts.headers,
+            serde_json::from_slice(&bytes).unwrap_or_default(),
+        )
+    }
+
+    /// The framework's own refusals (a query it could not read, a method not taken, no route)
+    /// become the API's JSON errors; a handler's JSON error and a success pass unchanged.
+    #[tokio::test]
+    async fn every_error_answer_is_json() {
+        use axum::{body::Body, extract::Query, routing::get};
+        #[derive(serde::Deserialize)]
+        struct Params {
+            #[allow(dead_code)]
+            limit: u32,
+        }
+        let app = axum::Router::new()
+            .route("/q", get(|Query(_): Query<Params>| async { "ok" }))
+            .route(
+                "/refused",
+                get(|| async { ApiError::new(ErrorCode::Forbidden, "no") }),
+            );
+        let get = |uri: &str| axum::http::Request::get(uri).body(Body::empty()).unwrap();
+
+        let (status, headers, body) = answer(app.clone(), get("/q?limit=x")).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert_eq!(headers[header::CONTENT_TYPE], "application/json");
+        assert_eq!(body["error"]["code"], "invalid_request");
+        assert!(
+            body["error"]["message"].as_str().unwrap().contains("limit"),
+            "{body}"
+        );
+
+        let post = axum::http::Request::post("/q").body(Body::empty()).unwrap();
+        let (status, headers, body) = answer(app.clone(), post).await;
+        assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(body["error"]["code"], "method_not_allowed");
+        assert!(headers[header::ALLOW].to_str().unwrap().contains("GET"));
+
+        let (status, _, body) = answer(app.clone(), get("/nowhere")).await;
+        assert_eq!(
+            (status, &body["error"]["code"]),
+            (StatusCode::NOT_FOUND, &"not_found".into())
+        );
+
+        let (status, _, body) = answer(app.clone(), get("/refused")).await;
+        assert_eq!(
+            (status, &body["error"]["message"]),
+            (StatusCode::FORBIDDEN, &"no".into())
+        );
+
+        let (status, _, _) = answer(app, get("/q?limit=3")).await;
+        assert_eq!(status, StatusCode::OK);
     }
 }

@@ -140,6 +140,8 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let listener = TimedListener::new(listener, options.write_timeout, on_write_timeout);
+    // Every error answer in the API's JSON shape, the framework's own included.
+    let router = router.layer(axum::middleware::from_fn(crate::error::json_errors));
     // Request spans and logs; 5xx answers are deliberate (limits, drain, a backend down) and
     // logged where they are decided, so the layer reports them only at DEBUG.
     let router = router.layer(
@@ -363,6 +365,7 @@ fn shared(router: Router) -> IntoMakeService<Router> {
 /// probes and scrapes keep answering).
 pub fn spawn_admin(listener: TcpListener, router: Router) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
+        let router = router.layer(axum::middleware::from_fn(crate::error::json_errors));
         if let Err(e) = axum::serve(listener, shared(router)).await {
             tracing::error!(error = %e, "the admin listener failed");
         }
