@@ -142,6 +142,8 @@ fn every_flag_in_the_docs_is_a_flag_of_a_binary() {
     let helps: String = [
         "herald",
         "herald token",
+        "herald publish",
+        "herald tail",
         "herald-ingest",
         "herald-gateway",
         "herald-redis-bridge",

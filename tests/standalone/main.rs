@@ -4,6 +4,7 @@
 mod api;
 mod auth;
 mod checker;
+mod cli;
 mod crash;
 mod delivery;
 mod drain;

@@ -28,7 +28,9 @@ use herald_telemetry::{LogFormat, TracesMode};
         over the file.\n\n\
         Access: on a loopback address with no access options, anyone may read and publish (the \
         demo). Beyond loopback Herald refuses to start until token keys (--auth-*) or anonymous \
-        access (--anonymous-*) are configured. `herald token --help` mints tokens for an HMAC key."
+        access (--anonymous-*) are configured. `herald token --help` mints tokens for an HMAC key.
+
+Commands for a running server's API: `herald publish --help` (events from arguments or standard input, retried safely) and `herald tail --help` (follows topics, resuming across disconnects)."
 )]
 pub struct Options {
     #[command(flatten)]

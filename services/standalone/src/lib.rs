@@ -5,8 +5,10 @@
 //!   [`Config`].
 //! - [`app`]: [`App::build`] composes the services; [`App::run`] serves a listener until a shutdown
 //!   future resolves, then drains.
+//! - [`client`]: `herald publish` and `herald tail`, the API from the command line.
 
 pub mod app;
+pub mod client;
 pub mod config;
 
 pub use app::App;

@@ -1,5 +1,6 @@
 //! `herald`: the standalone node. Reads its configuration, starts telemetry, builds the app,
-//! serves until SIGTERM or SIGINT, then drains. `herald token ...` mints a token instead.
+//! serves until SIGTERM or SIGINT, then drains. `herald token ...` mints a token instead;
+//! `herald publish ...` and `herald tail ...` use the API of a running server.
 
 use std::process::ExitCode;
 
@@ -8,8 +9,17 @@ use herald_standalone::{App, Config, Options};
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    if std::env::args_os().nth(1).is_some_and(|a| a == "token") {
-        return token();
+    match std::env::args_os()
+        .nth(1)
+        .and_then(|a| a.into_string().ok())
+        .as_deref()
+    {
+        Some("token") => return token(),
+        Some("publish") => {
+            return client(|a: herald_standalone::client::PublishArgs| a.run()).await;
+        }
+        Some("tail") => return client(|a: herald_standalone::client::TailArgs| a.run()).await,
+        _ => {}
     }
     let config =
         Config::resolve(herald_config::parse::<Options>()).unwrap_or_else(|e| e.exit("herald"));
@@ -57,6 +67,20 @@ fn token() -> ExitCode {
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::from(2)
+        }
+    }
+}
+
+/// `herald publish` / `herald tail`: parses the arguments after the command's name and runs it.
+async fn client<A: clap::Parser, F: Future<Output = anyhow::Result<()>>>(
+    run: impl FnOnce(A) -> F,
+) -> ExitCode {
+    let args = A::parse_from(std::env::args_os().skip(1));
+    match run(args).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
         }
     }
 }
