@@ -677,6 +677,8 @@ impl Nginx {
             .args(["-e", "stderr", "-g", "daemon off;"])
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
+            // A group of its own: the drop can take its workers down with it.
+            .process_group(0)
             .kill_on_drop(true)
             .spawn()
             .context("starting nginx")?;
@@ -731,11 +733,16 @@ impl Drop for Nginx {
         // A SIGKILL of the master leaves its worker behind: ask for a fast shutdown and wait.
         let Some(pid) = self.child.id() else { return };
         send_sigterm(pid);
-        for _ in 0..100 {
+        for _ in 0..300 {
             if matches!(self.child.try_wait(), Ok(Some(_))) {
                 return;
             }
             std::thread::sleep(Duration::from_millis(10));
         }
+        // Still there after 3 s (a worker holding a connection open): the whole group, workers
+        // too, so none outlives the test holding its port and the test runner's output pipe.
+        let _ = std::process::Command::new("kill")
+            .args(["-KILL", "--", &format!("-{pid}")])
+            .status();
     }
 }
