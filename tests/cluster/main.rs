@@ -21,5 +21,6 @@ mod redis_bus;
 mod rehearsal;
 mod restarts;
 mod rolling;
+mod schemathesis;
 mod tiers;
 mod tracing;

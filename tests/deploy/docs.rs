@@ -2,7 +2,7 @@
 //! README and `docs/` leads somewhere, and every `--flag` they name is a flag of the Herald
 //! binary's `--help` (or, for the few commands of other tools they show, one of that tool's).
 
-use std::{collections::BTreeSet, path::Path};
+use std::{collections::BTreeSet, path::Path, process::Command};
 
 use crate::render::{help, repo};
 
@@ -95,6 +95,9 @@ fn every_link_in_the_docs_leads_somewhere() {
 const OTHER_TOOLS: &[(&str, &str)] = &[
     ("--release", "cargo"),
     ("--bench", "cargo"),
+    ("--test", "cargo test"),
+    ("--nocapture", "cargo test (the test binary)"),
+    ("--print-env", "tests/servers/install"),
     ("--open", "cargo doc"),
     ("--depth", "cargo tree"),
     ("--build", "docker compose up"),
@@ -214,4 +217,24 @@ fn the_documented_security_defaults_are_the_binarys() {
         rows += 1;
     }
     assert!(rows >= 10, "the table has {rows} rows");
+}
+
+/// `docs/openapi.json` (kept current by `herald-standalone`'s `openapi` test) passes an OpenAPI
+/// 3.1 validator that is not ours (openapi-spec-validator, PyPI).
+#[test]
+fn the_openapi_document_passes_an_openapi_validator() {
+    let validator = herald_tests::cluster::server_bin(
+        "HERALD_OPENAPI_SPEC_VALIDATOR",
+        herald_tests::cluster::cache_dir().join("schemathesis/bin/openapi-spec-validator"),
+    );
+    let out = Command::new(validator)
+        .arg(repo().join("docs/openapi.json"))
+        .output()
+        .expect("running openapi-spec-validator");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && said.contains("OK"),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -12,3 +12,4 @@ mod edge;
 mod isolation;
 mod loadgen;
 mod resume;
+mod schemathesis;

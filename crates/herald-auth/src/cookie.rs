@@ -44,6 +44,14 @@ impl SameSite {
     }
 }
 
+/// The cookie routes' part of the OpenAPI document.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    #[derive(utoipa::OpenApi)]
+    #[openapi(paths(set, clear))]
+    struct Cookie;
+    <Cookie as utoipa::OpenApi>::openapi()
+}
+
 /// The cookie routes.
 pub fn router(access: Arc<Access>) -> Router {
     Router::new()
@@ -51,7 +59,21 @@ pub fn router(access: Arc<Access>) -> Router {
         .with_state(access)
 }
 
-async fn set(State(access): State<Arc<Access>>, headers: HeaderMap) -> Result<Response, ApiError> {
+/// Sets the bearer token as the HttpOnly cookie an `EventSource` sends.
+#[utoipa::path(
+    post,
+    path = "/v1/auth/cookie", operation_id = "setCookie",
+    tag = "auth",
+    security(("bearer" = [])),
+    responses(
+        (status = 204, description = "The cookie is set (`Set-Cookie`)"),
+        (status = 401, description = "No token, or one that does not verify", body = herald_runtime::openapi::ErrorBody),
+    )
+)]
+pub(crate) async fn set(
+    State(access): State<Arc<Access>>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
     let (token, max_age) = access.cookie_token(&headers).await?;
     let cookie = format!(
         "{}={token}; Path=/; HttpOnly; Max-Age={max_age}; {}",
@@ -61,7 +83,10 @@ async fn set(State(access): State<Arc<Access>>, headers: HeaderMap) -> Result<Re
     Ok(with_cookie(cookie))
 }
 
-async fn clear(State(access): State<Arc<Access>>) -> Response {
+/// Clears the cookie.
+#[utoipa::path(delete, path = "/v1/auth/cookie", operation_id = "clearCookie", tag = "auth", security(()),
+    responses((status = 204, description = "The cookie is cleared")))]
+pub(crate) async fn clear(State(access): State<Arc<Access>>) -> Response {
     with_cookie(format!(
         "{}=; Path=/; HttpOnly; Max-Age=0; {}",
         access.cookie_name(),

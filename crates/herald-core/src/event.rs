@@ -21,7 +21,10 @@ impl EventType {
 
     /// Validates `name` as an event type.
     pub fn new(name: &str) -> Result<Self, ValidationError> {
-        if !name.is_empty() && name.len() <= MAX_TYPE_LEN && !name.chars().any(char::is_control) {
+        if !name.is_empty()
+            && name.chars().count() <= MAX_TYPE_LEN
+            && !name.chars().any(char::is_control)
+        {
             Ok(Self(Arc::from(name)))
         } else {
             Err(ValidationError::EventType(
@@ -131,12 +134,19 @@ impl NewEvent {
 /// The body of a publish to one topic (`POST /v1/topics/{topic}/events`):
 /// `{"type": "...", "data": ...}`.
 #[derive(Debug, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct PublishBody {
-    /// The event type (`message` when absent).
+    /// The event type (`message` when absent): 1–64 characters, no control character, not
+    /// `herald.*`, `error` or `open`.
     #[serde(rename = "type")]
+    #[cfg_attr(
+        feature = "openapi",
+        schema(pattern = "^(?!herald\\.|error$|open$)[^\\u0000-\\u001f\\u007f-\\u009f]{1,64}$")
+    )]
     pub event_type: Option<String>,
     /// The JSON data, kept byte for byte.
+    #[cfg_attr(feature = "openapi", schema(value_type = serde_json::Value))]
     pub data: Box<RawValue>,
 }
 
@@ -149,15 +159,62 @@ impl PublishBody {
 
 /// One event of a batch (`POST /v1/events`): `{"topic": "...", "type": "...", "data": ...}`.
 #[derive(Debug, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct BatchItem {
     /// Where it is published.
+    #[cfg_attr(
+        feature = "openapi",
+        schema(pattern = "^[A-Za-z0-9_-]+(\\.[A-Za-z0-9_-]+)*$", max_length = 128)
+    )]
     pub topic: String,
-    /// The event type (`message` when absent).
+    /// The event type (`message` when absent), as for a single publish.
     #[serde(rename = "type")]
+    #[cfg_attr(
+        feature = "openapi",
+        schema(pattern = "^(?!herald\\.|error$|open$)[^\\u0000-\\u001f\\u007f-\\u009f]{1,64}$")
+    )]
     pub event_type: Option<String>,
     /// The JSON data, kept byte for byte.
+    #[cfg_attr(feature = "openapi", schema(value_type = serde_json::Value))]
     pub data: Box<RawValue>,
+}
+
+/// The body of a batch publish (`POST /v1/events`): its events, at least one, all or nothing.
+#[derive(Debug, Deserialize)]
+#[serde(transparent)]
+pub struct Batch(pub Vec<BatchItem>);
+
+/// `Batch`'s schema: an array of `BatchItem`s, at least one (the derive cannot say `minItems`
+/// of a newtype).
+#[cfg(feature = "openapi")]
+impl utoipa::PartialSchema for Batch {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::schema::ArrayBuilder::new()
+            .items(utoipa::openapi::Ref::from_schema_name("BatchItem"))
+            .min_items(Some(1))
+            .description(Some("The events, at least one; all are published or none"))
+            .into()
+    }
+}
+
+#[cfg(feature = "openapi")]
+impl utoipa::ToSchema for Batch {
+    fn name() -> std::borrow::Cow<'static, str> {
+        "Batch".into()
+    }
+
+    fn schemas(
+        schemas: &mut Vec<(
+            String,
+            utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>,
+        )>,
+    ) {
+        schemas.push((
+            "BatchItem".into(),
+            <BatchItem as utoipa::PartialSchema>::schema(),
+        ));
+    }
 }
 
 impl BatchItem {

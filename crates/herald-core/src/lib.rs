@@ -21,7 +21,7 @@ pub mod topic;
 pub mod trace;
 
 pub use error::ValidationError;
-pub use event::{BatchItem, Event, EventType, NewEvent, PublishBody};
+pub use event::{Batch, BatchItem, Event, EventType, NewEvent, PublishBody};
 pub use id::{Bounds, Epoch, EventId, ResumeReason, ResumeVerdict};
 pub use topic::{Topic, TopicFilter, TopicPattern, covers};
 pub use trace::TraceContext;

@@ -55,7 +55,9 @@ fn page_response(html: Html<impl IntoResponse>) -> Response {
     response
 }
 
-/// `GET /article`: the original article's client, unchanged.
+/// The original article's client, unchanged (`--demo-pages`).
+#[utoipa::path(get, path = "/article", operation_id = "article", tag = "pages", security(()),
+    responses((status = 200, description = "The page", content_type = "text/html", body = String)))]
 pub(crate) async fn article() -> Response {
     page_response(Html(include_str!("article.html")))
 }
@@ -67,6 +69,24 @@ pub(crate) struct Params {
     lag_sample: Option<f64>,
 }
 
+/// The demo page: a topic's recent events rendered by the server, then followed with
+/// EventSource from the last of them (`--demo-pages`).
+#[utoipa::path(
+    get,
+    path = "/", operation_id = "demoPage",
+    tag = "pages",
+    params(
+        ("topic" = Option<String>, Query, pattern = "^[A-Za-z0-9_-]+(\\.[A-Za-z0-9_-]+)*$", max_length = 128, description = "The topic to watch (default: --demo-topic)"),
+        ("lag_sample" = Option<f64>, Query, description = "The share of events whose delivery latency the page reports (0 to 1; default 0.1)"),
+    ),
+    responses(
+        (status = 200, description = "The page", content_type = "text/html", body = String),
+        (status = 400, description = "An invalid topic or query", body = herald_runtime::openapi::ErrorBody),
+        (status = 401, description = "No valid token where one is needed", body = herald_runtime::openapi::ErrorBody),
+        (status = 403, description = "The token's grants do not cover the topic", body = herald_runtime::openapi::ErrorBody),
+        (status = 503, description = "The store is unavailable", body = herald_runtime::openapi::ErrorBody),
+    )
+)]
 pub(crate) async fn page(
     State(gw): State<Arc<GatewayState>>,
     headers: HeaderMap,

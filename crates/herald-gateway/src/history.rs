@@ -65,18 +65,23 @@ impl HistoryReader {
 
 /// Events returned when `limit` is not given.
 const DEFAULT_LIMIT: usize = 100;
+/// The largest `limit` a request may name (the document's: a 32-bit integer); more than the
+/// server's cap (1,000 events) is read as the cap.
+const MAX_LIMIT_PARAM: u32 = i32::MAX as u32;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct Params {
     after: Option<String>,
-    limit: Option<usize>,
+    limit: Option<std::num::NonZeroU32>,
 }
 
 /// One event as JSON.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = Event)]
 pub struct EventJson<'a> {
     /// The SSE id.
+    #[schema(value_type = String, example = "5f3a09c2-1")]
     pub id: EventId,
     /// The topic.
     pub topic: &'a str,
@@ -84,6 +89,7 @@ pub struct EventJson<'a> {
     #[serde(rename = "type")]
     pub event_type: &'a str,
     /// The data, as published.
+    #[schema(value_type = serde_json::Value)]
     pub data: &'a RawValue,
     /// When it was accepted (ms since the Unix epoch).
     pub time: u64,
@@ -103,15 +109,38 @@ impl<'a> EventJson<'a> {
 }
 
 /// The history answer.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct History<'a> {
     /// The events, oldest first.
     pub events: Vec<EventJson<'a>>,
     /// The newest id of the deployment when the read started.
+    #[schema(value_type = String)]
     pub head: EventId,
 }
 
-async fn list(
+/// A topic's events as JSON: the newest `limit`, or those after `after`; `head` is the id to
+/// resume a stream from.
+#[utoipa::path(
+    get,
+    path = "/v1/topics/{topic}/events", operation_id = "history",
+    tag = "read",
+    params(
+        ("topic" = String, Path, pattern = "^[A-Za-z0-9_-]+(\\.[A-Za-z0-9_-]+)*$", max_length = 128, description = "The topic"),
+        ("after" = Option<String>, Query, pattern = "^[0-9a-fA-F]{8}-[0-9]{1,19}$", description = "An id: the events after it"),
+        ("limit" = Option<i32>, Query, minimum = 1, maximum = 2147483647, description = "At most this many events (default 100, capped at the server's limit)"),
+    ),
+    responses(
+        (status = 200, description = "The events, oldest first", body = History<'_>),
+        (status = 400, description = "An invalid topic, a malformed id or query", body = herald_runtime::openapi::ErrorBody),
+        (status = 401, description = "No valid token where one is needed", body = herald_runtime::openapi::ErrorBody),
+        (status = 403, description = "The token's grants do not cover the topic", body = herald_runtime::openapi::ErrorBody),
+        (status = 409, description = "`after` is beyond the head (`unknown_id`)", body = herald_runtime::openapi::ErrorBody),
+        (status = 410, description = "`after` is older than the retained history or of another epoch", body = herald_runtime::openapi::ErrorBody),
+        (status = 429, description = "Over the history rate", body = herald_runtime::openapi::ErrorBody),
+        (status = 503, description = "The store is unavailable", body = herald_runtime::openapi::ErrorBody),
+    )
+)]
+pub(crate) async fn list(
     State(reader): State<HistoryReader>,
     Path(topic): Path<String>,
     headers: HeaderMap,
@@ -125,7 +154,17 @@ async fn list(
         .access
         .limits()
         .take_subject(herald_auth::limits::Kind::History, principal.subject())?;
-    let limit = params.limit.unwrap_or(DEFAULT_LIMIT).clamp(1, reader.limit);
+    let limit = match params.limit {
+        None => DEFAULT_LIMIT,
+        Some(l) if l.get() <= MAX_LIMIT_PARAM => l.get() as usize,
+        Some(l) => {
+            return Err(ApiError::new(
+                ErrorCode::InvalidRequest,
+                format!("limit={l}: give 1 to {MAX_LIMIT_PARAM}"),
+            ));
+        }
+    }
+    .min(reader.limit);
     let (bounds, events) = read(&reader, &topic, params.after.as_deref(), limit).await?;
     let history = History {
         events: events.iter().map(|e| EventJson::new(&bounds, e)).collect(),

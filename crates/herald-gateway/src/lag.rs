@@ -38,20 +38,40 @@ pub const MAX_AGO_MS: f64 = 10.0 * 60.0 * 1000.0;
 
 const SCRIPT: &str = include_str!("herald-lag.js");
 
-#[derive(Debug, Deserialize)]
+/// A page's report of when it rendered some events.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[schema(as = LagReport)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct Report {
+    /// At most 100 samples.
     samples: Vec<Sample>,
 }
 
-#[derive(Debug, Deserialize)]
+/// One rendered event.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[schema(as = LagSample)]
 #[serde(deny_unknown_fields)]
 struct Sample {
+    /// The event's id.
     id: String,
+    /// How long ago the page rendered it, by its own clock.
     ago_ms: f64,
 }
 
-/// `POST /v1/telemetry/lag`
+/// Browser-observed delivery latency (`herald-lag.js` sends it; `--lag-reports`).
+#[utoipa::path(
+    post,
+    path = "/v1/telemetry/lag", operation_id = "lagReport",
+    tag = "pages",
+    request_body(content = Report, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Counted: `{\"accepted\", \"unknown\", \"invalid\"}` (samples of unknown or old events are ignored)", body = Object),
+        (status = 400, description = "Not a report", body = herald_runtime::openapi::ErrorBody),
+        (status = 413, description = "Over 16 KiB or 100 samples", body = herald_runtime::openapi::ErrorBody),
+        (status = 415, description = "Not declared application/json", body = herald_runtime::openapi::ErrorBody),
+        (status = 429, description = "Over the report rate", body = herald_runtime::openapi::ErrorBody),
+    )
+)]
 pub(crate) async fn report(
     State(gw): State<Arc<GatewayState>>,
     body: Body,
@@ -92,7 +112,9 @@ pub(crate) async fn report(
     )
 }
 
-/// `GET /herald-lag.js`
+/// The script a page includes to report its delivery latency.
+#[utoipa::path(get, path = "/herald-lag.js", operation_id = "lagScript", tag = "pages", security(()),
+    responses((status = 200, description = "The script", content_type = "text/javascript", body = String)))]
 pub(crate) async fn script() -> Response {
     (
         [

@@ -42,6 +42,25 @@ use herald_store::History;
 use herald_telemetry::Metrics;
 
 pub use hub::{Hub, HubConfig};
+
+/// The gateway's part of the OpenAPI document ([`herald_runtime::openapi::document`]): streams,
+/// history, the pages, the lag reports and the token cookie.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    #[derive(utoipa::OpenApi)]
+    #[openapi(paths(
+        stream::v1,
+        stream::compat,
+        history::list,
+        demo::page,
+        demo::article,
+        lag::report,
+        lag::script
+    ))]
+    struct Gateway;
+    let mut doc = <Gateway as utoipa::OpenApi>::openapi();
+    doc.merge(herald_auth::cookie::openapi());
+    doc
+}
 pub use options::{GatewayConfig, GatewayOptions};
 
 /// Everything a gateway request needs.

@@ -56,7 +56,29 @@ use crate::{
     replay::{Chunk, MAX_CHUNK, Replay},
 };
 
-/// `GET /v1/stream?topic=a&topic=b.*&lastEventId=X`
+/// The event stream of topics and patterns (`text/event-stream`). It starts with `retry:`; a
+/// resume (`Last-Event-ID`, or `lastEventId` for a first load) first gets `event: herald.resume`
+/// with the verdict (`{"recovered":true}` then the missed events and `event: herald.live`
+/// `{"replayed":N}`, or `{"recovered":false,"reason","earliest","head"}`), then live events as
+/// `id:` / `event:` / `data:`. A stream refused for now (too many connections, draining, a backend
+/// down) is a `200` with `event: herald.refused` `{"code","retry_ms","message"}` and the end, so
+/// a browser reconnects; an expiring token gets `event: herald.auth` `{"reason":"expired"}`.
+#[utoipa::path(
+    get,
+    path = "/v1/stream", operation_id = "stream",
+    tag = "read",
+    params(
+        ("topic" = Vec<String>, Query, description = "Topics and patterns (`*` one level, a final `>` one or more; 1–128 characters of `[A-Za-z0-9_.-*>]`); repeat for several", explode = true),
+        ("lastEventId" = Option<String>, Query, pattern = "^[0-9a-fA-F]{8}-[0-9]{1,19}$", description = "Resume after this id (a first load; the header wins)"),
+        ("Last-Event-ID" = Option<String>, Header, description = "Resume after this id (sent by EventSource when it reconnects)"),
+    ),
+    responses(
+        (status = 200, description = "The stream (or an in-band refusal)", content_type = "text/event-stream", body = String),
+        (status = 400, description = "No topic, too many, or an invalid one", body = herald_runtime::openapi::ErrorBody),
+        (status = 401, description = "No valid token where one is needed", body = herald_runtime::openapi::ErrorBody),
+        (status = 403, description = "The token's grants do not cover a topic or pattern", body = herald_runtime::openapi::ErrorBody),
+    )
+)]
 pub(crate) async fn v1(
     State(gw): State<Arc<GatewayState>>,
     client: Option<Extension<Client>>,
@@ -103,7 +125,18 @@ pub(crate) async fn v1(
     .await
 }
 
-/// `GET /api/updates`: the article's stream, on the compatibility topic.
+/// The original article's stream, on the compatibility topic, read with `onmessage`.
+#[utoipa::path(
+    get,
+    path = "/api/updates", operation_id = "updates",
+    tag = "read",
+    params(("Last-Event-ID" = Option<String>, Header, description = "Resume after this id")),
+    responses(
+        (status = 200, description = "The stream", content_type = "text/event-stream", body = String),
+        (status = 401, description = "No valid token where one is needed", body = herald_runtime::openapi::ErrorBody),
+        (status = 403, description = "The token's grants do not cover the topic", body = herald_runtime::openapi::ErrorBody),
+    )
+)]
 pub(crate) async fn compat(
     State(gw): State<Arc<GatewayState>>,
     client: Option<Extension<Client>>,

@@ -31,6 +31,14 @@ pub struct IngestState {
     pub(crate) metrics: Arc<Metrics>,
 }
 
+/// The ingest's part of the OpenAPI document ([`herald_runtime::openapi::document`]).
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    #[derive(utoipa::OpenApi)]
+    #[openapi(paths(publish::one, publish::batch, publish::compat))]
+    struct Ingest;
+    <Ingest as utoipa::OpenApi>::openapi()
+}
+
 /// The ingest routes.
 pub fn router(config: IngestConfig, log: Arc<dyn EventLog>, metrics: Arc<Metrics>) -> Router {
     let state = Arc::new(IngestState {

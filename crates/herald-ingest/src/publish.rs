@@ -9,11 +9,13 @@ use axum::{
     http::{HeaderMap, HeaderValue, StatusCode},
     response::{IntoResponse, Response},
 };
-use herald_core::{BatchItem, EventId, EventType, NewEvent, PublishBody, Topic, ValidationError};
+use herald_core::{Batch, EventId, EventType, NewEvent, PublishBody, Topic, ValidationError};
+use herald_runtime::openapi::ErrorBody;
 use herald_runtime::{ApiError, ErrorCode, http::read_json};
 use herald_store::{Appended, Idempotency, StoreError};
 use herald_telemetry::{PublishOutcome, StoreOp};
-use serde_json::{json, value::RawValue};
+use serde::Serialize;
+use serde_json::value::RawValue;
 use tracing::{Instrument, Span};
 
 use crate::IngestState;
@@ -43,7 +45,49 @@ fn counted(state: &IngestState, result: Result<Response, ApiError>) -> Result<Re
     result
 }
 
-/// `POST /v1/topics/{topic}/events`
+/// A published event: its id and topic.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Published {
+    /// The event's id (`<epoch>-<seq>`), for `Last-Event-ID` and history's `after`.
+    #[schema(value_type = String, example = "5f3a09c2-1")]
+    pub id: EventId,
+    /// Where it was published.
+    #[schema(value_type = String, example = "scores")]
+    pub topic: Topic,
+}
+
+/// A published batch: each event's id and topic, in the batch's order.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct PublishedBatch {
+    /// The events, in order.
+    pub events: Vec<Published>,
+}
+
+/// Publish one event to a topic: `201` once it is committed (on disk, or acknowledged by
+/// JetStream and written to MongoDB).
+#[utoipa::path(
+    post,
+    path = "/v1/topics/{topic}/events", operation_id = "publish",
+    tag = "publish",
+    params(
+        ("topic" = String, Path, pattern = "^[A-Za-z0-9_-]+(\\.[A-Za-z0-9_-]+)*$", max_length = 128, description = "The topic: 1–128 characters of `[A-Za-z0-9_.-]` in dot-separated levels"),
+        ("Idempotency-Key" = Option<String>, Header, pattern = "^[!-~]([ -~]{0,254}[!-~])?$", description = "Makes the publish idempotent within the idempotency window: the same key and body answer the first result again"),
+    ),
+    request_body(content = PublishBody, content_type = "application/json"),
+    responses(
+        (status = 201, description = "Committed", body = Published,
+            headers(("Idempotent-Replayed" = String, description = "`true` when the key was answered before: nothing new was stored"))),
+        (status = 400, description = "Invalid topic, type, data, JSON or Idempotency-Key", body = ErrorBody),
+        (status = 401, description = "No valid token where one is needed", body = ErrorBody),
+        (status = 403, description = "The token's grants do not cover the topic", body = ErrorBody),
+        (status = 408, description = "The body did not arrive within --body-timeout", body = ErrorBody),
+        (status = 413, description = "A body over --max-body", body = ErrorBody),
+        (status = 415, description = "The body is not declared application/json", body = ErrorBody),
+        (status = 422, description = "The Idempotency-Key was used with another body", body = ErrorBody),
+        (status = 429, description = "Over the publish rate", body = ErrorBody),
+        (status = 503, description = "The event log is unavailable; retry with the same Idempotency-Key", body = ErrorBody),
+    )
+)]
 pub(crate) async fn one(
     State(state): State<Arc<IngestState>>,
     Path(topic): Path<String>,
@@ -69,7 +113,29 @@ pub(crate) async fn one(
     counted(&state, result)
 }
 
-/// `POST /v1/events`: all or nothing, ids in order.
+/// Publish a batch, all or nothing, ids in order.
+#[utoipa::path(
+    post,
+    path = "/v1/events", operation_id = "publishBatch",
+    tag = "publish",
+    params(
+        ("Idempotency-Key" = Option<String>, Header, pattern = "^[!-~]([ -~]{0,254}[!-~])?$", description = "Makes the batch idempotent: the same key and body answer the first result again"),
+    ),
+    request_body(content = Batch, content_type = "application/json"),
+    responses(
+        (status = 201, description = "Committed, every event", body = PublishedBatch,
+            headers(("Idempotent-Replayed" = String, description = "`true` when the key was answered before"))),
+        (status = 400, description = "An invalid event (the message names it), an empty batch, bad JSON", body = ErrorBody),
+        (status = 401, description = "No valid token where one is needed", body = ErrorBody),
+        (status = 403, description = "The token's grants do not cover a topic of the batch", body = ErrorBody),
+        (status = 408, description = "The body did not arrive within --body-timeout", body = ErrorBody),
+        (status = 413, description = "A body over --max-body or a batch over --max-batch", body = ErrorBody),
+        (status = 415, description = "The body is not declared application/json", body = ErrorBody),
+        (status = 422, description = "The Idempotency-Key was used with another body", body = ErrorBody),
+        (status = 429, description = "Over the publish rate", body = ErrorBody),
+        (status = 503, description = "The event log is unavailable; retry with the same Idempotency-Key", body = ErrorBody),
+    )
+)]
 pub(crate) async fn batch(
     State(state): State<Arc<IngestState>>,
     headers: HeaderMap,
@@ -89,7 +155,7 @@ async fn batch_inner(
     // The token is checked from the head, before the body is read; the topics, once it is.
     let principal = state.config.access.identify(headers, None).await?;
     let events = async {
-        let items: Vec<BatchItem> = read_json(body, state.config.max_body_bytes).await?;
+        let Batch(items) = read_json(body, state.config.max_body_bytes).await?;
         if items.is_empty() {
             return Err(ApiError::new(
                 ErrorCode::EmptyBatch,
@@ -114,21 +180,45 @@ async fn batch_inner(
     charge(state, &principal)?;
     let topics: Vec<Topic> = events.iter().map(|e| e.topic.clone()).collect();
     let appended = commit(state, events, headers).await?;
-    let listed: Vec<_> = appended
+    let events = appended
         .seqs
         .iter()
-        .zip(&topics)
-        .map(|(&seq, topic)| json!({ "id": EventId::new(appended.epoch, seq), "topic": topic }))
+        .zip(topics)
+        .map(|(&seq, topic)| Published {
+            id: EventId::new(appended.epoch, seq),
+            topic,
+        })
         .collect();
     Ok(answer(
         state,
         started,
         &appended,
-        json!({ "events": listed }),
+        &PublishedBatch { events },
     ))
 }
 
-/// `PUT /api/post-update`: the article's publish; the body is the event's data.
+/// The original article's publish: the body is the event's data, on the compatibility topic.
+#[utoipa::path(
+    put,
+    path = "/api/post-update", operation_id = "postUpdate",
+    tag = "publish",
+    params(
+        ("Idempotency-Key" = Option<String>, Header, pattern = "^[!-~]([ -~]{0,254}[!-~])?$", description = "Makes the publish idempotent"),
+    ),
+    request_body(content = serde_json::Value, content_type = "application/json", description = "Any JSON: the event's data"),
+    responses(
+        (status = 201, description = "Committed", body = Published),
+        (status = 400, description = "Not JSON", body = ErrorBody),
+        (status = 401, description = "No valid token where one is needed", body = ErrorBody),
+        (status = 403, description = "The token's grants do not cover the topic", body = ErrorBody),
+        (status = 408, description = "The body did not arrive within --body-timeout", body = ErrorBody),
+        (status = 413, description = "A body over --max-body", body = ErrorBody),
+        (status = 415, description = "The body is not declared application/json", body = ErrorBody),
+        (status = 422, description = "The Idempotency-Key was used with another body", body = ErrorBody),
+        (status = 429, description = "Over the publish rate", body = ErrorBody),
+        (status = 503, description = "The event log is unavailable", body = ErrorBody),
+    )
+)]
 pub(crate) async fn compat(
     State(state): State<Arc<IngestState>>,
     headers: HeaderMap,
@@ -172,8 +262,7 @@ async fn single(
     let topic = event.topic.clone();
     let appended = commit(state, vec![event], headers).await?;
     let id = EventId::new(appended.epoch, appended.seqs[0]);
-    let body = json!({ "id": id, "topic": topic });
-    Ok(answer(state, started, &appended, body))
+    Ok(answer(state, started, &appended, &Published { id, topic }))
 }
 
 fn invalid(e: ValidationError) -> ApiError {
@@ -239,7 +328,7 @@ fn answer(
     state: &IngestState,
     started: Instant,
     appended: &Appended,
-    body: serde_json::Value,
+    body: &impl Serialize,
 ) -> Response {
     let mut response = (StatusCode::CREATED, Json(body)).into_response();
     if appended.duplicate {

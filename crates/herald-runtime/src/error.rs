@@ -175,8 +175,12 @@ impl From<StoreError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body =
-            Json(json!({ "error": { "code": self.code.as_str(), "message": self.message } }));
+        let body = Json(crate::openapi::ErrorBody {
+            error: crate::openapi::ErrorDetail {
+                code: self.code,
+                message: self.message,
+            },
+        });
         let mut response = (self.status, body).into_response();
         if let Some(secs) = self.retry_after {
             response

@@ -8,6 +8,7 @@
 //! - [`error`]: the API's error codes, the error answer with its one `IntoResponse`, and the one
 //!   mapping of store failures to answers.
 //! - [`http`]: bounded JSON bodies.
+//! - [`openapi`]: the OpenAPI document's shared part (errors, security, ops routes) and its route.
 //! - [`listener`]: a TCP listener whose connections time out writes to a peer that stopped
 //!   reading, so a stalled subscriber is cut off instead of pinning memory.
 //! - [`serve`]: serve a router until shutdown, then drain it under a deadline; the ops routes.
@@ -17,6 +18,7 @@ pub mod error;
 pub mod health;
 pub mod http;
 pub mod listener;
+pub mod openapi;
 pub mod options;
 pub mod serve;
 pub mod signal;

@@ -105,7 +105,13 @@ async fn run(config: Config) -> anyhow::Result<()> {
         herald_auth::edge::layer(
             gateway
                 .router()
-                .merge(herald_auth::cookie::router(Arc::clone(&access))),
+                .merge(herald_auth::cookie::router(Arc::clone(&access)))
+                .merge(herald_runtime::openapi::route(
+                    &herald_runtime::openapi::document([
+                        herald_ingest::openapi(),
+                        herald_gateway::openapi(),
+                    ]),
+                )),
             access,
         ),
         Vec::new(),

@@ -134,6 +134,10 @@ fn routes(
         GatewayConfig::default().history_limit,
         Arc::clone(&access),
     );
-    let routes = herald_ingest::router(ingest, log, Arc::clone(metrics)).merge(history.router());
+    let document =
+        herald_runtime::openapi::document([herald_ingest::openapi(), herald_gateway::openapi()]);
+    let routes = herald_ingest::router(ingest, log, Arc::clone(metrics))
+        .merge(history.router())
+        .merge(herald_runtime::openapi::route(&document));
     herald_auth::edge::layer(routes, access)
 }

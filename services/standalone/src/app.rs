@@ -67,7 +67,8 @@ impl App {
             gateway
                 .router()
                 .merge(ingest)
-                .merge(herald_auth::cookie::router(Arc::clone(&access))),
+                .merge(herald_auth::cookie::router(Arc::clone(&access)))
+                .merge(herald_runtime::openapi::route(&crate::openapi())),
             access,
         );
         Ok(Self {

@@ -12,5 +12,11 @@ pub mod client;
 pub mod config;
 
 pub use app::App;
+
+/// The whole API's OpenAPI document, as every Herald process serves it at `/v1/openapi.json`
+/// (`docs/openapi.json` is a copy a test keeps current).
+pub fn openapi() -> serde_json::Value {
+    herald_runtime::openapi::document([herald_ingest::openapi(), herald_gateway::openapi()])
+}
 pub use config::{Config, Options};
 pub use herald_store::StoreKind;
