@@ -391,6 +391,20 @@ async fn the_frameworks_own_refusals_are_json_errors_too() {
     let body: serde_json::Value = res.json().await.unwrap();
     assert_eq!(body["error"]["code"], "method_not_allowed", "{body}");
 
+    // The limit is 1 or more (0 used to be read as 1); a large one reads at most 1000.
+    let (status, body) = api.get_json("/v1/topics/t/events?limit=0").await.unwrap();
+    assert_eq!(status, 400, "{body}");
+    let (status, body) = api
+        .get_json("/v1/topics/t/events?limit=2147483648")
+        .await
+        .unwrap();
+    assert_eq!(status, 400, "{body}");
+    let (status, _) = api
+        .get_json("/v1/topics/t/events?limit=2147483647")
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+
     let (status, body) = api.get_json("/v1/nowhere").await.unwrap();
     assert_eq!(status, 404);
     assert_eq!(body["error"]["code"], "not_found", "{body}");

@@ -281,6 +281,9 @@ mod tests {
             assert!(EventType::new(bad).is_err(), "{bad:?}");
         }
         assert!(EventType::default().is_default());
+        // 1–64 characters, as the API document says (not bytes): 64 four-byte ones are fine.
+        assert!(EventType::new(&"🎯".repeat(64)).is_ok());
+        assert!(EventType::new(&"🎯".repeat(65)).is_err());
     }
 
     #[test]
