@@ -21,9 +21,10 @@ pub fn examples() -> usize {
         .unwrap_or(100)
 }
 
-/// Runs Schemathesis against the server at `base` with every check; fails with its report when
-/// it found anything. Answers the number of test cases it ran.
-pub async fn run(base: &str, examples: usize) -> anyhow::Result<usize> {
+/// Runs Schemathesis against the server at `base` with every check, sending `headers` (`Name:
+/// value`, a token) with every request; fails with its report when it found anything. Answers the
+/// number of test cases it ran.
+pub async fn run(base: &str, examples: usize, headers: &[&str]) -> anyhow::Result<usize> {
     let bin = server_bin(
         "HERALD_SCHEMATHESIS",
         cache_dir().join("schemathesis/bin/schemathesis"),
@@ -44,6 +45,7 @@ pub async fn run(base: &str, examples: usize) -> anyhow::Result<usize> {
         .args(["--phases", "examples,coverage,fuzzing,stateful"])
         .args(["--max-examples", &examples.to_string()])
         .args(["--request-timeout", "10", "--workers", "2"])
+        .args(headers.iter().flat_map(|h| ["--header", h]))
         .env("NO_COLOR", "1")
         .env("SCHEMATHESIS_HOOKS", "")
         .kill_on_drop(true)

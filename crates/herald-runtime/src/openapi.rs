@@ -54,9 +54,14 @@ impl PartialSchema for ErrorCode {
         ObjectBuilder::new()
             .schema_type(Type::String)
             .enum_values(Some(ErrorCode::ALL.iter().map(|c| c.as_str())))
-            .description(Some(
-                "The error's code; each code has one status (docs/api.md, Errors and limits).",
-            ))
+            .description(Some(format!(
+                "The error's code; each has one status, whichever operation answers it: {}.",
+                ErrorCode::ALL
+                    .iter()
+                    .map(|c| format!("`{}` {}", c.as_str(), c.status().as_u16()))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )))
             .into()
     }
 }
