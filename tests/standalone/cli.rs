@@ -187,3 +187,67 @@ async fn herald_tail_prints_every_event_once_in_order_across_a_kill_9_and_restar
     assert_eq!(verdicts[0]["data"]["recovered"], true);
     assert_eq!(lines[3]["data"]["i"], 3, "events carry their JSON data");
 }
+
+/// With the server's HMAC key file, `herald publish` and `herald tail` mint their own tokens
+/// (granting just their topics); when the server ends `tail`'s stream because the token expired
+/// (`herald.auth`), it mints a new one and resumes: every event once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_key_file_the_commands_mint_their_tokens_and_tail_renews_an_expired_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("herald.key");
+    std::fs::write(&key, "a-test-key-of-at-least-thirty-two-bytes-long\n").unwrap();
+    let key = key.to_str().unwrap().to_owned();
+    let herald = Herald::start(
+        &dir.path().join("data"),
+        &["--auth-hmac-key-file", &key, "--auth-leeway", "0s", "--retry", "200ms"],
+    )
+    .await
+    .unwrap();
+    let base = herald.base.clone();
+    let total = 6;
+    let tail = Command::new(herald_bin())
+        .args(["tail", "t", "--json", "--url", &base])
+        .args(["--auth-hmac-key-file", &key, "--token-ttl", "2s"])
+        .args(["--count", &total.to_string()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    // Without a token the server refuses; with the key file the command mints one.
+    let (code, _, err) = publish(&base, &["t", "1"], "").await;
+    assert_eq!(code, 1);
+    assert!(err.contains("unauthorized"), "{err}");
+    let auth = ["--auth-hmac-key-file", key.as_str()];
+    let mut ids = Vec::new();
+    for i in 0..total {
+        if i == total / 2 {
+            // Past the tail's token's expiry.
+            tokio::time::sleep(Duration::from_secs(3)).await;
+        }
+        let data = i.to_string();
+        let args: Vec<&str> = ["t", data.as_str()].iter().chain(&auth).copied().collect();
+        let (code, out, err) = publish(&base, &args, "").await;
+        assert_eq!(code, 0, "{err}");
+        ids.extend(out);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let out = tokio::time::timeout(Duration::from_secs(60), tail.wait_with_output())
+        .await
+        .expect("herald tail did not end")
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let lines: Vec<Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let got: Vec<&str> = lines.iter().filter_map(|l| l["id"].as_str()).collect();
+    assert_eq!(got, ids, "every event once, in order, across the renewal");
+    assert!(
+        lines.iter().any(|l| l["control"] == "herald.auth"),
+        "the token expired mid-stream: {lines:?}"
+    );
+    assert!(stderr.contains("minting a new token"), "{stderr}");
+}

@@ -44,8 +44,22 @@ pub struct Server {
     )]
     pub token: Option<String>,
     /// A file holding the token (read once at start).
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", conflicts_with = "auth_hmac_key_file")]
     pub token_file: Option<PathBuf>,
+    /// Mint the token with the server's HMAC key file, as `herald token` does, granting just
+    /// what the command needs; `tail` mints a new one when the server ends the stream because
+    /// it expired, and resumes.
+    #[arg(long, value_name = "FILE", conflicts_with = "token")]
+    pub auth_hmac_key_file: Option<PathBuf>,
+    /// How long a minted token is valid.
+    #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = units::positive_duration)]
+    pub token_ttl: Duration,
+}
+
+/// What a minted token grants.
+struct Grants<'a> {
+    subscribe: &'a [String],
+    publish: &'a [String],
 }
 
 fn http_url(s: &str) -> Result<String, String> {
@@ -61,28 +75,35 @@ fn http_url(s: &str) -> Result<String, String> {
 }
 
 impl Server {
-    fn bearer(&self) -> anyhow::Result<Option<String>> {
-        let token = match (&self.token, &self.token_file) {
-            (Some(token), _) => token.clone(),
-            (None, Some(path)) => std::fs::read_to_string(path)
+    /// The `Authorization` value: the token given, or one minted now for `grants`.
+    fn bearer(&self, grants: &Grants<'_>) -> anyhow::Result<Option<reqwest::header::HeaderValue>> {
+        let token = match (&self.token, &self.token_file, &self.auth_hmac_key_file) {
+            (Some(token), _, _) => token.clone(),
+            (None, Some(path), _) => std::fs::read_to_string(path)
                 .with_context(|| format!("reading the token file {}", path.display()))?
                 .trim()
                 .to_owned(),
-            (None, None) => return Ok(None),
+            (None, None, Some(key)) => herald_auth::token::TokenArgs {
+                auth_hmac_key_file: key.clone(),
+                subscribe: grants.subscribe.to_vec(),
+                publish: grants.publish.to_vec(),
+                ttl: self.token_ttl,
+                sub: "herald-cli".into(),
+                issuer: None,
+                audience: None,
+            }
+            .mint()
+            .map_err(|e| anyhow::anyhow!("minting a token: {e}"))?,
+            (None, None, None) => return Ok(None),
         };
-        Ok(Some(format!("Bearer {token}")))
+        let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
+            .context("the token is not a valid header value")?;
+        value.set_sensitive(true);
+        Ok(Some(value))
     }
 
     fn client(&self, timeout: Option<Duration>) -> anyhow::Result<reqwest::Client> {
-        let mut headers = reqwest::header::HeaderMap::new();
-        if let Some(bearer) = self.bearer()? {
-            let mut value = reqwest::header::HeaderValue::from_str(&bearer)
-                .context("the token is not a valid header value")?;
-            value.set_sensitive(true);
-            headers.insert(reqwest::header::AUTHORIZATION, value);
-        }
         let mut builder = reqwest::Client::builder()
-            .default_headers(headers)
             .connect_timeout(Duration::from_secs(5))
             .user_agent(concat!("herald-cli/", env!("CARGO_PKG_VERSION")));
         if let Some(timeout) = timeout {
@@ -131,6 +152,11 @@ impl PublishArgs {
     /// Runs the command.
     pub async fn run(self) -> anyhow::Result<()> {
         let client = self.server.client(Some(REQUEST_TIMEOUT))?;
+        let topics = [self.topic.clone()];
+        let bearer = self.server.bearer(&Grants {
+            subscribe: &[],
+            publish: &topics,
+        })?;
         let prefix = self
             .idempotency_key
             .clone()
@@ -142,7 +168,9 @@ impl PublishArgs {
                 body["type"] = json!(t);
             }
             let url = format!("{}/v1/topics/{}/events", self.server.url, self.topic);
-            let answer = self.send(&client, &url, &body, &prefix).await?;
+            let answer = self
+                .send(&client, bearer.as_ref(), &url, &body, &prefix)
+                .await?;
             writeln!(out, "{}", answer["id"].as_str().unwrap_or_default())?;
             return Ok(());
         }
@@ -171,7 +199,9 @@ impl PublishArgs {
             number += 1;
             let url = format!("{}/v1/events", self.server.url);
             let key = format!("{prefix}-{number}");
-            let answer = self.send(&client, &url, &Value::Array(batch), &key).await?;
+            let answer = self
+                .send(&client, bearer.as_ref(), &url, &Value::Array(batch), &key)
+                .await?;
             for event in answer["events"].as_array().into_iter().flatten() {
                 writeln!(out, "{}", event["id"].as_str().unwrap_or_default())?;
             }
@@ -192,6 +222,7 @@ impl PublishArgs {
     async fn send(
         &self,
         client: &reqwest::Client,
+        bearer: Option<&reqwest::header::HeaderValue>,
         url: &str,
         body: &Value,
         key: &str,
@@ -199,8 +230,11 @@ impl PublishArgs {
         let deadline = tokio::time::Instant::now() + self.retry_for;
         let mut wait = Duration::from_millis(200);
         loop {
-            let sent = client
-                .post(url)
+            let mut request = client.post(url);
+            if let Some(bearer) = bearer {
+                request = request.header(reqwest::header::AUTHORIZATION, bearer.clone());
+            }
+            let sent = request
                 .header("content-type", "application/json")
                 .header("idempotency-key", key)
                 .body(body.to_string())
@@ -261,7 +295,7 @@ fn error_message(text: &str) -> String {
     name = "herald tail",
     bin_name = "herald tail",
     about = "Follow topics and patterns as a stream, resuming across disconnects and server restarts from the last id read (every event once, in order); the server's verdicts go to standard error.",
-    after_help = "Each event is printed as `ID TYPE DATA` (DATA on one line), or with --json as one JSON object per line: {\"id\", \"type\", \"data\"} for events, {\"control\": NAME, \"data\"} for the server's verdicts (herald.resume, herald.live, herald.refused, herald.auth). Exits 0 after --count events, 1 when the server refuses the stream for good (400, 401, 403) or the token expired."
+    after_help = "Each event is printed as `ID TYPE DATA` (DATA on one line), or with --json as one JSON object per line: {\"id\", \"type\", \"data\"} for events, {\"control\": NAME, \"data\"} for the server's verdicts (herald.resume, herald.live, herald.refused, herald.auth). Exits 0 after --count events, 1 when the server refuses the stream for good (400, 401, 403) or the token expired (with --auth-hmac-key-file, a new token is minted and the stream resumed instead)."
 )]
 pub struct TailArgs {
     #[command(flatten)]
@@ -286,9 +320,11 @@ enum TailError {
     Refused(anyhow::Error),
     /// For now: the server is unreachable or the connection broke.
     Broken(anyhow::Error),
+    /// The token expired; with a key file, a new one is minted and the stream resumed.
+    Expired(anyhow::Error),
 }
 
-use TailError::{Broken, Refused};
+use TailError::{Broken, Expired, Refused};
 
 /// How one connection of `tail` ended.
 enum Ended {
@@ -312,9 +348,14 @@ impl TailArgs {
         let mut last = self.after.clone().unwrap_or_default();
         let mut printed = 0u64;
         let mut failures = 0u32;
+        let grants = Grants {
+            subscribe: &self.topics,
+            publish: &[],
+        };
+        let mut bearer = self.server.bearer(&grants)?;
         loop {
             match self
-                .connection(&client, &url, &mut last, &mut printed)
+                .connection(&client, bearer.as_ref(), &url, &mut last, &mut printed)
                 .await
             {
                 Ok(Ended::Done) => return Ok(()),
@@ -322,7 +363,11 @@ impl TailArgs {
                     failures = 0;
                     tokio::time::sleep(delay).await;
                 }
-                Err(Refused(e)) => return Err(e),
+                Err(Expired(e)) if self.server.auth_hmac_key_file.is_some() => {
+                    eprintln!("herald tail: {e:#}; minting a new token and resuming");
+                    bearer = self.server.bearer(&grants)?;
+                }
+                Err(Refused(e) | Expired(e)) => return Err(e),
                 Err(Broken(e)) => {
                     failures += 1;
                     let wait = (DEFAULT_RETRY * failures).min(MAX_BACKOFF);
@@ -337,11 +382,15 @@ impl TailArgs {
     async fn connection(
         &self,
         client: &reqwest::Client,
+        bearer: Option<&reqwest::header::HeaderValue>,
         url: &str,
         last: &mut String,
         printed: &mut u64,
     ) -> Result<Ended, TailError> {
         let mut request = client.get(url).header("accept", "text/event-stream");
+        if let Some(bearer) = bearer {
+            request = request.header(reqwest::header::AUTHORIZATION, bearer.clone());
+        }
         if !last.is_empty() {
             request = request.header("last-event-id", last.as_str());
         }
@@ -421,7 +470,7 @@ impl TailArgs {
             "refused" => Ok(Some(Duration::from_millis(
                 data["retry_ms"].as_u64().unwrap_or(1000),
             ))),
-            "auth" => Err(Refused(anyhow::anyhow!(
+            "auth" => Err(Expired(anyhow::anyhow!(
                 "the server ended the stream: {} (get a new token and run again with --after {})",
                 event.data,
                 if event.id.is_empty() {
