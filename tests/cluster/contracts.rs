@@ -144,3 +144,121 @@ async fn the_redis_bus_keeps_both_contracts() {
     )
     .await;
 }
+
+/// G7 in the Redis bus mode: a feed the hub does not take from (a busy hub) lets go of the
+/// channel once its queue is full — the Redis client would otherwise buffer every message
+/// without bound — then catches up from MongoDB and subscribes again: every event once, in
+/// order. (Before, the feed waited on the hub with the channel subscribed.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_feed_that_falls_behind_lets_go_of_the_channel_and_catches_up() {
+    use futures_util::StreamExt as _;
+    use herald_bus::Bus as _;
+
+    let (redis, mongo) = (
+        cluster::Redis::start().await.unwrap(),
+        cluster::Mongo::start().await.unwrap(),
+    );
+    let db = Mongo::connect(&config(None, &mongo)).await.unwrap();
+    let epoch = redis_bus::prepare(&db).await.unwrap();
+    let metrics = Arc::new(Metrics::new());
+    let options = BusOptions {
+        bus: BusKind::Redis,
+        redis: RedisOptions {
+            redis_url: Secret::new(redis.url()),
+            redis_ca_file: None,
+            redis_tls_cert_file: None,
+            redis_tls_key_file: None,
+        },
+        redis_channel: redis_bus::DEFAULT_CHANNEL.into(),
+    };
+    let log = RedisLog::connect(&options, db.clone(), epoch, Arc::clone(&metrics))
+        .await
+        .unwrap();
+    let bus = RedisBus::new(
+        &options,
+        db,
+        epoch,
+        Duration::from_millis(200),
+        Arc::clone(&metrics),
+    )
+    .unwrap();
+    let mut feed = bus.subscribe().await.unwrap();
+    let subscribers = || async {
+        let mut conn = redis
+            .client()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap();
+        let (_, n): (String, i64) = redis::cmd("PUBSUB")
+            .arg("NUMSUB")
+            .arg(redis_bus::DEFAULT_CHANNEL)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        n
+    };
+    assert_eq!(subscribers().await, 1);
+
+    // More than the feed's queue, while nothing takes from it.
+    let total = 6000;
+    let mut published = Vec::new();
+    for chunk in 0..total / 100 {
+        let batch: Vec<NewEvent> = (0..100)
+            .map(|i| {
+                NewEvent::checked(
+                    "t",
+                    None,
+                    serde_json::value::to_raw_value(&(chunk * 100 + i)).unwrap(),
+                )
+                .unwrap()
+            })
+            .collect();
+        let appended = log.append(batch, None).await.unwrap();
+        published.extend(appended.seqs);
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while subscribers().await != 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the feed kept the channel subscribed with its queue full"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // The hub takes again: everything, once, in order (a redelivered event is passed over, as
+    // the hub does), and the feed is back on the channel.
+    let mut got = Vec::new();
+    while got.len() < total {
+        let event = tokio::time::timeout(Duration::from_secs(20), feed.next())
+            .await
+            .expect("the feed caught up")
+            .expect("the feed goes on");
+        if got.last().is_none_or(|&last| event.seq > last) {
+            got.push(event.seq);
+        }
+    }
+    assert_eq!(got, published);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while subscribers().await != 1 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the feed did not subscribe again"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let after = log
+        .append(
+            vec![
+                NewEvent::checked("t", None, serde_json::value::to_raw_value(&"live").unwrap())
+                    .unwrap(),
+            ],
+            None,
+        )
+        .await
+        .unwrap();
+    let event = tokio::time::timeout(Duration::from_secs(5), feed.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(event.seq, after.seqs[0], "live again");
+}

@@ -199,7 +199,14 @@ async fn with_the_key_file_the_commands_mint_their_tokens_and_tail_renews_an_exp
     let key = key.to_str().unwrap().to_owned();
     let herald = Herald::start(
         &dir.path().join("data"),
-        &["--auth-hmac-key-file", &key, "--auth-leeway", "0s", "--retry", "200ms"],
+        &[
+            "--auth-hmac-key-file",
+            &key,
+            "--auth-leeway",
+            "0s",
+            "--retry",
+            "200ms",
+        ],
     )
     .await
     .unwrap();

@@ -1,14 +1,24 @@
 //! The gateway's live feed in the Redis bus mode.
 
 use super::*;
+use herald_telemetry::BusOp;
+use tokio::time::Instant;
 
 /// Wait between attempts to re-open the subscription.
 const RESUBSCRIBE: Duration = Duration::from_millis(500);
 /// The most events the poll reads from MongoDB at once.
 const POLL_PAGE: usize = 1024;
+/// Events waiting for the hub.
+const QUEUE: usize = 4096;
 
 /// The gateway's feed in the Redis bus mode: the channel's messages, plus what the poll finds in
 /// MongoDB beyond the last message seen.
+///
+/// Backpressure (G7): the Redis client reads Pub/Sub messages into a buffer of its own without
+/// bound, whether or not anyone takes them. So the feed never waits on a hub that is behind with
+/// the channel still subscribed: when its queue ([`QUEUE`]) is full it lets go of the channel —
+/// Redis stops sending — and the poll reads what was missed from MongoDB (every event is there
+/// before its message is sent). It subscribes again once the hub has taken half the queue.
 #[derive(Debug, Clone)]
 pub struct RedisBus {
     client: redis::Client,
@@ -67,7 +77,7 @@ impl Bus for RedisBus {
             .sequenced_head()
             .await
             .map_err(|e| BusError::Backend(Box::new(e)))?;
-        let (tx, rx) = mpsc::channel(4096);
+        let (tx, rx) = mpsc::channel(QUEUE);
         tokio::spawn(self.clone().feed(messages, head, tx));
         Ok(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)))
     }
@@ -87,6 +97,11 @@ impl RedisBus {
         let mut tick = tokio::time::interval(self.poll);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let faults = Faults::from_env();
+        // When to try to subscribe again, while not subscribed. A deadline that the poll's
+        // ticks do not push back (a sleep made anew on each turn never ended with a poll
+        // shorter than RESUBSCRIBE).
+        let resubscribe = tokio::time::sleep(RESUBSCRIBE);
+        tokio::pin!(resubscribe);
         loop {
             let step = match messages.as_mut() {
                 Some(stream) => tokio::select! {
@@ -94,7 +109,7 @@ impl RedisBus {
                     _ = tick.tick() => Step::Poll,
                 },
                 None => tokio::select! {
-                    () = tokio::time::sleep(RESUBSCRIBE) => Step::Resubscribe,
+                    () = &mut resubscribe => Step::Resubscribe,
                     _ = tick.tick() => Step::Poll,
                 },
             };
@@ -105,9 +120,22 @@ impl RedisBus {
                     }
                     match decode(message.get_payload_bytes()) {
                         Ok((epoch, event)) if epoch == self.epoch => {
-                            last = last.max(event.seq);
-                            if tx.send(Arc::new(event)).await.is_err() {
-                                return;
+                            let seq = event.seq;
+                            match tx.try_send(Arc::new(event)) {
+                                Ok(()) => last = last.max(seq),
+                                Err(mpsc::error::TrySendError::Closed(_)) => return,
+                                Err(mpsc::error::TrySendError::Full(_)) => {
+                                    // The hub is behind: let go of the channel rather than let
+                                    // the client buffer it; the poll catches up from MongoDB.
+                                    tracing::warn!(
+                                        after = last,
+                                        "the hub is behind the redis channel; reading from mongodb until it catches up"
+                                    );
+                                    self.metrics.bus_error(BusOp::Feed);
+                                    self.subscribed.store(false, Ordering::Release);
+                                    messages = None;
+                                    resubscribe.as_mut().reset(Instant::now() + RESUBSCRIBE);
+                                }
                             }
                         }
                         Ok((epoch, event)) => {
@@ -122,6 +150,11 @@ impl RedisBus {
                     tracing::warn!("the redis subscription ended; resubscribing");
                     self.subscribed.store(false, Ordering::Release);
                     messages = None;
+                    resubscribe.as_mut().reset(Instant::now() + RESUBSCRIBE);
+                }
+                // Not before the hub has taken half its queue.
+                Step::Resubscribe if tx.capacity() < QUEUE / 2 => {
+                    resubscribe.as_mut().reset(Instant::now() + RESUBSCRIBE);
                 }
                 Step::Resubscribe => match self.open().await {
                     Ok(stream) => {
@@ -129,7 +162,10 @@ impl RedisBus {
                         self.subscribed.store(true, Ordering::Release);
                         messages = Some(stream);
                     }
-                    Err(e) => tracing::debug!(error = %e, "resubscribing to redis failed"),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "resubscribing to redis failed");
+                        resubscribe.as_mut().reset(Instant::now() + RESUBSCRIBE);
+                    }
                 },
                 Step::Poll => {
                     // What MongoDB held one poll ago and no message brought since: its message
