@@ -49,6 +49,11 @@ pub trait System {
     /// Kills and restarts the process the publisher's requests reach, picked with `rng` where
     /// there are several (an in-flight publish then has an unknown outcome).
     async fn crash_publisher(&mut self, rng: &mut fastrand::Rng);
+    /// Whether retention removes events during a schedule (then events before the final
+    /// replay's earliest cannot be checked, and resumes from before it are honestly `expired`).
+    fn retention(&self) -> bool {
+        false
+    }
 }
 const TOPICS: &[&str] = &["t.a", "t.b", "u.c"];
 const FILTERS: &[&[&str]] = &[&["t.a"], &["t.*"], &[">"], &["u.c", "t.b"]];
@@ -171,6 +176,11 @@ async fn subscriber(
                 ev = stream.next_within(Duration::from_secs(60)) => match ev {
                     Ok(Some(ev)) if ev.event == "herald.resume" => {
                         let v: Value = serde_json::from_str(&ev.data).unwrap_or_default();
+                        if !session.events.is_empty() {
+                            // A verdict in the middle of a connection (a catch-up that fell
+                            // behind retention): what follows is checked as a new, live part.
+                            sessions.push(std::mem::take(&mut session));
+                        }
                         session.recovered = v["recovered"].as_bool();
                     }
                     Ok(Some(ev)) if ev.event.starts_with("herald.") => {}
@@ -388,12 +398,18 @@ pub struct Tally {
     pub faults: BTreeMap<String, usize>,
     /// Events read by subscribers and checked.
     pub events: usize,
+    /// Events the final replay no longer had: removed by retention (or lost with a disk).
+    pub removed: u64,
+    /// Connections told `recovered:false` about their own ids (retention, a lost disk).
+    pub not_recovered: usize,
 }
 
 impl Tally {
     fn add(&mut self, other: Tally) {
         self.operations += other.operations;
         self.events += other.events;
+        self.removed += other.removed;
+        self.not_recovered += other.not_recovered;
         for (kind, n) in other.faults {
             *self.faults.entry(kind).or_default() += n;
         }
@@ -483,7 +499,7 @@ pub async fn check<S: System>(system: S, seed: u64) -> Tally {
         return Tally {
             operations: ops.len(),
             faults,
-            events: 0,
+            ..Tally::default()
         };
     };
     let head = ids.iter().map(|id| id.seq).max().unwrap_or(0);
@@ -493,6 +509,7 @@ pub async fn check<S: System>(system: S, seed: u64) -> Tally {
     // from before one that vanished at the start of the history is honestly `expired`.
     // Acknowledged events never vanish (G1 below), and no id is handed out twice (G2).
     let disk_lost = run.log.iter().any(|l| l.contains("without its disk"));
+    let retention = run.system.retention();
     let acked_seqs: std::collections::BTreeSet<u64> =
         run.history.acked.values().map(|(id, _)| id.seq).collect();
     let mut earliest = 1;
@@ -516,9 +533,11 @@ pub async fn check<S: System>(system: S, seed: u64) -> Tally {
                 .ok()
                 .and_then(|v| v["earliest"].as_str()?.parse().ok());
             match retained {
-                Some(first) if disk_lost && ev.data.contains("\"expired\"") => {
+                Some(first) if (disk_lost || retention) && ev.data.contains("\"expired\"") => {
                     earliest = first.seq;
-                    if let Some(lost) = acked_seqs.range(..earliest).next() {
+                    if let Some(lost) = acked_seqs.range(..earliest).next()
+                        && !retention
+                    {
                         fail(format!(
                             "G1: acknowledged {lost} is before the earliest retained {first}"
                         ));
@@ -560,6 +579,9 @@ pub async fn check<S: System>(system: S, seed: u64) -> Tally {
     }
     // G1: every acknowledged event is there, as published.
     for (n, (id, topic)) in &run.history.acked {
+        if id.seq < earliest {
+            continue; // removed by retention (checked against the verdict above)
+        }
         match everything.get(&id.seq) {
             Some((t, m)) if t == topic && m == n => {}
             other => fail(format!(
@@ -576,6 +598,7 @@ pub async fn check<S: System>(system: S, seed: u64) -> Tally {
     }
     // Every event read by anyone is the one the replay has under its id (G2/G3).
     let mut events_checked = 0;
+    let mut not_recovered = 0;
     for (s, sessions) in all.iter().enumerate() {
         let filter = TopicFilter::parse(FILTERS[s % FILTERS.len()].to_vec()).unwrap();
         for session in sessions {
@@ -592,6 +615,7 @@ pub async fn check<S: System>(system: S, seed: u64) -> Tally {
                 match everything.get(&id.seq) {
                     Some((t, m)) if t == topic && m == n => {}
                     None if vanished(id.seq) => {}
+                    None if retention && id.seq < earliest => {}
                     other => fail(format!(
                         "G2: subscriber {s} read {id} as n={n} on {topic}; the replay has {other:?}"
                     )),
@@ -612,7 +636,13 @@ pub async fn check<S: System>(system: S, seed: u64) -> Tally {
             let before_loss = from.is_some_and(|f| f.epoch == epoch && f.seq + 1 < earliest);
             if session.from.is_some() {
                 match (!session.foreign, session.recovered) {
-                    (true, Some(false)) if before_loss => {}
+                    (true, Some(false)) if before_loss => not_recovered += 1,
+                    // Older than what retention kept by the end: honestly expired.
+                    (true, Some(false))
+                        if retention && from.is_some_and(|f| f.seq + 1 < earliest) =>
+                    {
+                        not_recovered += 1
+                    }
                     (true, Some(false)) => fail(format!(
                         "G4: subscriber {s} resuming from its own {:?} was not recovered",
                         session.from
@@ -632,16 +662,34 @@ pub async fn check<S: System>(system: S, seed: u64) -> Tally {
                 // Live: from the first event read.
                 _ => session.events[0].0.seq - 1,
             };
-            let want: Vec<u64> = everything
+            let mut want: std::collections::BTreeSet<u64> = everything
                 .range(start + 1..=last.seq)
                 .filter(|(_, (t, _))| filter.matches(t))
                 .map(|(seq, _)| *seq)
                 .collect();
+            // What retention removed by the end: the acknowledged events are still owed to a
+            // connection that read past them; the others cannot be checked.
+            let unknowable = |seq: u64| retention && seq < earliest && !acked_seqs.contains(&seq);
+            if retention {
+                want.extend(
+                    run.history
+                        .acked
+                        .values()
+                        .filter(|(id, t)| {
+                            id.seq > start
+                                && id.seq <= last.seq
+                                && id.seq < earliest
+                                && filter.matches(t)
+                        })
+                        .map(|(id, _)| id.seq),
+                );
+            }
+            let want: Vec<u64> = want.into_iter().collect();
             let got: Vec<u64> = session
                 .events
                 .iter()
                 .map(|(id, _, _)| id.seq)
-                .filter(|&seq| !vanished(seq))
+                .filter(|&seq| !vanished(seq) && !unknowable(seq))
                 .collect();
             if got != want {
                 fail(format!(
@@ -655,6 +703,8 @@ pub async fn check<S: System>(system: S, seed: u64) -> Tally {
         operations: ops.len(),
         faults,
         events: events_checked,
+        removed: earliest - 1,
+        not_recovered,
     }
 }
 
@@ -689,11 +739,13 @@ where
         total.add(check(start().await, seed).await);
     }
     eprintln!(
-        "checker ({what}): {} schedules, {} operations, {} faults ({:?}), {} events read and checked, 0 violations",
+        "checker ({what}): {} schedules, {} operations, {} faults ({:?}), {} events read and checked, {} removed by retention or a lost disk, {} own-id resumes honestly not recovered, 0 violations",
         seeds.len(),
         total.operations,
         total.faults.values().sum::<usize>(),
         total.faults,
-        total.events
+        total.events,
+        total.removed,
+        total.not_recovered
     );
 }

@@ -10,20 +10,43 @@ use herald_tests::{
 
 struct Standalone {
     herald: Herald,
+    retention: bool,
     _dir: tempfile::TempDir,
 }
 
 impl Standalone {
     async fn start() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        // A short drain, so SIGTERM does not wait out the streams; no retention limit is reached.
-        let herald = Herald::start(
-            dir.path(),
-            &["--drain-deadline", "1s", "--drain-jitter", "100ms"],
+        Self::start_with(&[], false).await
+    }
+
+    /// Retention that removes events during the schedule: 1 KiB of them kept (about 20), trimmed every
+    /// 100 ms, so resumes and slow catch-ups race the trimmer (issue 19's first interleaving).
+    async fn with_retention() -> Self {
+        Self::start_with(
+            &[
+                "--retention-bytes",
+                "1KiB",
+                "--trim-interval",
+                "100ms",
+                "--replay-window",
+                "0",
+            ],
+            true,
         )
         .await
-        .unwrap();
-        Self { herald, _dir: dir }
+    }
+
+    async fn start_with(extra: &[&str], retention: bool) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        // A short drain, so SIGTERM does not wait out the streams.
+        let mut args = vec!["--drain-deadline", "1s", "--drain-jitter", "100ms"];
+        args.extend(extra);
+        let herald = Herald::start(dir.path(), &args).await.unwrap();
+        Self {
+            herald,
+            retention,
+            _dir: dir,
+        }
     }
 }
 
@@ -58,9 +81,18 @@ impl System for Standalone {
     async fn crash_publisher(&mut self, _: &mut fastrand::Rng) {
         self.herald.restart_same_port().await.expect("restart");
     }
+
+    fn retention(&self) -> bool {
+        self.retention
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn random_fault_schedules_keep_every_guarantee() {
     checker::run_all("standalone", Standalone::start).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_fault_schedules_with_short_retention_keep_every_guarantee() {
+    checker::run_all("standalone, short retention", Standalone::with_retention).await;
 }
