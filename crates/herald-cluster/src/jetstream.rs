@@ -178,23 +178,21 @@ impl JetStream {
     /// Makes the stream again after NATS lost it, as start-up does ([`stream::ensure`]): in the
     /// same epoch, after the highest sequence MongoDB knows was handed out — first raised to the
     /// highest this process saw, which MongoDB may not hold yet (an event published or delivered
-    /// live whose insert had not happened). A gateway's live feed notices the loss first (within
-    /// [`FEED_RETRY`] of NATS coming back) and so records what it delivered before anyone
-    /// recreates. Nothing is done when the stream is there again.
+    /// live whose insert had not happened). A gateway's live feed tries within [`FEED_RETRY`] of
+    /// NATS coming back, so it usually records what it delivered before a publish recreates the
+    /// stream (not always: a publish can come first). Nothing is done when the stream is there
+    /// again.
     async fn restore(&self) -> Result<(), StoreError> {
         let recovery = &self.recovery;
         let _one = recovery.one.lock().await;
-        if let Err(e) = self.js.get_stream(&*self.stream).await {
-            if !matches!(e.kind(), GetStreamErrorKind::JetStream(ref j) if j.error_code() == ErrorCode::STREAM_NOT_FOUND)
-            {
-                return Err(unavailable(e));
-            }
-            let seen = recovery.seen.load(Ordering::Relaxed);
-            recovery.mongo.raise_handed_out(seen).await?;
-            tracing::warn!(stream = %self.stream, seen, "the stream is gone (NATS lost its storage); making it again");
-        } else {
-            return Ok(());
+        match self.js.get_stream(&*self.stream).await {
+            Ok(_) => return Ok(()),
+            Err(e) if !stream_not_found(&e) => return Err(unavailable(e)),
+            Err(_) => {}
         }
+        let seen = recovery.seen.load(Ordering::Relaxed);
+        recovery.mongo.raise_handed_out(seen).await?;
+        tracing::warn!(stream = %self.stream, seen, "the stream is gone (NATS lost its storage); making it again");
         let epoch = stream::ensure(&self.js, &recovery.config, &recovery.mongo)
             .await
             .map_err(|e| unavailable(format!("making the stream again: {e:#}")))?;
@@ -227,8 +225,7 @@ impl JetStream {
         let stream = self
             .restoring(|| async {
                 self.js.get_stream(&*self.stream).await.map_err(|e| {
-                    if matches!(e.kind(), GetStreamErrorKind::JetStream(ref j) if j.error_code() == ErrorCode::STREAM_NOT_FOUND)
-                    {
+                    if stream_not_found(&e) {
                         unavailable(StreamMissing)
                     } else {
                         unavailable(e)
@@ -664,6 +661,11 @@ fn parse_reply(payload: &Bytes) -> Result<Option<Value>, StoreError> {
         return Err(unavailable(format!("JetStream refused the batch: {error}")));
     }
     Ok(Some(value))
+}
+
+/// Whether reading the stream found none.
+fn stream_not_found(e: &async_nats::jetstream::context::GetStreamError) -> bool {
+    matches!(e.kind(), GetStreamErrorKind::JetStream(ref j) if j.error_code() == ErrorCode::STREAM_NOT_FOUND)
 }
 
 /// A consumer could not be made; [`StreamMissing`] when its stream is gone.
