@@ -85,28 +85,57 @@ async fn the_jetstream_feed_keeps_the_feed_contract() {
     check_feed("jetstream", &js, publish).await;
 }
 
+/// The Redis bus mode over a test's Redis and MongoDB: the database prepared, the options, the
+/// publish side.
+struct RedisSetup {
+    db: Mongo,
+    epoch: herald_core::Epoch,
+    metrics: Arc<Metrics>,
+    options: BusOptions,
+    log: RedisLog,
+}
+
+impl RedisSetup {
+    async fn new(redis: &cluster::Redis, mongo: &cluster::Mongo) -> Self {
+        let db = Mongo::connect(&config(None, mongo)).await.unwrap();
+        let epoch = redis_bus::prepare(&db).await.unwrap();
+        let metrics = Arc::new(Metrics::new());
+        let options = BusOptions {
+            bus: BusKind::Redis,
+            redis: RedisOptions {
+                redis_url: Secret::new(redis.url()),
+                redis_ca_file: None,
+                redis_tls_cert_file: None,
+                redis_tls_key_file: None,
+            },
+            redis_channel: redis_bus::DEFAULT_CHANNEL.into(),
+        };
+        let log = RedisLog::connect(&options, db.clone(), epoch, Arc::clone(&metrics))
+            .await
+            .unwrap();
+        Self {
+            db,
+            epoch,
+            metrics,
+            options,
+            log,
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_redis_bus_keeps_both_contracts() {
     let (redis, mongo) = (
         cluster::Redis::start().await.unwrap(),
         cluster::Mongo::start().await.unwrap(),
     );
-    let db = Mongo::connect(&config(None, &mongo)).await.unwrap();
-    let epoch = redis_bus::prepare(&db).await.unwrap();
-    let metrics = Arc::new(Metrics::new());
-    let options = BusOptions {
-        bus: BusKind::Redis,
-        redis: RedisOptions {
-            redis_url: Secret::new(redis.url()),
-            redis_ca_file: None,
-            redis_tls_cert_file: None,
-            redis_tls_key_file: None,
-        },
-        redis_channel: redis_bus::DEFAULT_CHANNEL.into(),
-    };
-    let log = RedisLog::connect(&options, db.clone(), epoch, Arc::clone(&metrics))
-        .await
-        .unwrap();
+    let RedisSetup {
+        db,
+        epoch,
+        metrics,
+        options,
+        log,
+    } = RedisSetup::new(&redis, &mongo).await;
     let bus = RedisBus::new(
         &options,
         db.clone(),
@@ -158,22 +187,13 @@ async fn a_redis_feed_that_falls_behind_lets_go_of_the_channel_and_catches_up() 
         cluster::Redis::start().await.unwrap(),
         cluster::Mongo::start().await.unwrap(),
     );
-    let db = Mongo::connect(&config(None, &mongo)).await.unwrap();
-    let epoch = redis_bus::prepare(&db).await.unwrap();
-    let metrics = Arc::new(Metrics::new());
-    let options = BusOptions {
-        bus: BusKind::Redis,
-        redis: RedisOptions {
-            redis_url: Secret::new(redis.url()),
-            redis_ca_file: None,
-            redis_tls_cert_file: None,
-            redis_tls_key_file: None,
-        },
-        redis_channel: redis_bus::DEFAULT_CHANNEL.into(),
-    };
-    let log = RedisLog::connect(&options, db.clone(), epoch, Arc::clone(&metrics))
-        .await
-        .unwrap();
+    let RedisSetup {
+        db,
+        epoch,
+        metrics,
+        options,
+        log,
+    } = RedisSetup::new(&redis, &mongo).await;
     let bus = RedisBus::new(
         &options,
         db,

@@ -37,6 +37,23 @@ async fn publish(base: &str, args: &[&str], stdin: &str) -> (i32, Vec<String>, S
     )
 }
 
+/// What `herald tail --json --count N` printed once it ended (it must end, successfully): its
+/// JSON lines and its standard error.
+async fn tail_output(tail: tokio::process::Child) -> (Vec<Value>, String) {
+    let out = tokio::time::timeout(Duration::from_secs(60), tail.wait_with_output())
+        .await
+        .expect("herald tail did not end after --count events")
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{stderr}");
+    let lines = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    (lines, stderr)
+}
+
 async fn history(herald: &Herald, topic: &str) -> Vec<Value> {
     let (status, body) = herald
         .api()
@@ -162,17 +179,7 @@ async fn herald_tail_prints_every_event_once_in_order_across_a_kill_9_and_restar
             .unwrap();
         ids.push(id);
     }
-    let out = tokio::time::timeout(Duration::from_secs(60), tail.wait_with_output())
-        .await
-        .expect("herald tail did not end after --count events")
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
-    let lines: Vec<Value> = String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let (lines, _) = tail_output(tail).await;
     let got: Vec<&str> = lines.iter().filter_map(|l| l["id"].as_str()).collect();
     assert_eq!(got, ids, "every event once, in order");
     let verdicts: Vec<&Value> = lines
@@ -239,17 +246,7 @@ async fn with_the_key_file_the_commands_mint_their_tokens_and_tail_renews_an_exp
         ids.extend(out);
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let out = tokio::time::timeout(Duration::from_secs(60), tail.wait_with_output())
-        .await
-        .expect("herald tail did not end")
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
-    let lines: Vec<Value> = String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let (lines, stderr) = tail_output(tail).await;
     let got: Vec<&str> = lines.iter().filter_map(|l| l["id"].as_str()).collect();
     assert_eq!(got, ids, "every event once, in order, across the renewal");
     assert!(
