@@ -121,6 +121,18 @@ impl RedisSetup {
             log,
         }
     }
+
+    /// A gateway's feed on this setup, polling MongoDB every `poll`.
+    fn bus(&self, poll: Duration) -> RedisBus {
+        RedisBus::new(
+            &self.options,
+            self.db.clone(),
+            self.epoch,
+            poll,
+            Arc::clone(&self.metrics),
+        )
+        .unwrap()
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -129,21 +141,9 @@ async fn the_redis_bus_keeps_both_contracts() {
         cluster::Redis::start().await.unwrap(),
         cluster::Mongo::start().await.unwrap(),
     );
-    let RedisSetup {
-        db,
-        epoch,
-        metrics,
-        options,
-        log,
-    } = RedisSetup::new(&redis, &mongo).await;
-    let bus = RedisBus::new(
-        &options,
-        db.clone(),
-        epoch,
-        Duration::from_secs(1),
-        Arc::clone(&metrics),
-    )
-    .unwrap();
+    let setup = RedisSetup::new(&redis, &mongo).await;
+    let bus = setup.bus(Duration::from_secs(1));
+    let RedisSetup { metrics, log, .. } = setup;
     let publish = |batch: Vec<NewEvent>| {
         let log = &log;
         async move { log.append(batch, None).await.unwrap().events }
@@ -187,21 +187,9 @@ async fn a_redis_feed_that_falls_behind_lets_go_of_the_channel_and_catches_up() 
         cluster::Redis::start().await.unwrap(),
         cluster::Mongo::start().await.unwrap(),
     );
-    let RedisSetup {
-        db,
-        epoch,
-        metrics,
-        options,
-        log,
-    } = RedisSetup::new(&redis, &mongo).await;
-    let bus = RedisBus::new(
-        &options,
-        db,
-        epoch,
-        Duration::from_millis(200),
-        Arc::clone(&metrics),
-    )
-    .unwrap();
+    let setup = RedisSetup::new(&redis, &mongo).await;
+    let bus = setup.bus(Duration::from_millis(200));
+    let log = setup.log;
     let mut feed = bus.subscribe().await.unwrap();
     let subscribers = || async {
         let mut conn = redis

@@ -1,0 +1,346 @@
+//! Herald on NATS JetStream: publish (the PubAck's sequence is the global sequence), the
+//! gateway's one live feed ([`feed`]), replay reads filtered to a connection's topics
+//! ([`read`]), and making the stream again when NATS lost it ([`recovery`]).
+
+mod feed;
+mod read;
+mod recovery;
+
+use recovery::{Recovery, StreamMissing, stream_not_found};
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use anyhow::Context as _;
+use async_nats::{
+    Client, HeaderMap, RequestErrorKind,
+    jetstream::{
+        self, ErrorCode,
+        consumer::{AckPolicy, DeliverPolicy, pull},
+        context::{GetStreamErrorKind, PublishErrorKind},
+        message::PublishMessage,
+        stream::ConsumerErrorKind,
+    },
+};
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use herald_bus::{Bus, BusError, Feed};
+use herald_core::{Epoch, Event, EventId, NewEvent, TopicFilter, TraceContext};
+use herald_proto::Origin;
+use herald_store::{Page, StoreError};
+use herald_telemetry::{BusOp, Consumer};
+use herald_telemetry::{Metrics, otel};
+use serde_json::Value;
+
+use crate::{
+    ClusterConfig, Mongo, NatsAuth,
+    envelope::{ALL_SUBJECTS, Stamp, decode, encode, filter_subjects, subject},
+    stream,
+};
+
+/// The message header carrying the publish's W3C trace context.
+pub const TRACEPARENT: &str = "traceparent";
+/// Replay reads (each one a consumer on the server) under way at once per process; the others
+/// wait their turn. Thousands of clients replaying at once (a cold gateway after a crash) would
+/// otherwise hit JetStream's consumer limit and fail.
+const CONCURRENT_READS: usize = 64;
+
+/// A connection to the deployment's stream. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct JetStream {
+    client: Client,
+    js: jetstream::Context,
+    stream: Arc<str>,
+    epoch: Epoch,
+    timeout: Duration,
+    metrics: Arc<Metrics>,
+    reads: Arc<tokio::sync::Semaphore>,
+    recovery: Arc<Recovery>,
+}
+
+/// What a publish got from JetStream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Published {
+    /// The sequence of each event of the batch, in order.
+    pub seqs: Vec<u64>,
+    /// JetStream had the `Nats-Msg-Id` already: these are the first publish's sequences.
+    pub duplicate: bool,
+}
+
+impl JetStream {
+    /// Connects to NATS (reconnecting for ever after a first success) and makes sure the stream
+    /// exists.
+    pub async fn connect(
+        config: &ClusterConfig,
+        name: &str,
+        mongo: &Mongo,
+        metrics: Arc<Metrics>,
+    ) -> anyhow::Result<Self> {
+        let mut options = match &config.nats_auth {
+            NatsAuth::None => async_nats::ConnectOptions::new(),
+            NatsAuth::Credentials(path) => async_nats::ConnectOptions::with_credentials_file(path)
+                .await
+                .with_context(|| format!("reading NATS credentials {}", path.display()))?,
+            NatsAuth::UserPassword(user, password) => {
+                async_nats::ConnectOptions::with_user_and_password(
+                    user.clone(),
+                    password.expose().to_owned(),
+                )
+            }
+            NatsAuth::Token(token) => {
+                async_nats::ConnectOptions::with_token(token.expose().to_owned())
+            }
+        };
+        if let Some(ca) = &config.nats_tls.ca_file {
+            options = options.add_root_certificates(ca.clone());
+        }
+        if let Some((cert, key)) = &config.nats_tls.client {
+            options = options.add_client_certificate(cert.clone(), key.clone());
+        }
+        let client = options
+            .require_tls(config.nats_tls.required())
+            .name(name)
+            .max_reconnects(None)
+            .connection_timeout(config.backend_timeout)
+            .request_timeout(Some(config.backend_timeout))
+            .event_callback(|event| async move {
+                tracing::info!(%event, "nats connection");
+            })
+            .connect(config.nats_url.as_str())
+            .await?;
+        let js = jetstream::ContextBuilder::new()
+            .timeout(config.backend_timeout)
+            .build(client.clone());
+        let epoch = stream::ensure(&js, config, mongo).await?;
+        Ok(Self {
+            client,
+            js,
+            stream: config.stream.as_str().into(),
+            epoch,
+            timeout: config.backend_timeout,
+            metrics,
+            reads: Arc::new(tokio::sync::Semaphore::new(CONCURRENT_READS)),
+            recovery: Arc::new(Recovery::new(config, mongo)),
+        })
+    }
+
+    /// The stream's epoch.
+    pub fn epoch(&self) -> Epoch {
+        self.epoch
+    }
+
+    /// The NATS client (for readiness).
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// The stream's first and last sequence now. An empty stream answers `(last + 1, last)`.
+    pub async fn state(&self) -> Result<(u64, u64), StoreError> {
+        let stream = self
+            .restoring(|| async {
+                self.js.get_stream(&*self.stream).await.map_err(|e| {
+                    if stream_not_found(&e) {
+                        unavailable(StreamMissing)
+                    } else {
+                        unavailable(e)
+                    }
+                })
+            })
+            .await?;
+        let state = &stream.cached_info().state;
+        let first = if state.messages == 0 {
+            state.last_sequence + 1
+        } else {
+            state.first_sequence
+        };
+        Ok((first, state.last_sequence))
+    }
+
+    /// Publishes a batch, all or nothing, and answers its sequences. One event is published with
+    /// `Nats-Msg-Id` = the idempotency key, so JetStream stores it once within its duplicate
+    /// window; a batch is an atomic batch publish (consecutive sequences, all or none stored).
+    pub async fn publish(
+        &self,
+        batch: &[NewEvent],
+        key: Option<&str>,
+        fingerprint: u64,
+        time_ms: u64,
+        trace: Option<TraceContext>,
+        origin: Origin,
+    ) -> Result<Published, StoreError> {
+        let stamp = Stamp {
+            epoch: self.epoch,
+            time_ms,
+            fingerprint,
+            origin,
+            key,
+            size: batch.len(),
+        };
+        let published = match batch {
+            [] => {
+                return Ok(Published {
+                    seqs: Vec::new(),
+                    duplicate: false,
+                });
+            }
+            [event] => {
+                self.restoring(|| self.publish_one(event, &stamp, trace))
+                    .await?
+            }
+            _ => {
+                self.restoring(|| self.publish_batch(batch, &stamp, trace))
+                    .await?
+            }
+        };
+        if let Some(&last) = published.seqs.last() {
+            self.saw(last);
+        }
+        Ok(published)
+    }
+
+    async fn publish_one(
+        &self,
+        event: &NewEvent,
+        stamp: &Stamp<'_>,
+        trace: Option<TraceContext>,
+    ) -> Result<Published, StoreError> {
+        let (key, fingerprint) = (stamp.key, stamp.fingerprint);
+        let mut message = PublishMessage::build().payload(encode(event, 0, stamp));
+        if let Some(key) = key {
+            message = message.message_id(key);
+        }
+        if let Some(trace) = trace {
+            message = message.header(TRACEPARENT, trace.to_string().as_str());
+        }
+        let ack = self
+            .js
+            .send_publish(subject(&event.topic), message)
+            .await
+            .map_err(unavailable)?
+            .await
+            .map_err(|e| match e.kind() {
+                // No stream listens on the subject: nothing was stored.
+                PublishErrorKind::StreamNotFound => unavailable(StreamMissing),
+                _ => unavailable(e),
+            })?;
+        if ack.duplicate && key.is_some() {
+            // The key was used before: with the same request, answer the first result.
+            let stored = self.fingerprint_at(ack.sequence).await?;
+            if stored != fingerprint {
+                return Err(StoreError::IdempotencyConflict);
+            }
+        }
+        Ok(Published {
+            seqs: vec![ack.sequence],
+            duplicate: ack.duplicate,
+        })
+    }
+
+    /// An atomic batch (ADR-50): every message carries the batch id and its position; the first
+    /// and the last are requests (the server answers errors early and the PubAck at the commit),
+    /// the others plain publishes.
+    async fn publish_batch(
+        &self,
+        batch: &[NewEvent],
+        stamp: &Stamp<'_>,
+        trace: Option<TraceContext>,
+    ) -> Result<Published, StoreError> {
+        let traceparent = trace.map(|t| t.to_string());
+        let batch_id = format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..));
+        let last = batch.len();
+        let mut commit = None;
+        for (i, event) in batch.iter().enumerate() {
+            let n = i + 1;
+            let mut headers = HeaderMap::new();
+            headers.insert("Nats-Batch-Id", batch_id.as_str());
+            headers.insert("Nats-Batch-Sequence", n.to_string().as_str());
+            if n == last {
+                headers.insert("Nats-Batch-Commit", "1");
+            }
+            if let Some(traceparent) = &traceparent {
+                headers.insert(TRACEPARENT, traceparent.as_str());
+            }
+            let payload = encode(event, i, stamp);
+            let subject = subject(&event.topic);
+            if n == 1 || n == last {
+                let reply = tokio::time::timeout(
+                    self.timeout,
+                    self.client.request_with_headers(subject, headers, payload),
+                )
+                .await
+                .map_err(|_| unavailable("the batch publish timed out"))?
+                .map_err(|e| match e.kind() {
+                    // The first message found no stream: nothing of the batch was stored.
+                    RequestErrorKind::NoResponders if n == 1 => unavailable(StreamMissing),
+                    _ => unavailable(e),
+                })?;
+                let answer = parse_reply(&reply.payload)?;
+                if n == last {
+                    commit = answer;
+                }
+            } else {
+                self.client
+                    .publish_with_headers(subject, headers, payload)
+                    .await
+                    .map_err(unavailable)?;
+            }
+        }
+        let ack = commit.ok_or_else(|| unavailable("the batch commit had no acknowledgement"))?;
+        let seq = ack["seq"]
+            .as_u64()
+            .ok_or_else(|| unavailable("the batch ack has no seq"))?;
+        let count = ack["count"].as_u64().unwrap_or(last as u64);
+        if count != last as u64 || seq < count {
+            return Err(unavailable(format!(
+                "the batch ack counts {count} messages of {last}"
+            )));
+        }
+        Ok(Published {
+            seqs: (seq + 1 - count..=seq).collect(),
+            duplicate: false,
+        })
+    }
+
+    /// The request fingerprint stored with the event at `seq`.
+    pub async fn fingerprint_at(&self, seq: u64) -> Result<u64, StoreError> {
+        let stream = self
+            .js
+            .get_stream_no_info(&*self.stream)
+            .await
+            .map_err(unavailable)?;
+        let message = stream.direct_get(seq).await.map_err(unavailable)?;
+        decode(&message.payload, seq, None)
+            .map(|d| d.fingerprint)
+            .map_err(|e| StoreError::Backend(Box::new(e)))
+    }
+}
+
+/// The W3C trace context a message was published in.
+pub(crate) fn traceparent(headers: Option<&HeaderMap>) -> Option<TraceContext> {
+    headers?
+        .get(TRACEPARENT)
+        .and_then(|v| TraceContext::parse(v.as_str()))
+}
+
+/// A request's reply: nothing (an intermediate ack), a PubAck, or an API error.
+fn parse_reply(payload: &Bytes) -> Result<Option<Value>, StoreError> {
+    if payload.is_empty() {
+        return Ok(None);
+    }
+    let value: Value = serde_json::from_slice(payload).map_err(unavailable)?;
+    if let Some(error) = value.get("error") {
+        return Err(unavailable(format!("JetStream refused the batch: {error}")));
+    }
+    Ok(Some(value))
+}
+
+/// NATS could not be reached or refused: the caller may retry (503).
+pub(crate) fn unavailable(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> StoreError {
+    StoreError::Unavailable(e.into())
+}
