@@ -5,7 +5,8 @@
 //! NATS restart with or without its disk (the running processes make the stream again), a Redis
 //! restart, and a MongoDB restart (over NATS) or pause (over Redis, where MongoDB is the commit
 //! point: see `RedisBus::fault`). Over NATS at most one storage loses its data per schedule
-//! (`Distributed::storage_lost`).
+//! (`Distributed::storage_lost`), and one publish in ten fails its MongoDB write after the
+//! JetStream ack ([`MONGODB_FAILS`]).
 
 use std::time::Duration;
 
@@ -17,6 +18,11 @@ use herald_tests::{
 };
 
 use crate::common::Cluster;
+
+/// The ingests' MongoDB write fails after the JetStream ack for one publish in ten (the
+/// `fault-injection` hook): the publish answers 503 while its event exists and is archived, and
+/// the checker retries its key after the duplicate window (issue 19's second interleaving).
+const MONGODB_FAILS: (&str, &str) = ("HERALD_FAULT", "mongodb-fails-after-jetstream-ack:0.1");
 
 struct Distributed {
     cluster: Cluster,
@@ -34,7 +40,11 @@ impl Distributed {
         // window, so most retried keys are answered from MongoDB's idempotency records, not
         // from JetStream's memory of the message id.
         let shared = ["--drain-deadline", "1s", "--duplicate-window", "1s"];
-        let mut cluster = Cluster::start(2, 0, &shared).await;
+        let mut cluster = Cluster::start(0, 0, &shared).await;
+        for _ in 0..2 {
+            let ingest = cluster.deployment.ingest(&[], &[MONGODB_FAILS]);
+            cluster.ingests.push(ingest.await.unwrap());
+        }
         for _ in 0..2 {
             let gateway = cluster.deployment.gateway(&["--drain-jitter", "100ms"]);
             cluster.gateways.push(gateway.await.unwrap());

@@ -287,6 +287,128 @@ async fn a_key_whose_mongodb_write_failed_still_answers_after_the_duplicate_wind
     assert_eq!(seqs, [2, 3], "the first batch's ids");
 }
 
+/// G5 while an archiver holds a key's first publish: a key whose first publish reached
+/// JetStream but not MongoDB (answered 503) is retried past the duplicate window while the
+/// archiver that was handed its message holds it (stopped mid-chunk, as a killed process does
+/// until the ack wait runs out). MongoDB has no record of the key yet, and JetStream no longer
+/// remembers it (a batch never had a message id): the retry must wait for the archiver (503
+/// past the backend timeout), not make a second event. Once the message comes back to a
+/// working archiver, the retry answers the first ids.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_retried_while_an_archiver_holds_its_first_publish_makes_no_second_event() {
+    let cluster = Cluster::start(
+        0,
+        0,
+        &["--duplicate-window", "1s", "--backend-timeout", "1s"],
+    )
+    .await;
+    // Its MongoDB writes fail after the JetStream ack: every publish answers 503.
+    let failing = cluster
+        .deployment
+        .ingest(
+            &["--archiver", "false"],
+            &[("HERALD_FAULT", "mongodb-fails-after-jetstream-ack:1")],
+        )
+        .await
+        .unwrap();
+    // A healthy ingest for the retries.
+    let retrying = cluster
+        .deployment
+        .ingest(&["--archiver", "false"], &[])
+        .await
+        .unwrap();
+    let single = json!({"data": "once"}).to_string();
+    let batch = json!([{"topic": "orders", "data": 1}, {"topic": "orders", "data": 2}]);
+    let keyed_batch = |api: herald_tests::Api| {
+        let batch = batch.clone();
+        async move {
+            let res = api
+                .http
+                .post(format!("{}/v1/events", api.base))
+                .header("idempotency-key", "k-batch")
+                .json(&batch)
+                .send()
+                .await
+                .unwrap();
+            let status = res.status().as_u16();
+            let replayed = res.headers().contains_key("idempotent-replayed");
+            (
+                status,
+                replayed,
+                res.json::<serde_json::Value>().await.unwrap(),
+            )
+        }
+    };
+    let first = failing
+        .api()
+        .publish_raw("orders", single.clone(), Some("k-single"))
+        .await
+        .unwrap();
+    assert_eq!(first.status.as_u16(), 503, "{}", first.body);
+    let (status, _, body) = keyed_batch(failing.api()).await;
+    assert_eq!(status, 503, "{body}");
+    // The only archiver, started now: it is handed the three messages and holds them.
+    let mut holding = cluster
+        .deployment
+        .ingest(&[], &[("HERALD_FAULT", "archiver-stalls")])
+        .await
+        .unwrap();
+    holding
+        .wait_stderr("fault: the archiver stalls")
+        .await
+        .unwrap();
+    // Past JetStream's duplicate window (it forgets a message id up to a window late).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    let again = retrying
+        .api()
+        .publish_raw("orders", single.clone(), Some("k-single"))
+        .await
+        .unwrap();
+    assert_eq!(
+        again.status.as_u16(),
+        503,
+        "the key was published again while the archiver held its first event: {}",
+        again.body
+    );
+    let (status, _, body) = keyed_batch(retrying.api()).await;
+    assert_eq!(
+        status, 503,
+        "the batch was published again while the archiver held it: {body}"
+    );
+
+    // The holding archiver's process dies; after the ack wait its messages go to a working one.
+    holding.kill9().await;
+    let _archiver = cluster.deployment.ingest(&[], &[]).await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(40);
+    let answered = loop {
+        let again = retrying
+            .api()
+            .publish_raw("orders", single.clone(), Some("k-single"))
+            .await
+            .unwrap();
+        match again.status.as_u16() {
+            201 => break again,
+            503 if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            other => panic!("the retry answered {other}: {}", again.body),
+        }
+    };
+    assert!(answered.replayed, "a second event: {}", answered.body);
+    assert_eq!(seq_of(&answered.id()), 1, "the first publish's id");
+    let (status, replayed, body) = keyed_batch(retrying.api()).await;
+    assert_eq!(status, 201, "{body}");
+    assert!(replayed, "a second batch: {body}");
+    let seqs: Vec<u64> = body["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| seq_of(e["id"].as_str().unwrap()))
+        .collect();
+    assert_eq!(seqs, [2, 3], "the first batch's ids");
+}
+
 fn mongo_config(cluster: &Cluster) -> herald_cluster::ClusterConfig {
     let d = &cluster.deployment;
     herald_tests::cluster::cluster_config(&d.nats_url, &d.mongodb_uri, &d.database)

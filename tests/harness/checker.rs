@@ -5,8 +5,10 @@
 //! retries of a key after a success or an error, including a keyed publish in flight when a
 //! process dies), subscribers on topics and patterns that disconnect and resume from their last
 //! id, from an old id they saw, or from a foreign one, and the system's faults (`kill -9` or
-//! SIGTERM plus restart of its processes, backend restarts). Subscribers behave like `EventSource`: when the stream ends they
-//! come back with their last id. Every acknowledgement and every event every subscriber read is
+//! SIGTERM plus restart of its processes, backend restarts) and stalled readers (a subscriber
+//! that stops reading for up to 3 s over a narrow receive window, so the server's queue takes
+//! the backlog and it catches up in place). Subscribers behave like `EventSource`: when the
+//! stream ends they come back with their last id. Every acknowledgement and every event every subscriber read is
 //! recorded, then the history is checked:
 //!
 //! - G1: every acknowledged event is in the final replay of everything, with its topic and data;
@@ -54,10 +56,21 @@ pub trait System {
     fn retention(&self) -> bool {
         false
     }
+    /// The size of a flood (a batch of this many events on one topic, each padded with that
+    /// many bytes), or `None` where the schedule's floods are skipped. A flood overflows every
+    /// matching subscriber's queue at once, and a stalled reader's connection with it, so the
+    /// subscriber catches up from the store while the trimmer runs.
+    fn flood(&self) -> Option<(usize, usize)> {
+        None
+    }
 }
 const TOPICS: &[&str] = &["t.a", "t.b", "u.c"];
 const FILTERS: &[&[&str]] = &[&["t.a"], &["t.*"], &[">"], &["u.c", "t.b"]];
 const SUBSCRIBERS: usize = 4;
+/// How long a key that got an error waits before it is retried: well past any duplicate window
+/// the systems set (1 s; JetStream forgets a message id up to a window late), so the answer
+/// comes from MongoDB's record of the key, not from JetStream's memory of it.
+const KEY_BACKOFF: Duration = Duration::from_secs(3);
 const OPERATIONS: usize = 100;
 
 /// One step of a schedule.
@@ -73,6 +86,10 @@ enum Op {
     Kill9,
     Sigterm,
     CrashPublishing,
+    /// Subscriber stops reading for this many milliseconds (publishes go on).
+    Stall(usize, u64),
+    /// A large batch on one topic ([`System::flood`]).
+    Flood(&'static str),
     Pause(u64),
 }
 
@@ -91,6 +108,8 @@ fn schedule(seed: u64) -> Vec<Op> {
             78..81 => Op::Kill9,
             81..83 => Op::Sigterm,
             83..85 => Op::CrashPublishing,
+            85..89 => Op::Stall(rng.usize(..SUBSCRIBERS), rng.u64(300..3000)),
+            89..92 => Op::Flood(topic(&mut rng)),
             _ => Op::Pause(rng.u64(0..150)),
         })
         .collect()
@@ -102,6 +121,8 @@ enum Command {
     /// Drop the connection and come back with this Last-Event-ID (its own last id when `None`);
     /// `true` when the id is not one this server handed out.
     Reconnect(Option<String>, bool),
+    /// Stop reading for a while, the connection kept open.
+    Stall(Duration),
     Stop,
 }
 
@@ -120,13 +141,13 @@ struct Session {
 }
 
 /// A subscriber that behaves like EventSource: it reconnects with its last id when the stream
-/// ends, retrying while the server is down.
+/// ends, retrying while the server is down. Its socket has a narrow receive window, so a stall
+/// backs events up into the server within a few dozen of them.
 async fn subscriber(
     filter: &'static [&'static str],
     base: String,
     mut commands: mpsc::UnboundedReceiver<Command>,
 ) -> Vec<Session> {
-    let http = reqwest::Client::new();
     let query: String = filter
         .iter()
         .map(|t| format!("topic={}", t.replace('>', "%3E")))
@@ -141,11 +162,8 @@ async fn subscriber(
             Some((id, foreign)) => (Some(id), foreign),
             None => (last.clone(), false),
         };
-        let mut req = http.get(format!("{base}/v1/stream?{query}"));
-        if let Some(id) = &from {
-            req = req.header("last-event-id", id);
-        }
-        let mut stream = match SseStream::open(req).await {
+        let url = format!("{base}/v1/stream?{query}");
+        let mut stream = match SseStream::open_narrow(&url, from.as_deref()).await {
             Ok(s) => s,
             Err(_) => {
                 // Down: wait (a browser waits its retry) or take a command.
@@ -153,6 +171,7 @@ async fn subscriber(
                     c = commands.recv() => match c {
                         Some(Command::Stop) | None => return sessions,
                         Some(Command::Reconnect(id, foreign)) => given = id.map(|id| (id, foreign)),
+                        Some(Command::Stall(_)) => {}
                     },
                     () = tokio::time::sleep(Duration::from_millis(100)) => {}
                 }
@@ -172,6 +191,7 @@ async fn subscriber(
                         given = id.map(|id| (id, foreign));
                         break false;
                     }
+                    Some(Command::Stall(d)) => tokio::time::sleep(d).await,
                 },
                 ev = stream.next_within(Duration::from_secs(60)) => match ev {
                     Ok(Some(ev)) if ev.event == "herald.resume" => {
@@ -227,13 +247,19 @@ struct Run<S> {
     history: History,
     next_n: u64,
     last_key: Option<(String, &'static str, u64)>,
+    /// Keys whose last publish got no answer or an error, and when: retried after
+    /// [`KEY_BACKOFF`] by `RetryKey` before the last key, and at the end until answered, as an
+    /// app retries a failed publish.
+    unsettled: BTreeMap<String, (&'static str, u64, tokio::time::Instant)>,
+    /// Keyed publishes answered with an error or not at all.
+    key_errors: usize,
     log: Vec<String>,
 }
 
 impl<S: System> Run<S> {
     fn data(&mut self, topic: &str) -> (u64, Value) {
         self.next_n += 1;
-        (self.next_n, json!({ "n": self.next_n, "topic": topic }))
+        (self.next_n, data(self.next_n, topic, 0))
     }
 
     fn ack(&mut self, n: u64, id: &str, topic: &str) {
@@ -241,6 +267,47 @@ impl<S: System> Run<S> {
         self.history.acked.insert(n, (id_parsed, topic.to_owned()));
         self.history.maybe.remove(&n);
         self.history.ids.push(id.to_owned());
+    }
+
+    /// Publishes a batch, one event on each of `topics`, each with `padding` bytes.
+    async fn batch(&mut self, topics: &[&'static str], padding: usize) {
+        let items: Vec<(u64, Value)> = topics
+            .iter()
+            .map(|t| {
+                self.next_n += 1;
+                (self.next_n, data(self.next_n, t, padding))
+            })
+            .collect();
+        let batch: Vec<Value> = items
+            .iter()
+            .zip(topics)
+            .map(|((_, data), t)| json!({ "topic": t, "data": data }))
+            .collect();
+        match self.system.publisher().publish_batch(json!(batch)).await {
+            Ok(p) if p.status.is_success() => {
+                let ids: Vec<String> = p.body["events"]
+                    .as_array()
+                    .expect("events in a batch answer")
+                    .iter()
+                    .map(|e| e["id"].as_str().unwrap().to_owned())
+                    .collect();
+                assert_eq!(ids.len(), items.len());
+                for (((n, _), t), id) in items.iter().zip(topics).zip(&ids) {
+                    self.ack(*n, id, t);
+                }
+            }
+            Ok(p) if p.status.is_server_error() => {
+                for ((n, _), t) in items.iter().zip(topics) {
+                    self.history.maybe.insert(*n, t.to_string());
+                }
+            }
+            Ok(p) => panic!("batch answered {}: {}", p.status, p.body),
+            Err(_) => {
+                for ((n, _), t) in items.iter().zip(topics) {
+                    self.history.maybe.insert(*n, t.to_string());
+                }
+            }
+        }
     }
 
     async fn keyed(&mut self, key: String, topic: &'static str, n: u64) {
@@ -257,6 +324,7 @@ impl<S: System> Run<S> {
     ) {
         match answer {
             Ok(p) if p.status.is_success() => {
+                self.unsettled.remove(&key);
                 let id = p.id();
                 match self.history.keys.get(&key) {
                     Some((_, first)) => {
@@ -272,10 +340,16 @@ impl<S: System> Run<S> {
             }
             Ok(p) if p.status.is_server_error() => {
                 self.history.maybe.insert(n, topic.to_owned());
+                let now = tokio::time::Instant::now();
+                self.unsettled.insert(key.clone(), (topic, n, now));
+                self.key_errors += 1;
             }
             Ok(p) => panic!("keyed publish answered {}: {}", p.status, p.body),
             Err(_) => {
                 self.history.maybe.insert(n, topic.to_owned());
+                let now = tokio::time::Instant::now();
+                self.unsettled.insert(key.clone(), (topic, n, now));
+                self.key_errors += 1;
             }
         }
         self.last_key = Some((key, topic, n));
@@ -296,37 +370,10 @@ impl<S: System> Run<S> {
                     }
                 }
             }
-            Op::Batch(topics) => {
-                let items: Vec<(u64, Value)> = topics.iter().map(|t| self.data(t)).collect();
-                let batch: Vec<Value> = items
-                    .iter()
-                    .zip(topics)
-                    .map(|((_, data), t)| json!({ "topic": t, "data": data }))
-                    .collect();
-                match self.system.publisher().publish_batch(json!(batch)).await {
-                    Ok(p) if p.status.is_success() => {
-                        let ids: Vec<String> = p.body["events"]
-                            .as_array()
-                            .expect("events in a batch answer")
-                            .iter()
-                            .map(|e| e["id"].as_str().unwrap().to_owned())
-                            .collect();
-                        assert_eq!(ids.len(), items.len());
-                        for (((n, _), t), id) in items.iter().zip(topics).zip(&ids) {
-                            self.ack(*n, id, t);
-                        }
-                    }
-                    Ok(p) if p.status.is_server_error() => {
-                        for ((n, _), t) in items.iter().zip(topics) {
-                            self.history.maybe.insert(*n, t.to_string());
-                        }
-                    }
-                    Ok(p) => panic!("batch answered {}: {}", p.status, p.body),
-                    Err(_) => {
-                        for ((n, _), t) in items.iter().zip(topics) {
-                            self.history.maybe.insert(*n, t.to_string());
-                        }
-                    }
+            Op::Batch(topics) => self.batch(topics, 0).await,
+            Op::Flood(topic) => {
+                if let Some((events, padding)) = self.system.flood() {
+                    self.batch(&vec![*topic; events], padding).await;
                 }
             }
             Op::Keyed(topic) => {
@@ -336,7 +383,14 @@ impl<S: System> Run<S> {
                 self.keyed(format!("key-{n}"), topic, n).await;
             }
             Op::RetryKey => {
-                if let Some((key, topic, n)) = self.last_key.clone() {
+                let mut due = self
+                    .unsettled
+                    .iter()
+                    .filter(|(_, (_, _, at))| at.elapsed() >= KEY_BACKOFF);
+                let retry = due
+                    .next()
+                    .map(|(key, &(topic, n, _))| (key.clone(), topic, n));
+                if let Some((key, topic, n)) = retry.or_else(|| self.last_key.clone()) {
                     self.keyed(key, topic, n).await;
                 }
             }
@@ -379,13 +433,24 @@ impl<S: System> Run<S> {
                 let answer = in_flight.await.unwrap();
                 self.record_keyed(key, topic, n, answer);
             }
+            Op::Stall(s, ms) => {
+                let _ = self.subs[*s].send(Command::Stall(Duration::from_millis(*ms)));
+            }
             Op::Pause(ms) => tokio::time::sleep(Duration::from_millis(*ms)).await,
         }
     }
 }
 
+/// Event `n`'s data: its number, its topic and `padding` bytes.
+fn data(n: u64, topic: &str, padding: usize) -> Value {
+    match padding {
+        0 => json!({ "n": n, "topic": topic }),
+        _ => json!({ "n": n, "topic": topic, "pad": ".".repeat(padding) }),
+    }
+}
+
 async fn keyed_publish(api: Api, key: &str, topic: &str, n: u64) -> anyhow::Result<Published> {
-    let body = json!({ "data": { "n": n, "topic": topic } }).to_string();
+    let body = json!({ "data": data(n, topic, 0) }).to_string();
     api.publish_raw(topic, body, Some(key)).await
 }
 
@@ -402,6 +467,8 @@ pub struct Tally {
     pub removed: u64,
     /// Connections told `recovered:false` about their own ids (retention, a lost disk).
     pub not_recovered: usize,
+    /// Keyed publishes answered with an error or not at all (each retried until answered).
+    pub key_errors: usize,
 }
 
 impl Tally {
@@ -410,6 +477,7 @@ impl Tally {
         self.events += other.events;
         self.removed += other.removed;
         self.not_recovered += other.not_recovered;
+        self.key_errors += other.key_errors;
         for (kind, n) in other.faults {
             *self.faults.entry(kind).or_default() += n;
         }
@@ -446,6 +514,8 @@ pub async fn check<S: System>(system: S, seed: u64) -> Tally {
         history: History::default(),
         next_n: 0,
         last_key: None,
+        unsettled: BTreeMap::new(),
+        key_errors: 0,
         log: Vec::new(),
     };
     let mut rng = fastrand::Rng::with_seed(seed ^ 0x5eed);
@@ -463,10 +533,29 @@ pub async fn check<S: System>(system: S, seed: u64) -> Tally {
         if line == "CrashPublishing" {
             *faults.entry("crash while publishing".into()).or_default() += 1;
         }
+        if line.starts_with("Stall") {
+            *faults.entry("stalled reader".into()).or_default() += 1;
+        }
     }
     // Settle the last key: its retry answers with the first id, or stores it once now.
     if run.last_key.is_some() {
         run.apply(&Op::RetryKey, &mut rng).await;
+    }
+    // Settle every key that got no answer: its retry must answer with the event its first
+    // publish made, if any.
+    for _ in 0..20 {
+        if run.unsettled.is_empty() {
+            break;
+        }
+        tokio::time::sleep(KEY_BACKOFF).await;
+        let keys: Vec<_> = std::mem::take(&mut run.unsettled).into_iter().collect();
+        for (key, (topic, n, _)) in keys {
+            run.log.push(format!("(settle {key})"));
+            run.keyed(key, topic, n).await;
+        }
+    }
+    if let Some(key) = run.unsettled.keys().next() {
+        panic!("seed {seed}: key {key} is still answered with an error");
     }
     // Let the subscribers catch up with the last acknowledged event, then stop them.
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -499,6 +588,7 @@ pub async fn check<S: System>(system: S, seed: u64) -> Tally {
         return Tally {
             operations: ops.len(),
             faults,
+            key_errors: run.key_errors,
             ..Tally::default()
         };
     };
@@ -705,6 +795,7 @@ pub async fn check<S: System>(system: S, seed: u64) -> Tally {
         events: events_checked,
         removed: earliest - 1,
         not_recovered,
+        key_errors: run.key_errors,
     }
 }
 
@@ -739,13 +830,14 @@ where
         total.add(check(start().await, seed).await);
     }
     eprintln!(
-        "checker ({what}): {} schedules, {} operations, {} faults ({:?}), {} events read and checked, {} removed by retention or a lost disk, {} own-id resumes honestly not recovered, 0 violations",
+        "checker ({what}): {} schedules, {} operations, {} faults ({:?}), {} events read and checked, {} removed by retention or a lost disk, {} own-id resumes honestly not recovered, {} keyed publishes answered with an error and retried, 0 violations",
         seeds.len(),
         total.operations,
         total.faults.values().sum::<usize>(),
         total.faults,
         total.events,
         total.removed,
-        total.not_recovered
+        total.not_recovered,
+        total.key_errors
     );
 }

@@ -1,20 +1,29 @@
 //! An event stream as a browser reads it.
 
-use std::time::Duration;
+use std::{pin::Pin, time::Duration};
 
 use anyhow::{Context, bail};
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 use herald_core::sse::decode::{Decoder, SseEvent};
+use hyper::body::Body;
+use hyper_util::{
+    client::legacy::{Client, connect::HttpConnector},
+    rt::TokioExecutor,
+};
 use reqwest::header::HeaderMap;
 
 use crate::PATIENCE;
+
+/// The receive buffer, in bytes, of a stream opened with [`SseStream::open_narrow`] (the kernel
+/// doubles it for its bookkeeping).
+const NARROW_WINDOW: usize = 4096;
 
 /// An open SSE response.
 pub struct SseStream {
     /// The response headers.
     pub headers: HeaderMap,
-    body: std::pin::Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send>>,
+    body: Pin<Box<dyn Stream<Item = anyhow::Result<Bytes>> + Send>>,
     decoder: Decoder,
     ready: std::collections::VecDeque<SseEvent>,
     ended: bool,
@@ -39,13 +48,58 @@ impl SseStream {
                 res.text().await.unwrap_or_default()
             );
         }
-        Ok(Self {
-            headers: res.headers().clone(),
-            body: Box::pin(res.bytes_stream()),
+        Ok(Self::new(
+            res.headers().clone(),
+            res.bytes_stream().map(|chunk| Ok(chunk?)),
+        ))
+    }
+
+    /// Opens `url` (with `Last-Event-ID` when given) over a socket whose receive buffer is
+    /// [`NARROW_WINDOW`] bytes, as a browser on a slow link. A reader that stops reading then
+    /// fills the path within a few tens of kilobytes, so the server's per-subscriber queue takes
+    /// the backlog rather than megabytes of kernel buffers.
+    pub async fn open_narrow(url: &str, last_event_id: Option<&str>) -> anyhow::Result<Self> {
+        let mut connector = HttpConnector::new();
+        connector.set_recv_buffer_size(Some(NARROW_WINDOW));
+        let client = Client::builder(TokioExecutor::new()).build(connector);
+        let mut req = hyper::Request::get(url).header("accept", "text/event-stream");
+        if let Some(id) = last_event_id {
+            req = req.header("last-event-id", id);
+        }
+        let res = client
+            .request(req.body(String::new())?)
+            .await
+            .context("opening the stream")?;
+        if !res.status().is_success() {
+            bail!("stream refused: {}", res.status());
+        }
+        let headers = res.headers().clone();
+        let body = futures_util::stream::unfold(res.into_body(), |mut body| async move {
+            loop {
+                match std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await? {
+                    Ok(frame) => {
+                        if let Ok(data) = frame.into_data() {
+                            return Some((Ok(data), body));
+                        }
+                    }
+                    Err(e) => return Some((Err(e.into()), body)),
+                }
+            }
+        });
+        Ok(Self::new(headers, body))
+    }
+
+    fn new(
+        headers: HeaderMap,
+        body: impl Stream<Item = anyhow::Result<Bytes>> + Send + 'static,
+    ) -> Self {
+        Self {
+            headers,
+            body: Box::pin(body),
             decoder: Decoder::new(),
             ready: Default::default(),
             ended: false,
-        })
+        }
     }
 
     /// The decoder (retry, comment count, last event id).

@@ -8,6 +8,10 @@ use herald_tests::{
     checker::{self, System},
 };
 
+/// A flood's events and the bytes of padding of each (with retention).
+const FLOOD_EVENTS: usize = 500;
+const FLOOD_PADDING: usize = 2048;
+
 struct Standalone {
     herald: Herald,
     retention: bool,
@@ -19,17 +23,30 @@ impl Standalone {
         Self::start_with(&[], false).await
     }
 
-    /// Retention that removes events during the schedule: 1 KiB of them kept (about 20), trimmed every
-    /// 100 ms, so resumes and slow catch-ups race the trimmer (issue 19's first interleaving).
+    /// Retention that removes events during the schedule: 32 KiB of them kept (a few hundred
+    /// small events, a dozen of a flood's), trimmed every 100 ms, with no window and a 4-event
+    /// queue per subscriber, so resumes and stalled readers catching up in place race the
+    /// trimmer (issue 19's first interleaving). A flood (500 × 2 KiB) is 16 pages of 32 events,
+    /// more than the connection's buffers (hyper's write queue, the sockets) hold while a reader
+    /// is stalled: its later pages are read after the trimmer removed their start. (200 × 2 KiB
+    /// fitted: with fix 1 reverted, 8 schedules found nothing; with 500, the second did.)
     async fn with_retention() -> Self {
         Self::start_with(
             &[
+                "--max-body",
+                "2MiB",
+                "--max-batch",
+                "500",
                 "--retention-bytes",
-                "1KiB",
+                "32KiB",
                 "--trim-interval",
                 "100ms",
                 "--replay-window",
                 "0",
+                "--subscriber-queue",
+                "4",
+                "--replay-page",
+                "32",
             ],
             true,
         )
@@ -84,6 +101,10 @@ impl System for Standalone {
 
     fn retention(&self) -> bool {
         self.retention
+    }
+
+    fn flood(&self) -> Option<(usize, usize)> {
+        self.retention.then_some((FLOOD_EVENTS, FLOOD_PADDING))
     }
 }
 

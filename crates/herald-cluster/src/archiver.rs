@@ -30,6 +30,11 @@ pub const CONSUMER: &str = "herald-archiver";
 const BATCH: usize = 512;
 /// Wait after a failure.
 const BACKOFF: Duration = Duration::from_secs(1);
+/// How long JetStream waits for an archiver's ack before it hands the message to another: what
+/// an archiver stopped mid-chunk (its process killed) holds comes back after this. Until then
+/// new keyed publishes wait for it ([`crate::JetStream::archived`]) and answer 503 past the
+/// backend timeout; well above the time a chunk's MongoDB write takes.
+const ACK_WAIT: Duration = Duration::from_secs(10);
 
 /// Runs the archiver.
 #[derive(Debug)]
@@ -68,7 +73,7 @@ impl Archiver {
             description: Some("Herald: writes every event to MongoDB".to_owned()),
             deliver_policy: DeliverPolicy::All,
             ack_policy: AckPolicy::Explicit,
-            ack_wait: Duration::from_secs(30),
+            ack_wait: ACK_WAIT,
             filter_subject: ALL_SUBJECTS.to_owned(),
             max_ack_pending: 20_000,
             ..Default::default()
@@ -82,6 +87,9 @@ impl Archiver {
             tracing::info!("recreating the archiver's consumer with explicit acks");
             stream.delete_consumer(CONSUMER).await?;
             consumer = stream.get_or_create_consumer(CONSUMER, config).await?;
+        } else if consumer.cached_info().config.ack_wait != ACK_WAIT {
+            // Made by an earlier Herald with a longer ack wait: updated in place.
+            consumer = stream.update_consumer(config).await?;
         }
         // A continuous pull; whatever has arrived is written at once, up to BATCH at a time, so
         // the archiver trails JetStream by one MongoDB write, not by a batch timeout.
@@ -140,7 +148,7 @@ impl Archiver {
         events: &[Arc<Event>],
         answers: &[(String, Vec<u64>, u64, u64)],
     ) -> Result<(), herald_store::StoreError> {
-        fault_point(events)?;
+        fault_point(events).await?;
         self.mongo.insert(events).await?;
         // A batch's events all carry its key: record it once.
         let mut recorded = HashSet::new();
@@ -155,32 +163,36 @@ impl Archiver {
     }
 }
 
-/// With the `fault-injection` feature and `HERALD_FAULT=archiver-fails-once:SEQ`, the first
-/// insert of a chunk holding sequence SEQ fails, as a MongoDB outage would. Never in release
-/// builds.
+/// With the `fault-injection` feature: `HERALD_FAULT=archiver-fails-once:SEQ` fails the first
+/// insert of a chunk holding sequence SEQ, as a MongoDB outage would; `archiver-stalls` makes
+/// the archiver hold what it was delivered for good, never writing or acknowledging it (as a
+/// process stopped mid-chunk does until JetStream's ack wait runs out). Never in release builds.
 #[cfg(feature = "fault-injection")]
-fn fault_point(events: &[Arc<Event>]) -> Result<(), herald_store::StoreError> {
+async fn fault_point(events: &[Arc<Event>]) -> Result<(), herald_store::StoreError> {
     use std::sync::atomic::{AtomicBool, Ordering};
     static FIRED: AtomicBool = AtomicBool::new(false);
-    let Ok(fault) = std::env::var("HERALD_FAULT") else {
-        return Ok(());
-    };
-    let Some(seq) = fault
-        .strip_prefix("archiver-fails-once:")
-        .and_then(|s| s.parse::<u64>().ok())
-    else {
-        return Ok(());
-    };
-    if events.iter().any(|e| e.seq == seq) && !FIRED.swap(true, Ordering::SeqCst) {
-        eprintln!("fault: the archiver's insert of [{seq}] fails");
-        return Err(herald_store::StoreError::Unavailable(
-            "fault injection: the archiver's insert fails".into(),
-        ));
+    for hook in crate::fault_hooks() {
+        if hook == "archiver-stalls" {
+            eprintln!("fault: the archiver stalls");
+            std::future::pending::<()>().await;
+        }
+        let Some(seq) = hook
+            .strip_prefix("archiver-fails-once:")
+            .and_then(|s| s.parse::<u64>().ok())
+        else {
+            continue;
+        };
+        if events.iter().any(|e| e.seq == seq) && !FIRED.swap(true, Ordering::SeqCst) {
+            eprintln!("fault: the archiver's insert of [{seq}] fails");
+            return Err(herald_store::StoreError::Unavailable(
+                "fault injection: the archiver's insert fails".into(),
+            ));
+        }
     }
     Ok(())
 }
 
 #[cfg(not(feature = "fault-injection"))]
-fn fault_point(_: &[Arc<Event>]) -> Result<(), herald_store::StoreError> {
+async fn fault_point(_: &[Arc<Event>]) -> Result<(), herald_store::StoreError> {
     Ok(())
 }

@@ -38,6 +38,18 @@ pub use mongo::Mongo;
 pub use options::{ClusterConfig, ClusterOptions, NatsAuth, NatsAuthOptions, NatsTls};
 pub use tiered::Tiered;
 
+/// The test hooks `HERALD_FAULT` names (comma-separated), with the `fault-injection` feature.
+#[cfg(feature = "fault-injection")]
+pub(crate) fn fault_hooks() -> Vec<String> {
+    std::env::var("HERALD_FAULT")
+        .unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .filter(|hook| !hook.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
 use std::sync::Arc;
 
 use herald_telemetry::Metrics;

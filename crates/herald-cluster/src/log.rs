@@ -1,7 +1,8 @@
 //! The ingest's commit path in the distributed mode.
 //!
-//! 1. An idempotency key already answered (MongoDB's record) gets the first answer, or 422 when
-//!    the request differs.
+//! 1. An idempotency key already answered (MongoDB's record, read again once the archiver has
+//!    caught up with the stream when the first read finds none) gets the first answer, or 422
+//!    when the request differs.
 //! 2. JetStream publish. **The PubAck is the commit point**: from then on the event has its
 //!    sequence, is replicated by JetStream, reaches every gateway and will be archived.
 //! 3. MongoDB insert (idempotent on the sequence), and the idempotency record.
@@ -74,6 +75,18 @@ pub(crate) async fn detached(
 }
 
 impl ClusterLog {
+    /// The first answer to `key` (its sequences and request fingerprint), if it was published
+    /// before. MongoDB's record is certain once the archiver has caught up with what the stream
+    /// held when asked: the ingest records a key only after its own MongoDB write, which a
+    /// failure or a crash after the JetStream ack skips, and then only the archiver records it.
+    async fn first_answer(&self, key: &str) -> Result<Option<(Vec<u64>, u64)>, StoreError> {
+        if let Some(first) = self.mongo.idempotency(key).await? {
+            return Ok(Some(first));
+        }
+        self.js.archived().await?;
+        self.mongo.idempotency(key).await
+    }
+
     async fn commit(
         &self,
         batch: Vec<NewEvent>,
@@ -82,9 +95,10 @@ impl ClusterLog {
         let epoch = self.js.epoch();
         let fingerprint = idempotency.as_ref().map_or(0, |i| i.fingerprint);
         if let Some(idem) = &idempotency
-            && let Some((seqs, first)) = self.mongo.idempotency(&idem.key).await?
+            && let Some(first) = self.first_answer(&idem.key).await?
         {
-            if first != idem.fingerprint {
+            let (seqs, stored) = first;
+            if stored != idem.fingerprint {
                 return Err(StoreError::IdempotencyConflict);
             }
             return Ok(Appended {
@@ -176,26 +190,36 @@ fn publish_span(batch: &[NewEvent]) -> Span {
 /// With the `fault-injection` feature: `HERALD_FAULT=pause-after-jetstream-ack` stops a publish
 /// for good between the JetStream ack and the MongoDB write (a test then kills the process
 /// there); `HERALD_FAULT=mongodb-fails-after-jetstream-ack` fails that MongoDB write once, as a
-/// MongoDB outage would (the publish answers 503). Without the feature this is nothing.
+/// MongoDB outage would (the publish answers 503), and `...:P` fails each one with probability P
+/// (0 to 1). Without the feature this is nothing.
 #[cfg(feature = "fault-injection")]
 fn fault_point(seqs: &[u64]) -> Result<(), StoreError> {
     use std::sync::atomic::{AtomicBool, Ordering};
     static FAILED: AtomicBool = AtomicBool::new(false);
-    match std::env::var("HERALD_FAULT").as_deref() {
-        Ok("pause-after-jetstream-ack") => {
-            eprintln!("fault: paused after the JetStream ack of {seqs:?}");
-            loop {
-                std::thread::park();
+    let fails = crate::fault_hooks()
+        .iter()
+        .any(|hook| match hook.split_once(':') {
+            Some(("mongodb-fails-after-jetstream-ack", p)) => {
+                fastrand::f64() < p.parse::<f64>().unwrap_or(0.0)
             }
-        }
-        Ok("mongodb-fails-after-jetstream-ack") if !FAILED.swap(true, Ordering::SeqCst) => {
-            eprintln!("fault: MongoDB fails after the JetStream ack of {seqs:?}");
-            Err(StoreError::Unavailable(
-                "fault injection: MongoDB fails after the JetStream ack".into(),
-            ))
-        }
-        _ => Ok(()),
+            _ if hook == "mongodb-fails-after-jetstream-ack" => {
+                !FAILED.swap(true, Ordering::SeqCst)
+            }
+            _ if hook == "pause-after-jetstream-ack" => {
+                eprintln!("fault: paused after the JetStream ack of {seqs:?}");
+                loop {
+                    std::thread::park();
+                }
+            }
+            _ => false,
+        });
+    if !fails {
+        return Ok(());
     }
+    eprintln!("fault: MongoDB fails after the JetStream ack of {seqs:?}");
+    Err(StoreError::Unavailable(
+        "fault injection: MongoDB fails after the JetStream ack".into(),
+    ))
 }
 
 #[cfg(not(feature = "fault-injection"))]

@@ -22,7 +22,7 @@ use async_nats::{
     jetstream::{
         self, ErrorCode,
         consumer::{AckPolicy, DeliverPolicy, pull},
-        context::{GetStreamErrorKind, PublishErrorKind},
+        context::{ConsumerInfoErrorKind, GetStreamErrorKind, PublishErrorKind},
         message::PublishMessage,
         stream::ConsumerErrorKind,
     },
@@ -305,6 +305,48 @@ impl JetStream {
             seqs: (seq + 1 - count..=seq).collect(),
             duplicate: false,
         })
+    }
+
+    /// Waits until the archiver has written to MongoDB every message the stream holds now: its
+    /// durable consumer's ack floor reaches the stream's last sequence as it was on the first
+    /// look (an archiver acknowledges only what MongoDB has, keys' answers included). A key
+    /// MongoDB does not know is then new, or its first publish is younger than JetStream's
+    /// duplicate window: a keyed batch has no `Nats-Msg-Id`, and a single event's is forgotten
+    /// after the window, while an archiver may hold it (MongoDB down, or a process stopped
+    /// mid-chunk until the ack wait runs out). Unavailable after the backend timeout.
+    pub async fn archived(&self) -> Result<(), StoreError> {
+        let stream = self
+            .js
+            .get_stream_no_info(&*self.stream)
+            .await
+            .map_err(unavailable)?;
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let mut target = None;
+        loop {
+            let info = match stream.consumer_info(crate::archiver::CONSUMER).await {
+                Ok(info) => info,
+                // No archiver has run on this stream yet: when one does, it reads the stream
+                // from its start. Until then a key has only the ingests' records and JetStream's
+                // window (the stream was made again, or every archiver is still starting).
+                Err(e) if e.kind() == ConsumerInfoErrorKind::NotFound => return Ok(()),
+                Err(e) => return Err(unavailable(e)),
+            };
+            if info.num_pending == 0 && info.num_ack_pending == 0 {
+                return Ok(());
+            }
+            let last = *target.get_or_insert(info.delivered.stream_sequence + info.num_pending);
+            if info.ack_floor.stream_sequence >= last {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(unavailable(format!(
+                    "the archiver has not written every earlier event to MongoDB (up to {last}, \
+                     {} so far), so a new idempotency key cannot be told from a retried one yet",
+                    info.ack_floor.stream_sequence
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     /// The request fingerprint stored with the event at `seq`.

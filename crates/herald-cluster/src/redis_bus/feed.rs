@@ -232,9 +232,9 @@ struct Faults {
 impl Faults {
     #[cfg(feature = "fault-injection")]
     fn from_env() -> Self {
-        let drop = std::env::var("HERALD_FAULT")
-            .ok()
-            .and_then(|f| f.strip_prefix("drop-redis:")?.parse().ok())
+        let drop = crate::fault_hooks()
+            .iter()
+            .find_map(|hook| hook.strip_prefix("drop-redis:")?.parse().ok())
             .unwrap_or(0.0);
         if drop > 0.0 {
             eprintln!("fault: dropping {drop} of the redis messages");
