@@ -56,8 +56,8 @@ impl SseStream {
 
     /// Opens `url` (with `Last-Event-ID` when given) over a socket whose receive buffer is
     /// [`NARROW_WINDOW`] bytes, as a browser on a slow link. A reader that stops reading then
-    /// fills the path within a few tens of kilobytes, so the server's per-subscriber queue takes
-    /// the backlog rather than megabytes of kernel buffers.
+    /// backs the stream up into the server sooner than over a default socket, whose receive
+    /// buffer grows to megabytes on loopback.
     pub async fn open_narrow(url: &str, last_event_id: Option<&str>) -> anyhow::Result<Self> {
         let mut connector = HttpConnector::new();
         connector.set_recv_buffer_size(Some(NARROW_WINDOW));

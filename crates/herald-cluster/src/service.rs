@@ -151,17 +151,18 @@ impl Service {
         served
     }
 
-    /// [`Service::run`] on the addresses `options` names, until SIGTERM or SIGINT: what the
-    /// binaries do.
+    /// [`Service::run`] on the addresses `options` names, until SIGTERM or SIGINT (caught since
+    /// `signals` was made, first thing in the binary's `run`): what the binaries do.
     pub async fn run_until_signal(
         self,
         name: &str,
         options: &ServiceOptions,
         drain: Drain,
+        signals: herald_runtime::signal::Signals,
     ) -> anyhow::Result<()> {
         let listeners = Listeners::bind(name, options).await?;
         self.run(listeners, options, drain, async {
-            let signal = herald_runtime::signal::shutdown().await;
+            let signal = signals.recv().await;
             tracing::info!(signal, "shutdown requested");
         })
         .await

@@ -85,6 +85,7 @@ async fn main() -> ExitCode {
 }
 
 async fn run(config: Config) -> anyhow::Result<()> {
+    let signals = herald_runtime::signal::Signals::install()?;
     let Config {
         service,
         cluster,
@@ -120,6 +121,6 @@ async fn run(config: Config) -> anyhow::Result<()> {
         &backends.mongo,
         metrics,
     )
-    .run_until_signal("herald-gateway", &service, drain)
+    .run_until_signal("herald-gateway", &service, drain, signals)
     .await
 }

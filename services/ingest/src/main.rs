@@ -75,6 +75,7 @@ async fn main() -> ExitCode {
 }
 
 async fn run(options: Options, cluster: ClusterConfig, access: Arc<Access>) -> anyhow::Result<()> {
+    let signals = herald_runtime::signal::Signals::install()?;
     access.warn_if_open(options.service.process.listen);
     let ingest = options
         .ingest
@@ -115,7 +116,7 @@ async fn run(options: Options, cluster: ClusterConfig, access: Arc<Access>) -> a
         metrics,
     );
     service
-        .run_until_signal("herald-ingest", &options.service, drain)
+        .run_until_signal("herald-ingest", &options.service, drain, signals)
         .await
 }
 

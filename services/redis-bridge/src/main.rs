@@ -145,6 +145,7 @@ async fn main() -> ExitCode {
 }
 
 async fn run(options: Options, cluster: ClusterConfig) -> anyhow::Result<()> {
+    let signals = herald_runtime::signal::Signals::install()?;
     let client = options.redis.client().context("--redis-url")?;
     let (subscribe, streams) = (options.subscribe, options.streams);
     let topics = options.to_redis_topics;
@@ -207,7 +208,7 @@ async fn run(options: Options, cluster: ClusterConfig) -> anyhow::Result<()> {
         metrics,
     );
     service
-        .run_until_signal("herald-redis-bridge", &options.service, drain)
+        .run_until_signal("herald-redis-bridge", &options.service, drain, signals)
         .await
 }
 

@@ -28,6 +28,7 @@ async fn main() -> ExitCode {
 }
 
 async fn run(config: Config) -> anyhow::Result<()> {
+    let signals = herald_runtime::signal::Signals::install()?;
     let (listen, admin_listen) = (config.listen, config.admin_listen);
     let app = App::build(config).await?;
     let listener =
@@ -49,7 +50,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         println!("herald admin listening on http://{at}");
     }
     app.run(listener, admin, async {
-        let signal = herald_runtime::signal::shutdown().await;
+        let signal = signals.recv().await;
         tracing::info!(signal, "shutdown requested");
     })
     .await
