@@ -6,15 +6,17 @@
 //! restart, and a MongoDB restart (over NATS) or pause (over Redis, where MongoDB is the commit
 //! point: see `RedisBus::fault`). Over NATS at most one storage loses its data per schedule
 //! (`Distributed::storage_lost`), and one publish in ten fails its MongoDB write after the
-//! JetStream ack ([`MONGODB_FAILS`]).
+//! JetStream ack ([`MONGODB_FAILS`]). The processes reach their backends (NATS or Redis, and
+//! MongoDB) through fault proxies ([`FaultProxy`]): connection resets, black holes, latency.
 
 use std::time::Duration;
 
 use herald_tests::{
     Api,
-    checker::{self, System},
+    checker::{self, DATA_LOST, System},
     cluster::{Deployment, Mongo, Nginx, Redis, Service},
     process::send_signal,
+    proxy::FaultProxy,
 };
 
 use crate::common::Cluster;
@@ -32,6 +34,40 @@ struct Distributed {
     /// loses acknowledged events in any deployment, which would test the servers, not Herald.
     /// Once one did, MongoDB is paused instead of killed and NATS keeps its disk.
     storage_lost: bool,
+    /// The fault proxies between the Herald processes and NATS, and MongoDB.
+    proxies: [(&'static str, FaultProxy); 2],
+}
+
+/// `127.0.0.1:PORT` of a `nats://` or `mongodb://` URL on this machine.
+fn upstream(url: &str) -> std::net::SocketAddr {
+    let authority = url.split("://").nth(1).expect("a URL");
+    let host_port = authority.split(['/', '?']).next().expect("an authority");
+    host_port.parse().expect("127.0.0.1:PORT")
+}
+
+/// A network fault through one of `proxies`, healed before it returns (0.1 to 3 s of a black
+/// hole or of 50 ms added to every chunk, or a reset of every connection); what it was.
+async fn network_fault(proxies: &[(&'static str, FaultProxy)], rng: &mut fastrand::Rng) -> String {
+    let (backend, proxy) = &proxies[rng.usize(..proxies.len())];
+    let ms = rng.u64(100..3000);
+    match rng.usize(0..3) {
+        0 => {
+            proxy.reset();
+            format!("network: {backend} connections reset")
+        }
+        1 => {
+            proxy.black_hole();
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            proxy.heal();
+            format!("network: {backend} black hole for {ms} ms")
+        }
+        _ => {
+            proxy.latency(Duration::from_millis(50));
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            proxy.heal();
+            format!("network: {backend} latency for {ms} ms")
+        }
+    }
 }
 
 impl Distributed {
@@ -41,6 +77,13 @@ impl Distributed {
         // from JetStream's memory of the message id.
         let shared = ["--drain-deadline", "1s", "--duplicate-window", "1s"];
         let mut cluster = Cluster::start(0, 0, &shared).await;
+        // Every Herald process reaches NATS and MongoDB through a fault proxy.
+        let nats = FaultProxy::start(upstream(&cluster.deployment.nats_url)).await;
+        let mongo = FaultProxy::start(upstream(&cluster.deployment.mongodb_uri)).await;
+        let (nats, mongo) = (nats.unwrap(), mongo.unwrap());
+        cluster.deployment.nats_url = format!("nats://127.0.0.1:{}", nats.port);
+        cluster.deployment.mongodb_uri =
+            format!("mongodb://127.0.0.1:{}/?directConnection=true", mongo.port);
         for _ in 0..2 {
             let ingest = cluster.deployment.ingest(&[], &[MONGODB_FAILS]);
             cluster.ingests.push(ingest.await.unwrap());
@@ -54,6 +97,7 @@ impl Distributed {
             cluster,
             nginx,
             storage_lost: false,
+            proxies: [("NATS", nats), ("MongoDB", mongo)],
         }
     }
 }
@@ -71,7 +115,8 @@ impl System for Distributed {
     }
 
     async fn fault(&mut self, rng: &mut fastrand::Rng, graceful: bool) -> String {
-        match rng.usize(0..4) {
+        match rng.usize(0..5) {
+            4 => network_fault(&self.proxies, rng).await,
             0 => {
                 let i = rng.usize(0..2);
                 restart_one(&mut self.cluster.gateways, "gateway", i, graceful).await
@@ -104,7 +149,7 @@ impl System for Distributed {
             _ => {
                 self.storage_lost = true;
                 self.cluster.mongo.restart().await.expect("MongoDB restart");
-                "MongoDB restart".into()
+                format!("MongoDB kill -9, restart: {DATA_LOST}")
             }
         }
     }
@@ -138,13 +183,28 @@ struct RedisBus {
     ingests: Vec<Service>,
     gateways: Vec<Service>,
     nginx: Nginx,
+    /// The fault proxies between the Herald processes and Redis, and MongoDB.
+    proxies: [(&'static str, FaultProxy); 2],
 }
 
 impl RedisBus {
     async fn start() -> Self {
         let redis = Redis::start().await.unwrap();
         let mongo = Mongo::start().await.unwrap();
-        let deployment = Deployment::redis_bus(&redis, &mongo, &["--drain-deadline", "1s"]);
+        let mut deployment = Deployment::redis_bus(&redis, &mongo, &["--drain-deadline", "1s"]);
+        // Every Herald process reaches Redis and MongoDB through a fault proxy.
+        let redis_proxy = FaultProxy::start(upstream(&redis.url())).await.unwrap();
+        let mongo_proxy = FaultProxy::start(upstream(&mongo.uri)).await.unwrap();
+        let proxied = format!("redis://127.0.0.1:{}", redis_proxy.port);
+        for flag in &mut deployment.shared {
+            if *flag == redis.url() {
+                flag.clone_from(&proxied);
+            }
+        }
+        deployment.mongodb_uri = format!(
+            "mongodb://127.0.0.1:{}/?directConnection=true",
+            mongo_proxy.port
+        );
         let mut ingests = Vec::new();
         let mut gateways = Vec::new();
         for _ in 0..2 {
@@ -161,6 +221,7 @@ impl RedisBus {
             ingests,
             gateways,
             nginx,
+            proxies: [("Redis", redis_proxy), ("MongoDB", mongo_proxy)],
         }
     }
 }
@@ -179,7 +240,8 @@ impl System for RedisBus {
 
     async fn fault(&mut self, rng: &mut fastrand::Rng, graceful: bool) -> String {
         let i = rng.usize(0..2);
-        match rng.usize(0..4) {
+        match rng.usize(0..5) {
+            4 => network_fault(&self.proxies, rng).await,
             0 => restart_one(&mut self.gateways, "gateway", i, graceful).await,
             1 => restart_one(&mut self.ingests, "ingest", i, graceful).await,
             2 => {

@@ -16,7 +16,8 @@
 //! - G4: a resume from an id of this server is judged recovered (no retention here), and from a
 //!   foreign id is told `recovered:false`; a recovered connection gets every event after its id
 //!   that its topics match, up to the last one it read — none missing, none twice;
-//! - G5: a key answers with one id however often it is retried, and its data is stored once.
+//! - G5: a key answers with one id however often it is retried, and its data is stored once
+//!   (unless a fault lost the storage that held its record: [`DATA_LOST`]).
 //!
 //! One fault changes what may be seen: a single-replica NATS that loses its disk loses what only
 //! JetStream held, which can be events whose publish was never acknowledged (their ingest died
@@ -25,8 +26,10 @@
 //! history is honestly `expired`; both are accepted, only for unacknowledged events, only in a
 //! schedule with that fault.
 //!
-//! On a violation it prints the seed and the schedule (a schedule is replayed from its seed:
-//! `HERALD_CHECKER_SEED=N`). `tests/run` runs a few schedules with new seeds each time
+//! On a violation it shrinks the schedule (drops runs of operations while the rest still fails,
+//! each try on fresh processes, for at most `HERALD_CHECKER_SHRINK_SECONDS`), then prints the
+//! seed, the violation and the shrunk schedule; the whole schedule is replayed from its seed
+//! (`HERALD_CHECKER_SEED=N`). `tests/run` runs a few schedules with new seeds each time
 //! (`HERALD_CHECKER_SCHEDULES`, default 4); `HERALD_CHECKER_SCHEDULES=200` runs for hours.
 
 use std::{collections::BTreeMap, time::Duration};
@@ -64,6 +67,10 @@ pub trait System {
         None
     }
 }
+/// In a fault's description: the fault lost a storage's data (the MongoDB-wire test server's
+/// `kill -9` loses its journaled writes). A key answered before it may be answered anew after
+/// it, once JetStream's duplicate window is over: its only record was lost.
+pub const DATA_LOST: &str = "its data lost";
 const TOPICS: &[&str] = &["t.a", "t.b", "u.c"];
 const FILTERS: &[&[&str]] = &[&["t.a"], &["t.*"], &[">"], &["u.c", "t.b"]];
 const SUBSCRIBERS: usize = 4;
@@ -235,10 +242,29 @@ struct History {
     maybe: BTreeMap<u64, String>,
     /// key → (n, id) of its first acknowledgement.
     keys: BTreeMap<String, (u64, EventId)>,
+    /// n of a keyed event → how many storage losses came before its key was first tried.
+    first_try: BTreeMap<u64, usize>,
+    /// Faults so far that lost a storage's data ([`DATA_LOST`]).
+    losses: usize,
+    /// n of keyed events whose record a storage loss took: G5 cannot hold for them.
+    forgotten: std::collections::BTreeSet<u64>,
     /// n of keyed publishes.
     keyed: Vec<u64>,
     /// Every id this server handed out, as text.
     ids: Vec<String>,
+}
+
+impl History {
+    /// Notes that the key of keyed event `n` is being tried (the first time counts).
+    fn tried(&mut self, n: u64) {
+        self.first_try.entry(n).or_insert(self.losses);
+    }
+
+    /// Whether a storage lost its data after the key of keyed event `n` was first tried: then
+    /// its record may be gone, and a retry past JetStream's window makes a new event.
+    fn lost_since_first_try(&self, n: u64) -> bool {
+        self.first_try.get(&n).is_some_and(|&at| at < self.losses)
+    }
 }
 
 struct Run<S> {
@@ -253,6 +279,8 @@ struct Run<S> {
     unsettled: BTreeMap<String, (&'static str, u64, tokio::time::Instant)>,
     /// Keyed publishes answered with an error or not at all.
     key_errors: usize,
+    /// Violations seen while the schedule ran (the rest is checked on the history at the end).
+    violations: Vec<String>,
     log: Vec<String>,
 }
 
@@ -311,6 +339,7 @@ impl<S: System> Run<S> {
     }
 
     async fn keyed(&mut self, key: String, topic: &'static str, n: u64) {
+        self.history.tried(n);
         let answer = keyed_publish(self.system.publisher(), &key, topic, n).await;
         self.record_keyed(key, topic, n, answer);
     }
@@ -327,9 +356,15 @@ impl<S: System> Run<S> {
                 self.unsettled.remove(&key);
                 let id = p.id();
                 match self.history.keys.get(&key) {
-                    Some((_, first)) => {
-                        assert_eq!(id, first.to_string(), "G5: key {key} answered two ids")
+                    Some(&(_, first)) if id != first.to_string() => {
+                        if self.history.lost_since_first_try(n) {
+                            self.history.forgotten.insert(n);
+                        } else {
+                            self.violations
+                                .push(format!("G5: key {key} answered {first}, then {id}"));
+                        }
                     }
+                    Some(_) => {}
                     None => {
                         self.history
                             .keys
@@ -410,12 +445,11 @@ impl<S: System> Run<S> {
                 let foreign = ["9999-1", "not-an-id"][rng.usize(..2)].to_owned();
                 let _ = self.subs[*s].send(Command::Reconnect(Some(foreign), true));
             }
-            Op::Kill9 => {
-                let what = self.system.fault(rng, false).await;
-                self.log.push(format!("  ({what})"));
-            }
-            Op::Sigterm => {
-                let what = self.system.fault(rng, true).await;
+            Op::Kill9 | Op::Sigterm => {
+                let what = self.system.fault(rng, matches!(op, Op::Sigterm)).await;
+                if what.contains(DATA_LOST) {
+                    self.history.losses += 1;
+                }
                 self.log.push(format!("  ({what})"));
             }
             Op::CrashPublishing => {
@@ -425,6 +459,7 @@ impl<S: System> Run<S> {
                 let n = self.next_n;
                 self.history.keyed.push(n);
                 let (key, topic) = (format!("key-{n}"), TOPICS[rng.usize(..TOPICS.len())]);
+                self.history.tried(n);
                 let api = self.system.publisher();
                 let k = key.clone();
                 let in_flight = tokio::spawn(async move { keyed_publish(api, &k, topic, n).await });
@@ -469,6 +504,8 @@ pub struct Tally {
     pub not_recovered: usize,
     /// Keyed publishes answered with an error or not at all (each retried until answered).
     pub key_errors: usize,
+    /// Keys answered anew after a storage loss took their record.
+    pub forgotten: usize,
 }
 
 impl Tally {
@@ -478,24 +515,38 @@ impl Tally {
         self.removed += other.removed;
         self.not_recovered += other.not_recovered;
         self.key_errors += other.key_errors;
+        self.forgotten += other.forgotten;
         for (kind, n) in other.faults {
             *self.faults.entry(kind).or_default() += n;
         }
     }
 }
 
-/// A fault's kind: its description without the process number and the pause length.
+/// A fault's kind: its description without the process number and the durations
+/// (`MongoDB paused 120 ms` → `MongoDB paused`).
 fn fault_kind(what: &str) -> String {
-    what.split(' ')
-        .filter(|w| !w.chars().next().is_some_and(|c| c.is_ascii_digit()))
-        .collect::<Vec<_>>()
-        .join(" ")
+    let words: Vec<&str> = what
+        .split(' ')
+        .filter(|w| !w.chars().next().is_some_and(|c| c.is_ascii_digit()) && *w != "ms")
+        .collect();
+    let words = match words.as_slice() {
+        [rest @ .., "for"] => rest,
+        all => all,
+    };
+    words.join(" ")
 }
 
-/// Runs the schedule of `seed` against `system`; panics with the seed and the schedule on a
+/// A violation, and the log of the schedule that showed it (operations and the faults they
+/// injected).
+#[derive(Debug)]
+struct Violation {
+    what: String,
+    log: String,
+}
+
+/// Runs `ops` (a schedule of `seed`, or part of one) against `system`: what it did, or the first
 /// violation.
-pub async fn check<S: System>(system: S, seed: u64) -> Tally {
-    let ops = schedule(seed);
+async fn run<S: System>(system: S, seed: u64, ops: &[Op]) -> Result<Tally, Violation> {
     let mut subs = Vec::new();
     let mut tasks = Vec::new();
     for i in 0..SUBSCRIBERS {
@@ -516,10 +567,11 @@ pub async fn check<S: System>(system: S, seed: u64) -> Tally {
         last_key: None,
         unsettled: BTreeMap::new(),
         key_errors: 0,
+        violations: Vec::new(),
         log: Vec::new(),
     };
     let mut rng = fastrand::Rng::with_seed(seed ^ 0x5eed);
-    for op in &ops {
+    for op in ops {
         run.log.push(format!("{op:?}"));
         run.apply(op, &mut rng).await;
     }
@@ -555,7 +607,8 @@ pub async fn check<S: System>(system: S, seed: u64) -> Tally {
         }
     }
     if let Some(key) = run.unsettled.keys().next() {
-        panic!("seed {seed}: key {key} is still answered with an error");
+        run.violations
+            .push(format!("key {key} is still answered with an error"));
     }
     // Let the subscribers catch up with the last acknowledged event, then stop them.
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -566,10 +619,16 @@ pub async fn check<S: System>(system: S, seed: u64) -> Tally {
     for task in tasks {
         all.push(task.await.unwrap());
     }
-    let schedule_text = run.log.join("\n");
-    let fail = |what: String| -> ! {
-        panic!("seed {seed}: {what}\nschedule:\n{schedule_text}");
+    let log = run.log.join("\n");
+    let fail = |what: String| {
+        Err(Violation {
+            what,
+            log: log.clone(),
+        })
     };
+    if let Some(what) = run.violations.first() {
+        return fail(what.clone());
+    }
 
     // The final replay of everything, from before the first event, up to the newest event
     // anyone saw (acknowledged, or read by a subscriber after an unanswered publish).
@@ -585,12 +644,12 @@ pub async fn check<S: System>(system: S, seed: u64) -> Tally {
         .chain(seen)
         .collect();
     let Some(epoch) = ids.first().map(|id| id.epoch) else {
-        return Tally {
+        return Ok(Tally {
             operations: ops.len(),
             faults,
             key_errors: run.key_errors,
             ..Tally::default()
-        };
+        });
     };
     let head = ids.iter().map(|id| id.seq).max().unwrap_or(0);
     // A NATS that loses its disk (a single replica) loses what only JetStream held: events whose
@@ -628,7 +687,7 @@ pub async fn check<S: System>(system: S, seed: u64) -> Tally {
                     if let Some(lost) = acked_seqs.range(..earliest).next()
                         && !retention
                     {
-                        fail(format!(
+                        return fail(format!(
                             "G1: acknowledged {lost} is before the earliest retained {first}"
                         ));
                     }
@@ -642,16 +701,16 @@ pub async fn check<S: System>(system: S, seed: u64) -> Tally {
                         .await
                         .unwrap();
                 }
-                _ => fail(format!("the final replay was not recovered: {}", ev.data)),
+                _ => return fail(format!("the final replay was not recovered: {}", ev.data)),
             }
         } else if !matches!(&verdict, Ok(Some(ev)) if ev.event == "herald.resume") {
-            fail(format!("the final replay began with {verdict:?}"));
+            return fail(format!("the final replay began with {verdict:?}"));
         }
         while everything.keys().next_back().copied().unwrap_or(0) < head {
             match stream.next().await {
                 Ok(Some(ev)) if ev.event.starts_with("herald.") => {
                     if ev.event == "herald.resume" && !ev.data.contains("\"recovered\":true") {
-                        fail(format!("the final replay was not recovered: {}", ev.data));
+                        return fail(format!("the final replay was not recovered: {}", ev.data));
                     }
                 }
                 Ok(Some(ev)) => {
@@ -660,10 +719,10 @@ pub async fn check<S: System>(system: S, seed: u64) -> Tally {
                     let n = data["n"].as_u64().unwrap();
                     let topic = data["topic"].as_str().unwrap().to_owned();
                     if everything.insert(id.seq, (topic, n)).is_some() {
-                        fail(format!("the final replay sent {id} twice"));
+                        return fail(format!("the final replay sent {id} twice"));
                     }
                 }
-                other => fail(format!("the final replay ended early: {other:?}")),
+                other => return fail(format!("the final replay ended early: {other:?}")),
             }
         }
     }
@@ -674,16 +733,20 @@ pub async fn check<S: System>(system: S, seed: u64) -> Tally {
         }
         match everything.get(&id.seq) {
             Some((t, m)) if t == topic && m == n => {}
-            other => fail(format!(
-                "G1: acknowledged event n={n} {id} on {topic} is {other:?} in the replay"
-            )),
+            other => {
+                return fail(format!(
+                    "G1: acknowledged event n={n} {id} on {topic} is {other:?} in the replay"
+                ));
+            }
         }
     }
     // G5: a key's data is stored once.
     for n in &run.history.keyed {
         let copies = everything.values().filter(|(_, m)| m == n).count();
-        if copies > 1 {
-            fail(format!("G5: keyed event n={n} stored {copies} times"));
+        if copies > 1 && run.history.lost_since_first_try(*n) {
+            run.history.forgotten.insert(*n);
+        } else if copies > 1 {
+            return fail(format!("G5: keyed event n={n} stored {copies} times"));
         }
     }
     // Every event read by anyone is the one the replay has under its id (G2/G3).
@@ -700,23 +763,25 @@ pub async fn check<S: System>(system: S, seed: u64) -> Tally {
             for (id, topic, n) in &session.events {
                 events_checked += 1;
                 if id.epoch != epoch {
-                    fail(format!("subscriber {s} read {id} of another epoch"));
+                    return fail(format!("subscriber {s} read {id} of another epoch"));
                 }
                 match everything.get(&id.seq) {
                     Some((t, m)) if t == topic && m == n => {}
                     None if vanished(id.seq) => {}
                     None if retention && id.seq < earliest => {}
-                    other => fail(format!(
-                        "G2: subscriber {s} read {id} as n={n} on {topic}; the replay has {other:?}"
-                    )),
+                    other => {
+                        return fail(format!(
+                            "G2: subscriber {s} read {id} as n={n} on {topic}; the replay has {other:?}"
+                        ));
+                    }
                 }
                 if !filter.matches(topic) {
-                    fail(format!(
+                    return fail(format!(
                         "subscriber {s} read {id} on {topic}, not its topics"
                     ));
                 }
                 if previous.is_some_and(|p| p.seq >= id.seq) {
-                    fail(format!("G3: subscriber {s} read {id} after {previous:?}"));
+                    return fail(format!("G3: subscriber {s} read {id} after {previous:?}"));
                 }
                 previous = Some(*id);
             }
@@ -733,14 +798,18 @@ pub async fn check<S: System>(system: S, seed: u64) -> Tally {
                     {
                         not_recovered += 1
                     }
-                    (true, Some(false)) => fail(format!(
-                        "G4: subscriber {s} resuming from its own {:?} was not recovered",
-                        session.from
-                    )),
-                    (false, Some(true)) => fail(format!(
-                        "G4: subscriber {s} resuming from foreign {:?} was told recovered",
-                        session.from
-                    )),
+                    (true, Some(false)) => {
+                        return fail(format!(
+                            "G4: subscriber {s} resuming from its own {:?} was not recovered",
+                            session.from
+                        ));
+                    }
+                    (false, Some(true)) => {
+                        return fail(format!(
+                            "G4: subscriber {s} resuming from foreign {:?} was told recovered",
+                            session.from
+                        ));
+                    }
                     _ => {}
                 }
             }
@@ -782,21 +851,68 @@ pub async fn check<S: System>(system: S, seed: u64) -> Tally {
                 .filter(|&seq| !vanished(seq) && !unknowable(seq))
                 .collect();
             if got != want {
-                fail(format!(
+                return fail(format!(
                     "G4: subscriber {s} (from {:?}, recovered {:?}) read {got:?}, wants {want:?}",
                     session.from, session.recovered
                 ));
             }
         }
     }
-    Tally {
+    Ok(Tally {
         operations: ops.len(),
         faults,
         events: events_checked,
         removed: earliest - 1,
         not_recovered,
         key_errors: run.key_errors,
+        forgotten: run.history.forgotten.len(),
+    })
+}
+
+/// Shrinks a failing schedule: drops ever smaller runs of operations while the rest still shows
+/// a violation (any violation: the runs are real processes, so a schedule fails as timing lets
+/// it, and what is printed is a schedule that did fail), each try against a fresh system from
+/// `start`, for at most `HERALD_CHECKER_SHRINK_SECONDS` (default 300).
+async fn shrink<S, F, Fut>(
+    start: &mut F,
+    seed: u64,
+    mut ops: Vec<Op>,
+    mut found: Violation,
+) -> (Vec<Op>, Violation)
+where
+    S: System,
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = S>,
+{
+    let budget: u64 = std::env::var("HERALD_CHECKER_SHRINK_SECONDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(300);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(budget);
+    let mut chunk = ops.len() / 2;
+    while chunk >= 1 {
+        let mut i = 0;
+        while i < ops.len() {
+            if tokio::time::Instant::now() >= deadline {
+                return (ops, found);
+            }
+            let end = (i + chunk).min(ops.len());
+            let candidate: Vec<Op> = ops[..i].iter().chain(&ops[end..]).cloned().collect();
+            match run(start().await, seed, &candidate).await {
+                Err(violation) => {
+                    eprintln!(
+                        "checker: still failing with {} operations: {}",
+                        candidate.len(),
+                        violation.what
+                    );
+                    (ops, found) = (candidate, violation);
+                }
+                Ok(_) => i += chunk,
+            }
+        }
+        chunk /= 2;
     }
+    (ops, found)
 }
 
 /// The seeds to run: `HERALD_CHECKER_SEED` alone, or `HERALD_CHECKER_SCHEDULES` (default 4) new
@@ -827,10 +943,28 @@ where
     let mut total = Tally::default();
     for &seed in &seeds {
         eprintln!("checker ({what}): seed {seed} (HERALD_CHECKER_SEED={seed} replays it)");
-        total.add(check(start().await, seed).await);
+        let ops = schedule(seed);
+        match run(start().await, seed, &ops).await {
+            Ok(tally) => total.add(tally),
+            Err(violation) => {
+                eprintln!(
+                    "checker ({what}): seed {seed}: {}; shrinking",
+                    violation.what
+                );
+                let (shrunk, found) = shrink(&mut start, seed, ops.clone(), violation).await;
+                panic!(
+                    "seed {seed}: {}\nschedule, shrunk from {} to {} operations (the fault and \
+                     subscriber lines show what the last failing run did):\n{}",
+                    found.what,
+                    ops.len(),
+                    shrunk.len(),
+                    found.log
+                );
+            }
+        }
     }
     eprintln!(
-        "checker ({what}): {} schedules, {} operations, {} faults ({:?}), {} events read and checked, {} removed by retention or a lost disk, {} own-id resumes honestly not recovered, {} keyed publishes answered with an error and retried, 0 violations",
+        "checker ({what}): {} schedules, {} operations, {} faults ({:?}), {} events read and checked, {} removed by retention or a lost disk, {} own-id resumes honestly not recovered, {} keyed publishes answered with an error and retried, {} keys answered anew after a storage loss took their record, 0 violations",
         seeds.len(),
         total.operations,
         total.faults.values().sum::<usize>(),
@@ -838,6 +972,7 @@ where
         total.events,
         total.removed,
         total.not_recovered,
-        total.key_errors
+        total.key_errors,
+        total.forgotten
     );
 }

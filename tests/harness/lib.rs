@@ -14,6 +14,7 @@ pub mod cluster;
 pub mod otlp;
 pub mod process;
 pub mod prometheus;
+pub mod proxy;
 pub mod schemathesis;
 mod sse;
 
