@@ -244,21 +244,8 @@ async fn a_key_whose_mongodb_write_failed_still_answers_after_the_duplicate_wind
         .unwrap();
     assert_eq!(first.status.as_u16(), 503, "{}", first.body);
     single.wait_stderr("fault: MongoDB fails").await.unwrap();
-    let events = json!([{"topic": "orders", "data": 1}, {"topic": "orders", "data": 2}]);
-    let keyed_batch = |api: herald_tests::Api| {
-        let events = events.clone();
-        async move {
-            api.http
-                .post(format!("{}/v1/events", api.base))
-                .header("idempotency-key", "k-batch")
-                .json(&events)
-                .send()
-                .await
-                .unwrap()
-        }
-    };
-    let failed = keyed_batch(batch.api()).await;
-    assert_eq!(failed.status().as_u16(), 503);
+    let (status, _, answer) = keyed_batch(batch.api()).await;
+    assert_eq!(status, 503, "{answer}");
     batch.wait_stderr("fault: MongoDB fails").await.unwrap();
     // Past the duplicate window, and time for an archiver to write the events.
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -271,20 +258,7 @@ async fn a_key_whose_mongodb_write_failed_still_answers_after_the_duplicate_wind
     assert_eq!(again.status.as_u16(), 201, "{}", again.body);
     assert!(again.replayed, "a second event: {}", again.body);
     assert_eq!(seq_of(&again.id()), 1, "the first publish's id");
-    let again = keyed_batch(batch.api()).await;
-    assert_eq!(again.status().as_u16(), 201);
-    assert!(
-        again.headers().contains_key("idempotent-replayed"),
-        "a second batch"
-    );
-    let answer: serde_json::Value = again.json().await.unwrap();
-    let seqs: Vec<u64> = answer["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| seq_of(e["id"].as_str().unwrap()))
-        .collect();
-    assert_eq!(seqs, [2, 3], "the first batch's ids");
+    assert_first_batch(keyed_batch(batch.api()).await);
 }
 
 /// G5 while an archiver holds a key's first publish: a key whose first publish reached
@@ -318,27 +292,6 @@ async fn a_key_retried_while_an_archiver_holds_its_first_publish_makes_no_second
         .await
         .unwrap();
     let single = json!({"data": "once"}).to_string();
-    let batch = json!([{"topic": "orders", "data": 1}, {"topic": "orders", "data": 2}]);
-    let keyed_batch = |api: herald_tests::Api| {
-        let batch = batch.clone();
-        async move {
-            let res = api
-                .http
-                .post(format!("{}/v1/events", api.base))
-                .header("idempotency-key", "k-batch")
-                .json(&batch)
-                .send()
-                .await
-                .unwrap();
-            let status = res.status().as_u16();
-            let replayed = res.headers().contains_key("idempotent-replayed");
-            (
-                status,
-                replayed,
-                res.json::<serde_json::Value>().await.unwrap(),
-            )
-        }
-    };
     let first = failing
         .api()
         .publish_raw("orders", single.clone(), Some("k-single"))
@@ -397,7 +350,28 @@ async fn a_key_retried_while_an_archiver_holds_its_first_publish_makes_no_second
     };
     assert!(answered.replayed, "a second event: {}", answered.body);
     assert_eq!(seq_of(&answered.id()), 1, "the first publish's id");
-    let (status, replayed, body) = keyed_batch(retrying.api()).await;
+    assert_first_batch(keyed_batch(retrying.api()).await);
+}
+
+/// A batch of two events on `orders` with the Idempotency-Key `k-batch`: the answer's status,
+/// whether it replays a first answer, and its body.
+async fn keyed_batch(api: herald_tests::Api) -> (u16, bool, serde_json::Value) {
+    let events = json!([{"topic": "orders", "data": 1}, {"topic": "orders", "data": 2}]);
+    let res = api
+        .http
+        .post(format!("{}/v1/events", api.base))
+        .header("idempotency-key", "k-batch")
+        .json(&events)
+        .send()
+        .await
+        .unwrap();
+    let status = res.status().as_u16();
+    let replayed = res.headers().contains_key("idempotent-replayed");
+    (status, replayed, res.json().await.unwrap())
+}
+
+/// The answer is the first `k-batch`'s (ids 2 and 3, after one single event), replayed.
+fn assert_first_batch((status, replayed, body): (u16, bool, serde_json::Value)) {
     assert_eq!(status, 201, "{body}");
     assert!(replayed, "a second batch: {body}");
     let seqs: Vec<u64> = body["events"]

@@ -76,14 +76,19 @@ pub(crate) async fn detached(
 
 impl ClusterLog {
     /// The first answer to `key` (its sequences and request fingerprint), if it was published
-    /// before. MongoDB's record is certain once the archiver has caught up with what the stream
-    /// held when asked: the ingest records a key only after its own MongoDB write, which a
+    /// before. MongoDB's record is certain once the archiver has caught up far enough
+    /// ([`JetStream::archived`]; `single`: a one-event publish, which JetStream's duplicate
+    /// window also covers): the ingest records a key only after its own MongoDB write, which a
     /// failure or a crash after the JetStream ack skips, and then only the archiver records it.
-    async fn first_answer(&self, key: &str) -> Result<Option<(Vec<u64>, u64)>, StoreError> {
+    async fn first_answer(
+        &self,
+        key: &str,
+        single: bool,
+    ) -> Result<Option<(Vec<u64>, u64)>, StoreError> {
         if let Some(first) = self.mongo.idempotency(key).await? {
             return Ok(Some(first));
         }
-        self.js.archived().await?;
+        self.js.archived(single).await?;
         self.mongo.idempotency(key).await
     }
 
@@ -95,7 +100,7 @@ impl ClusterLog {
         let epoch = self.js.epoch();
         let fingerprint = idempotency.as_ref().map_or(0, |i| i.fingerprint);
         if let Some(idem) = &idempotency
-            && let Some(first) = self.first_answer(&idem.key).await?
+            && let Some(first) = self.first_answer(&idem.key, batch.len() == 1).await?
         {
             let (seqs, stored) = first;
             if stored != idem.fingerprint {

@@ -31,7 +31,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use herald_bus::{Bus, BusError, Feed};
-use herald_core::{Epoch, Event, EventId, NewEvent, TopicFilter, TraceContext};
+use herald_core::{Epoch, Event, EventId, NewEvent, TopicFilter, TraceContext, event::now_ms};
 use herald_proto::Origin;
 use herald_store::{Page, StoreError};
 use herald_telemetry::{BusOp, Consumer};
@@ -59,6 +59,7 @@ pub struct JetStream {
     stream: Arc<str>,
     epoch: Epoch,
     timeout: Duration,
+    duplicate_window: Duration,
     metrics: Arc<Metrics>,
     reads: Arc<tokio::sync::Semaphore>,
     recovery: Arc<Recovery>,
@@ -124,6 +125,7 @@ impl JetStream {
             stream: config.stream.as_str().into(),
             epoch,
             timeout: config.backend_timeout,
+            duplicate_window: config.duplicate_window,
             metrics,
             reads: Arc::new(tokio::sync::Semaphore::new(CONCURRENT_READS)),
             recovery: Arc::new(Recovery::new(config, mongo)),
@@ -307,14 +309,18 @@ impl JetStream {
         })
     }
 
-    /// Waits until the archiver has written to MongoDB every message the stream holds now: its
-    /// durable consumer's ack floor reaches the stream's last sequence as it was on the first
-    /// look (an archiver acknowledges only what MongoDB has, keys' answers included). A key
-    /// MongoDB does not know is then new, or its first publish is younger than JetStream's
-    /// duplicate window: a keyed batch has no `Nats-Msg-Id`, and a single event's is forgotten
-    /// after the window, while an archiver may hold it (MongoDB down, or a process stopped
-    /// mid-chunk until the ack wait runs out). Unavailable after the backend timeout.
-    pub async fn archived(&self) -> Result<(), StoreError> {
+    /// Waits until a key MongoDB has no record of can be taken as new. MongoDB learns a key from
+    /// the ingest (after its own write, which a failure or a crash after the JetStream ack
+    /// skips) or from the archiver; JetStream remembers a single event's `Nats-Msg-Id` for its
+    /// duplicate window, and a batch's not at all. So this waits until the archiver's durable
+    /// consumer has acknowledged (written to MongoDB, keys' answers included) every message the
+    /// stream held on the first look: its ack floor reaches that last sequence. For a single
+    /// event (`single`), it is enough that the oldest message not yet acknowledged is younger
+    /// than half the duplicate window (stamped by its ingest's clock; half leaves room for
+    /// skew): JetStream still remembers every key after it. An archiver holds messages while
+    /// MongoDB is down, or when its process was killed mid-chunk (until the ack wait hands them
+    /// on). Unavailable after the backend timeout.
+    pub async fn archived(&self, single: bool) -> Result<(), StoreError> {
         let stream = self
             .js
             .get_stream_no_info(&*self.stream)
@@ -333,6 +339,19 @@ impl JetStream {
             };
             if info.num_pending == 0 && info.num_ack_pending == 0 {
                 return Ok(());
+            }
+            if single {
+                let oldest = info.ack_floor.stream_sequence + 1;
+                let young = match stream.direct_get(oldest).await {
+                    Ok(message) => decode(&message.payload, oldest, None).is_ok_and(|d| {
+                        let age = now_ms().saturating_sub(d.event.time_ms);
+                        u128::from(age) < self.duplicate_window.as_millis() / 2
+                    }),
+                    Err(_) => false,
+                };
+                if young {
+                    return Ok(());
+                }
             }
             let last = *target.get_or_insert(info.delivered.stream_sequence + info.num_pending);
             if info.ack_floor.stream_sequence >= last {
