@@ -1,5 +1,6 @@
 //! The fault-schedule checker (`herald_tests::checker`) against the distributed mode: two
-//! ingests and two gateways behind nginx, over NATS and the MongoDB-wire server, or over Redis
+//! ingests and two gateways behind nginx, over NATS and the MongoDB-wire server (with a Redis
+//! bridge bringing a legacy Redis Stream in, killed and restarted like the rest), or over Redis
 //! and MongoDB (`--bus redis`). Publishes go through nginx; subscribers connect through nginx or
 //! straight to a gateway. Faults: `kill -9` or SIGTERM and restart of a gateway or an ingest, a
 //! NATS restart with or without its disk (the running processes make the stream again), a Redis
@@ -36,6 +37,10 @@ struct Distributed {
     storage_lost: bool,
     /// The fault proxies between the Herald processes and NATS, and MongoDB.
     proxies: [(&'static str, FaultProxy); 2],
+    /// The Redis bridge, and a legacy publisher's connection to its Redis.
+    bridge: Service,
+    legacy: redis::aio::MultiplexedConnection,
+    _redis: Redis,
 }
 
 /// `127.0.0.1:PORT` of a `nats://` or `mongodb://` URL on this machine.
@@ -93,14 +98,40 @@ impl Distributed {
             cluster.gateways.push(gateway.await.unwrap());
         }
         let nginx = cluster.nginx().await;
+        // A Redis bridge bringing a legacy Redis Stream into Herald (Redis reached directly).
+        let redis = Redis::start().await.unwrap();
+        let redis_url = redis.url();
+        let bridge_args = [
+            "--redis-url",
+            &redis_url,
+            "--streams",
+            LEGACY_STREAM,
+            "--subscribe",
+            "",
+            "--to-redis",
+            "false",
+            "--consumer",
+            "bridge-0",
+            "--claim-idle",
+            "1s",
+        ];
+        let bridge = cluster.deployment.bridge(&bridge_args).await.unwrap();
+        let legacy = redis.client().get_multiplexed_async_connection().await;
         Self {
             cluster,
             nginx,
             storage_lost: false,
             proxies: [("NATS", nats), ("MongoDB", mongo)],
+            bridge,
+            legacy: legacy.unwrap(),
+            _redis: redis,
         }
     }
 }
+
+/// The Redis Stream the bridge brings in; the consumer group is the bridge's default.
+const LEGACY_STREAM: &str = "legacy";
+const LEGACY_GROUP: &str = "herald-bridge";
 
 impl System for Distributed {
     fn publisher(&self) -> Api {
@@ -115,7 +146,16 @@ impl System for Distributed {
     }
 
     async fn fault(&mut self, rng: &mut fastrand::Rng, graceful: bool) -> String {
-        match rng.usize(0..5) {
+        match rng.usize(0..6) {
+            5 => {
+                restart_one(
+                    std::slice::from_mut(&mut self.bridge),
+                    "bridge",
+                    0,
+                    graceful,
+                )
+                .await
+            }
             4 => network_fault(&self.proxies, rng).await,
             0 => {
                 let i = rng.usize(0..2);
@@ -151,6 +191,48 @@ impl System for Distributed {
                 self.cluster.mongo.restart().await.expect("MongoDB restart");
                 format!("MongoDB kill -9, restart: {DATA_LOST}")
             }
+        }
+    }
+
+    async fn publish_legacy(&mut self, topic: &str, data: &serde_json::Value) -> Option<bool> {
+        let added: redis::RedisResult<String> = redis::cmd("XADD")
+            .arg(LEGACY_STREAM)
+            .arg("*")
+            .arg("data")
+            .arg(data.to_string())
+            .arg("topic")
+            .arg(topic)
+            .query_async(&mut self.legacy)
+            .await;
+        Some(added.is_ok())
+    }
+
+    async fn settle_legacy(&mut self) {
+        // Until the group has read every entry (lag 0) and acknowledged it (nothing pending).
+        for _ in 0..600 {
+            let groups: redis::RedisResult<Vec<std::collections::HashMap<String, redis::Value>>> =
+                redis::cmd("XINFO")
+                    .arg("GROUPS")
+                    .arg(LEGACY_STREAM)
+                    .query_async(&mut self.legacy)
+                    .await;
+            let settled = groups.ok().and_then(|groups| {
+                let group = groups.into_iter().find(|g| {
+                    g.get("name")
+                        .and_then(|n| redis::from_redis_value::<String>(n.clone()).ok())
+                        .is_some_and(|n| n == LEGACY_GROUP)
+                })?;
+                let count = |field: &str| {
+                    group
+                        .get(field)
+                        .and_then(|v| redis::from_redis_value::<i64>(v.clone()).ok())
+                };
+                Some(count("pending")? == 0 && count("lag")? == 0)
+            });
+            if settled == Some(true) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 

@@ -97,6 +97,7 @@ const OTHER_TOOLS: &[(&str, &str)] = &[
     ("--bench", "cargo"),
     ("--test", "cargo test"),
     ("--nocapture", "cargo test (the test binary)"),
+    ("--test-threads", "cargo test (the test binary)"),
     ("--print-env", "tests/servers/install"),
     ("--open", "cargo doc"),
     ("--depth", "cargo tree"),

@@ -17,7 +17,9 @@
 //!   foreign id is told `recovered:false`; a recovered connection gets every event after its id
 //!   that its topics match, up to the last one it read — none missing, none twice;
 //! - G5: a key answers with one id however often it is retried, and its data is stored once
-//!   (unless a fault lost the storage that held its record: [`DATA_LOST`]).
+//!   (unless a fault lost the storage that held its record: [`DATA_LOST`]);
+//! - through a Redis bridge: every entry a legacy publisher added to the bridged Redis Stream
+//!   (acknowledged by Redis) comes into Herald once, on its topic.
 //!
 //! One fault changes what may be seen: a single-replica NATS that loses its disk loses what only
 //! JetStream held, which can be events whose publish was never acknowledged (their ingest died
@@ -66,6 +68,14 @@ pub trait System {
     fn flood(&self) -> Option<(usize, usize)> {
         None
     }
+    /// Adds `data` as an entry of the legacy Redis Stream a Redis bridge brings into Herald on
+    /// `topic`: `Some(true)` when Redis acknowledged it (then it must reach Herald exactly
+    /// once), `Some(false)` when that is unknown, `None` where there is no bridge.
+    async fn publish_legacy(&mut self, _topic: &str, _data: &Value) -> Option<bool> {
+        None
+    }
+    /// Waits until the bridge has brought in every legacy entry Redis acknowledged.
+    async fn settle_legacy(&mut self) {}
 }
 /// In a fault's description: the fault lost a storage's data (the MongoDB-wire test server's
 /// `kill -9` loses its journaled writes). A key answered before it may be answered anew after
@@ -97,6 +107,8 @@ enum Op {
     Stall(usize, u64),
     /// A large batch on one topic ([`System::flood`]).
     Flood(&'static str),
+    /// A legacy publisher's entry on the Redis Stream a bridge brings in.
+    Legacy(&'static str),
     Pause(u64),
 }
 
@@ -117,6 +129,7 @@ fn schedule(seed: u64) -> Vec<Op> {
             83..85 => Op::CrashPublishing,
             85..89 => Op::Stall(rng.usize(..SUBSCRIBERS), rng.u64(300..3000)),
             89..92 => Op::Flood(topic(&mut rng)),
+            92..95 => Op::Legacy(topic(&mut rng)),
             _ => Op::Pause(rng.u64(0..150)),
         })
         .collect()
@@ -246,6 +259,8 @@ struct History {
     first_try: BTreeMap<u64, usize>,
     /// Faults so far that lost a storage's data ([`DATA_LOST`]).
     losses: usize,
+    /// n → (topic, storage losses before it) of legacy entries Redis acknowledged.
+    legacy: BTreeMap<u64, (&'static str, usize)>,
     /// n of keyed events whose record a storage loss took: G5 cannot hold for them.
     forgotten: std::collections::BTreeSet<u64>,
     /// n of keyed publishes.
@@ -471,6 +486,18 @@ impl<S: System> Run<S> {
             Op::Stall(s, ms) => {
                 let _ = self.subs[*s].send(Command::Stall(Duration::from_millis(*ms)));
             }
+            Op::Legacy(topic) => {
+                let (n, data) = self.data(topic);
+                match self.system.publish_legacy(topic, &data).await {
+                    Some(true) => {
+                        self.history.legacy.insert(n, (topic, self.history.losses));
+                    }
+                    Some(false) => {
+                        self.history.maybe.insert(n, topic.to_string());
+                    }
+                    None => {}
+                }
+            }
             Op::Pause(ms) => tokio::time::sleep(Duration::from_millis(*ms)).await,
         }
     }
@@ -506,6 +533,8 @@ pub struct Tally {
     pub key_errors: usize,
     /// Keys answered anew after a storage loss took their record.
     pub forgotten: usize,
+    /// Legacy Redis Stream entries a bridge brought in, checked once each.
+    pub legacy: usize,
 }
 
 impl Tally {
@@ -516,6 +545,7 @@ impl Tally {
         self.not_recovered += other.not_recovered;
         self.key_errors += other.key_errors;
         self.forgotten += other.forgotten;
+        self.legacy += other.legacy;
         for (kind, n) in other.faults {
             *self.faults.entry(kind).or_default() += n;
         }
@@ -609,6 +639,19 @@ async fn run<S: System>(system: S, seed: u64, ops: &[Op]) -> Result<Tally, Viola
     if let Some(key) = run.unsettled.keys().next() {
         run.violations
             .push(format!("key {key} is still answered with an error"));
+    }
+    // The bridge brings in what is left of the legacy entries; a last publish then puts the
+    // head of the final replay after them.
+    if !run.history.legacy.is_empty() {
+        run.system.settle_legacy().await;
+        run.log.push("(legacy entries settled)".into());
+        let acked = run.history.acked.len();
+        for _ in 0..20 {
+            run.apply(&Op::Publish(TOPICS[0]), &mut rng).await;
+            if run.history.acked.len() > acked {
+                break;
+            }
+        }
     }
     // Let the subscribers catch up with the last acknowledged event, then stop them.
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -740,6 +783,24 @@ async fn run<S: System>(system: S, seed: u64, ops: &[Op]) -> Result<Tally, Viola
             }
         }
     }
+    // Every legacy entry Redis acknowledged came in once, on its topic (G1 and G5 through the
+    // bridge; its idempotency record may go with a storage loss, like a key's).
+    for (n, (topic, losses)) in &run.history.legacy {
+        let copies: Vec<&String> = everything
+            .values()
+            .filter(|(_, m)| m == n)
+            .map(|(t, _)| t)
+            .collect();
+        match copies.as_slice() {
+            [t] if t == topic => {}
+            [_, _, ..] if *losses < run.history.losses => {}
+            other => {
+                return fail(format!(
+                    "legacy entry n={n} on {topic} came into Herald as {other:?}"
+                ));
+            }
+        }
+    }
     // G5: a key's data is stored once.
     for n in &run.history.keyed {
         let copies = everything.values().filter(|(_, m)| m == n).count();
@@ -866,6 +927,7 @@ async fn run<S: System>(system: S, seed: u64, ops: &[Op]) -> Result<Tally, Viola
         not_recovered,
         key_errors: run.key_errors,
         forgotten: run.history.forgotten.len(),
+        legacy: run.history.legacy.len(),
     })
 }
 
@@ -964,7 +1026,7 @@ where
         }
     }
     eprintln!(
-        "checker ({what}): {} schedules, {} operations, {} faults ({:?}), {} events read and checked, {} removed by retention or a lost disk, {} own-id resumes honestly not recovered, {} keyed publishes answered with an error and retried, {} keys answered anew after a storage loss took their record, 0 violations",
+        "checker ({what}): {} schedules, {} operations, {} faults ({:?}), {} events read and checked, {} removed by retention or a lost disk, {} own-id resumes honestly not recovered, {} keyed publishes answered with an error and retried, {} keys answered anew after a storage loss took their record, {} legacy Redis entries bridged once each, 0 violations",
         seeds.len(),
         total.operations,
         total.faults.values().sum::<usize>(),
@@ -973,6 +1035,7 @@ where
         total.removed,
         total.not_recovered,
         total.key_errors,
-        total.forgotten
+        total.forgotten,
+        total.legacy
     );
 }
