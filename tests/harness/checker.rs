@@ -5,10 +5,11 @@
 //! retries of a key after a success or an error, including a keyed publish in flight when a
 //! process dies), subscribers on topics and patterns that disconnect and resume from their last
 //! id, from an old id they saw, or from a foreign one, and the system's faults (`kill -9` or
-//! SIGTERM plus restart of its processes, backend restarts) and stalled readers (a subscriber
-//! that stops reading for up to 3 s over a narrow receive window, so the server's queue takes
-//! the backlog and it catches up in place). Subscribers behave like `EventSource`: when the
-//! stream ends they come back with their last id. Every acknowledgement and every event every subscriber read is
+//! SIGTERM plus restart of its processes, backend restarts and pauses, network faults through
+//! the harness's fault proxy), stalled readers (a subscriber that stops reading for up to 3 s
+//! over a narrow receive window, so the server's queue takes the backlog and it catches up in
+//! place) and floods. Subscribers behave like `EventSource`: when the stream ends they come
+//! back with their last id. Every acknowledgement and every event every subscriber read is
 //! recorded, then the history is checked:
 //!
 //! - G1: every acknowledged event is in the final replay of everything, with its topic and data;
@@ -162,7 +163,7 @@ struct Session {
 
 /// A subscriber that behaves like EventSource: it reconnects with its last id when the stream
 /// ends, retrying while the server is down. Its socket has a narrow receive window, so a stall
-/// backs events up into the server within a few dozen of them.
+/// backs events up into the server sooner than a default socket would.
 async fn subscriber(
     filter: &'static [&'static str],
     base: String,
