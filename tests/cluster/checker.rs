@@ -15,7 +15,7 @@ use std::time::Duration;
 use herald_tests::{
     Api,
     checker::{self, DATA_LOST, System},
-    cluster::{Deployment, Mongo, Nginx, Redis, Service},
+    cluster::{Deployment, Mongo, Nginx, Redis, Service, mongodb_uri},
     process::send_signal,
     proxy::FaultProxy,
 };
@@ -87,8 +87,7 @@ impl Distributed {
         let mongo = FaultProxy::start(upstream(&cluster.deployment.mongodb_uri)).await;
         let (nats, mongo) = (nats.unwrap(), mongo.unwrap());
         cluster.deployment.nats_url = format!("nats://127.0.0.1:{}", nats.port);
-        cluster.deployment.mongodb_uri =
-            format!("mongodb://127.0.0.1:{}/?directConnection=true", mongo.port);
+        cluster.deployment.mongodb_uri = mongodb_uri(mongo.port);
         for _ in 0..2 {
             let ingest = cluster.deployment.ingest(&[], &[MONGODB_FAILS]);
             cluster.ingests.push(ingest.await.unwrap());
@@ -283,10 +282,7 @@ impl RedisBus {
                 flag.clone_from(&proxied);
             }
         }
-        deployment.mongodb_uri = format!(
-            "mongodb://127.0.0.1:{}/?directConnection=true",
-            mongo_proxy.port
-        );
+        deployment.mongodb_uri = mongodb_uri(mongo_proxy.port);
         let mut ingests = Vec::new();
         let mut gateways = Vec::new();
         for _ in 0..2 {

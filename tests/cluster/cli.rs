@@ -3,7 +3,7 @@
 
 use std::process::Command;
 
-use herald_tests::cluster::{free_port, herald_binary};
+use herald_tests::cluster::{free_port, herald_binary, mongodb_uri};
 
 fn run(bin: &str, args: &[&str]) -> (i32, String, String) {
     let out = Command::new(herald_binary(bin))
@@ -66,7 +66,7 @@ fn bad_options_and_unreachable_servers_fail_clearly() {
         "a value that does not parse is a usage error: {err}"
     );
     // Nothing listens on these ports: it says so and exits, for the orchestrator to retry.
-    let uri = format!("mongodb://127.0.0.1:{}/?directConnection=true", free_port());
+    let uri = mongodb_uri(free_port());
     let (code, _, err) = run(
         "herald-gateway",
         &["--mongodb-uri", &uri, "--backend-timeout", "300ms"],

@@ -27,6 +27,11 @@ use crate::{
     process::{retry_on_port, send_signal, send_sigterm},
 };
 
+/// The connection string of a MongoDB (or a proxy of one) on this machine's `port`.
+pub fn mongodb_uri(port: u16) -> String {
+    format!("mongodb://127.0.0.1:{port}/?directConnection=true")
+}
+
 /// A free loopback port (bound and released; the server binds it next).
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -318,7 +323,7 @@ impl Mongo {
         let (child, port) = Self::spawn(dir.path(), 0).await?;
         Ok(Self {
             server: Some((child, dir)),
-            uri: format!("mongodb://127.0.0.1:{port}/?directConnection=true"),
+            uri: mongodb_uri(port),
             database: "herald".to_owned(),
             port,
         })

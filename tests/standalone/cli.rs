@@ -37,6 +37,19 @@ async fn publish(base: &str, args: &[&str], stdin: &str) -> (i32, Vec<String>, S
     )
 }
 
+/// `herald tail --json --url BASE --count N` with `args` (topics and flags), its output piped.
+fn spawn_tail(base: &str, args: &[&str], count: usize) -> tokio::process::Child {
+    Command::new(herald_bin())
+        .arg("tail")
+        .args(args)
+        .args(["--json", "--url", base, "--count", &count.to_string()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap()
+}
+
 /// What `herald tail --json --count N` printed once it ended (it must end, successfully): its
 /// JSON lines and its standard error.
 async fn tail_output(tail: tokio::process::Child) -> (Vec<Value>, String) {
@@ -140,14 +153,7 @@ async fn herald_tail_prints_every_event_once_in_order_across_a_kill_9_and_restar
         .unwrap();
     let base = herald.base.clone();
     let total = 30;
-    let tail = Command::new(herald_bin())
-        .args(["tail", "t", "news.*", "--json", "--url", &base])
-        .args(["--count", &total.to_string()])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let tail = spawn_tail(&base, &["t", "news.*"], total);
     let api = herald.api();
     let mut open = 0.0;
     for _ in 0..100 {
@@ -219,15 +225,11 @@ async fn with_the_key_file_the_commands_mint_their_tokens_and_tail_renews_an_exp
     .unwrap();
     let base = herald.base.clone();
     let total = 6;
-    let tail = Command::new(herald_bin())
-        .args(["tail", "t", "--json", "--url", &base])
-        .args(["--auth-hmac-key-file", &key, "--token-ttl", "2s"])
-        .args(["--count", &total.to_string()])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let tail = spawn_tail(
+        &base,
+        &["t", "--auth-hmac-key-file", &key, "--token-ttl", "2s"],
+        total,
+    );
     // Without a token the server refuses; with the key file the command mints one.
     let (code, _, err) = publish(&base, &["t", "1"], "").await;
     assert_eq!(code, 1);
