@@ -12,7 +12,7 @@ const SHARED: &[&str] = &[
     "--stream-max-bytes",
     "16KiB",
     "--retention-age",
-    "5s",
+    "10s",
     "--trim-interval",
     "250ms",
 ];
@@ -27,8 +27,10 @@ async fn resumes_read_jetstream_then_mongodb_then_say_expired() {
     let (ancient, _) = publish_until_acked(&ingest, "t", "ancient", json!("ancient")).await;
     // Resuming from `ancient` needs this one, which MongoDB will have dropped.
     publish_until_acked(&ingest, "t", "ancient2", json!("ancient")).await;
-    // Past MongoDB's retention (5 s, trimmed every 250 ms).
-    tokio::time::sleep(Duration::from_millis(5600)).await;
+    // Past MongoDB's retention (10 s, trimmed every 250 ms). The 300 keyed publishes below must
+    // all stay inside it: at 5 s, a slow CI run (a new key waits for the archiver) aged the
+    // first of them out.
+    tokio::time::sleep(Duration::from_millis(10_600)).await;
     let mut ids = Vec::new();
     for i in 0..300 {
         let (id, _) = publish_until_acked(&ingest, "t", &format!("k{i}"), json!(filler)).await;
