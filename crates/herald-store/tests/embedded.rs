@@ -84,3 +84,56 @@ async fn concurrent_appends_share_commits() {
         "group commit: {commits} commits for 400 appends"
     );
 }
+
+/// A reader whose snapshot no longer has the oldest events never sees bounds that still include
+/// them: a replay reads its page, then the bounds, and trusts them to tell a page that starts
+/// late (retention removed its beginning) from a whole one (G4). Trims race reads here.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bounds_read_after_a_page_cover_every_trim_the_page_saw() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = StoreOptions {
+        max_bytes: Some(4096),
+        ..StoreOptions::default()
+    };
+    let store = Arc::new(EmbeddedStore::open(dir.path(), options).unwrap());
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = {
+        let (store, done) = (Arc::clone(&store), Arc::clone(&done));
+        tokio::spawn(async move {
+            let mut checked = 0;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                let query = ReadQuery {
+                    filter: TopicFilter::parse([">"]).unwrap(),
+                    after: 0,
+                    limit: 1,
+                };
+                let page = store.read(query).await.unwrap();
+                let bounds = store.bounds().await.unwrap();
+                if let Some(first) = page.events.first() {
+                    assert!(
+                        bounds.earliest >= first.seq,
+                        "the page starts at {} but the bounds read after it say {} is kept",
+                        first.seq,
+                        bounds.earliest
+                    );
+                    checked += 1;
+                }
+            }
+            checked
+        })
+    };
+    let padding = "x".repeat(500);
+    for round in 0..300 {
+        let batch = (0..8)
+            .map(|i| NewEvent {
+                data: parse_data(format!("[{round},{i},\"{padding}\"]")).unwrap(),
+                ..new_event(0)
+            })
+            .collect();
+        store.append(batch, None).await.unwrap();
+        store.trim().await.unwrap();
+    }
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let checked = reader.await.unwrap();
+    assert!(checked > 100, "only {checked} pages checked");
+}

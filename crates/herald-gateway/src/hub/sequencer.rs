@@ -97,7 +97,8 @@ impl Sequencer {
     }
 
     /// Reads the events between the last delivered and the first pending from the store. If the
-    /// store cannot supply them, every subscriber catches up from the store on its own.
+    /// store cannot supply them (down, or retention removed them), every subscriber catches up
+    /// from the store on its own.
     async fn fill_gap(&mut self) {
         let Some(&first_pending) = self.pending.keys().next() else {
             return;
@@ -112,6 +113,17 @@ impl Sequencer {
             };
             match self.store.read(query).await {
                 Ok(page) => {
+                    let starts_late = page.events.first().is_none_or(|e| e.seq != self.expected);
+                    if starts_late && self.removed_by_retention().await {
+                        // Skipping the hole would be silent (G4): the subscribers' own
+                        // catch-ups get the verdict instead.
+                        tracing::debug!(
+                            expected = self.expected,
+                            first_pending,
+                            "gap removed by retention; subscribers catch up from the store"
+                        );
+                        break;
+                    }
                     for event in page.events.iter().take_while(|e| e.seq < first_pending) {
                         self.inner.fan_out(event);
                     }
@@ -136,5 +148,20 @@ impl Sequencer {
             self.inner.window.cover(first_pending - 1);
         }
         self.release();
+    }
+
+    /// Whether retention removed the next expected sequence: a page that does not start with it
+    /// may start late (or the sequence never held an event). Asked after the page was read:
+    /// retention removes a prefix, so bounds that still reach back to it mean the page was whole.
+    /// A store that cannot say counts as removed: the subscribers then catch up on their own.
+    async fn removed_by_retention(&self) -> bool {
+        match self.store.bounds().await {
+            Ok(bounds) => bounds.earliest > self.expected,
+            Err(e) => {
+                self.inner.metrics.store_error(StoreOp::Bounds);
+                tracing::warn!(error = %e, "store bounds unavailable during a gap fill");
+                true
+            }
+        }
     }
 }

@@ -13,7 +13,11 @@ fn new_event(topic: &str) -> NewEvent {
 }
 
 async fn setup(capacity: usize) -> (Hub, Arc<dyn Store>, MemoryBus) {
-    let store: Arc<dyn Store> = Arc::new(MemoryStore::new(StoreOptions::default()));
+    setup_with(capacity, StoreOptions::default()).await
+}
+
+async fn setup_with(capacity: usize, options: StoreOptions) -> (Hub, Arc<dyn Store>, MemoryBus) {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new(options));
     let bus = MemoryBus::new(64);
     let bounds = store.bounds().await.unwrap();
     let hub = Hub::start(
@@ -200,6 +204,47 @@ async fn a_failed_gap_fill_wakes_idle_subscribers_to_catch_up() {
     assert_eq!(woken.seq, 0, "a wake-up, not an event");
     assert!(woken.frame.is_empty());
     assert!(idle.lagged(), "it catches up from the store");
+}
+
+/// A gap whose events retention removed before the fill read them (the standalone feed lags
+/// during a flood while the trimmer keeps a few events): the store's page starts late, and no
+/// subscriber may skip the hole silently; each catches up on its own, where a replay that starts
+/// late gets its `recovered:false` verdict (G4).
+#[tokio::test(start_paused = true)]
+async fn a_gap_retention_removed_wakes_subscribers_instead_of_skipping_it() {
+    let (hub, store, bus) = setup_with(
+        8,
+        StoreOptions {
+            // One event here weighs 25 bytes (`t`, `message`, `1` and 16): one is kept.
+            max_bytes: Some(30),
+            ..StoreOptions::default()
+        },
+    )
+    .await;
+    let mut sub = hub.subscribe(TopicFilter::parse(["t"]).unwrap());
+    let mut events = Vec::new();
+    for _ in 0..3 {
+        events.extend(
+            store
+                .append(vec![new_event("t")], None)
+                .await
+                .unwrap()
+                .events,
+        );
+    }
+    // Retention keeps only the newest event; 1 and 2 are never announced.
+    store.trim().await.unwrap();
+    assert_eq!(store.bounds().await.unwrap().earliest, 3);
+    bus.publish(&[events[2].clone()]).await.unwrap();
+    let first = tokio::time::timeout(Duration::from_secs(1), sub.recv())
+        .await
+        .expect("a delivery in time")
+        .unwrap();
+    assert!(
+        sub.lagged(),
+        "the subscriber catches up from the store (got seq {} first)",
+        first.seq
+    );
 }
 
 /// Property: whatever order, duplication and loss the feed shows (a bus reorders across ingests,

@@ -202,10 +202,14 @@ impl State {
                 t.meta.insert(META_TRIMMED, self.trimmed_through)?;
                 t.meta.insert(META_BYTES, self.bytes)?;
             }
-            txn.commit()?;
+            // Published before the commit: a reader whose snapshot lacks the removed events must
+            // never see bounds that still include them (its page would start late and pass for
+            // whole). A reader may see the new bounds with an older snapshot: a verdict a moment
+            // early, never a silent jump.
             shared
                 .trimmed_through
                 .store(self.trimmed_through, Ordering::Release);
+            txn.commit()?;
             if removed > 0 {
                 tracing::debug!(
                     removed,
