@@ -30,6 +30,8 @@ pub const CONSUMER: &str = "herald-archiver";
 const BATCH: usize = 512;
 /// Wait after a failure.
 const BACKOFF: Duration = Duration::from_secs(1);
+/// How long each pull request of the archiver waits for messages.
+const PULL_EXPIRES: Duration = Duration::from_secs(2);
 /// How long JetStream waits for an archiver's ack before it hands the message to another: what
 /// an archiver stopped mid-chunk (its process killed) holds comes back after this. Until then
 /// new keyed publishes wait for it ([`crate::JetStream::archived`]) and answer 503 past the
@@ -94,9 +96,14 @@ impl Archiver {
         // A continuous pull; whatever has arrived is written at once, up to BATCH at a time, so
         // the archiver trails JetStream by one MongoDB write, not by a batch timeout.
         let pending = self.metrics.consumer_pending(Consumer::Archiver);
+        // Pull requests that expire every 2 s, with a heartbeat each second: a consumer that is
+        // gone (NATS lost the stream, which was made again) is noticed within seconds, not
+        // after the default 15 s heartbeat, and made again on the new stream.
         let mut chunks = consumer
             .stream()
             .max_messages_per_batch(BATCH)
+            .expires(PULL_EXPIRES)
+            .heartbeat(PULL_EXPIRES / 2)
             .messages()
             .await?
             .ready_chunks(BATCH);
@@ -164,9 +171,12 @@ impl Archiver {
 }
 
 /// With the `fault-injection` feature: `HERALD_FAULT=archiver-fails-once:SEQ` fails the first
-/// insert of a chunk holding sequence SEQ, as a MongoDB outage would; `archiver-stalls` makes
-/// the archiver hold what it was delivered for good, never writing or acknowledging it (as a
-/// process stopped mid-chunk does until JetStream's ack wait runs out). Never in release builds.
+/// insert of a chunk holding sequence SEQ, as a MongoDB outage would, and `archiver-fails:P`
+/// fails each chunk's insert with probability P (0 to 1); `archiver-lags:MS` waits up to MS
+/// milliseconds (uniformly drawn) before each chunk's insert, as a slow MongoDB does, so the
+/// newest events are often in JetStream only; `archiver-stalls` makes the archiver hold what it
+/// was delivered for good, never writing or acknowledging it (as a process stopped mid-chunk
+/// does until JetStream's ack wait runs out). Never in release builds.
 #[cfg(feature = "fault-injection")]
 async fn fault_point(events: &[Arc<Event>]) -> Result<(), herald_store::StoreError> {
     use std::sync::atomic::{AtomicBool, Ordering};
@@ -175,6 +185,21 @@ async fn fault_point(events: &[Arc<Event>]) -> Result<(), herald_store::StoreErr
         if hook == "archiver-stalls" {
             eprintln!("fault: the archiver stalls");
             std::future::pending::<()>().await;
+        }
+        match hook.split_once(':') {
+            Some(("archiver-lags", ms)) => {
+                let ms = fastrand::u64(0..=ms.parse().unwrap_or(0));
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                continue;
+            }
+            Some(("archiver-fails", p)) if fastrand::f64() < p.parse::<f64>().unwrap_or(0.0) => {
+                let seqs: Vec<u64> = events.iter().map(|e| e.seq).collect();
+                eprintln!("fault: the archiver's insert of {seqs:?} fails");
+                return Err(herald_store::StoreError::Unavailable(
+                    "fault injection: the archiver's insert fails".into(),
+                ));
+            }
+            _ => {}
         }
         let Some(seq) = hook
             .strip_prefix("archiver-fails-once:")

@@ -46,7 +46,8 @@ struct Options {
     auth: AuthOptions,
     #[command(flatten)]
     article: ArticleOptions,
-    /// Run the archiver in this process (turn off to run it elsewhere; not used with --bus redis).
+    /// Run the archiver in this process (turn off to run it elsewhere: one must run, as new
+    /// idempotency keys wait for it; not used with --bus redis).
     #[arg(long, env = "HERALD_ARCHIVER", value_name = "BOOL", default_value_t = true, action = ArgAction::Set)]
     archiver: bool,
 }

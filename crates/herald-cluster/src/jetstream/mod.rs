@@ -331,27 +331,36 @@ impl JetStream {
         loop {
             let info = match stream.consumer_info(crate::archiver::CONSUMER).await {
                 Ok(info) => info,
-                // No archiver has run on this stream yet: when one does, it reads the stream
-                // from its start. Until then a key has only the ingests' records and JetStream's
-                // window (the stream was made again, or every archiver is still starting).
-                Err(e) if e.kind() == ConsumerInfoErrorKind::NotFound => return Ok(()),
+                // No archiver has read this stream yet (every archiver is starting, or the
+                // stream was made again after NATS lost it and they have not noticed): when one
+                // does, it reads the stream from its start. A key is new only if nothing the
+                // stream holds could be its earlier publish: the stream is empty, or (a single
+                // event) its oldest message is young enough for JetStream to remember every key.
+                Err(e) if e.kind() == ConsumerInfoErrorKind::NotFound => {
+                    let (first, last) = self.state().await?;
+                    if last < first || (single && self.young(&stream, first).await) {
+                        return Ok(());
+                    }
+                    if tokio::time::Instant::now() >= deadline {
+                        return Err(unavailable(
+                            "no archiver has read the stream yet, so a new idempotency key \
+                             cannot be told from a retried one",
+                        ));
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
                 Err(e) => return Err(unavailable(e)),
             };
             if info.num_pending == 0 && info.num_ack_pending == 0 {
                 return Ok(());
             }
-            if single {
-                let oldest = info.ack_floor.stream_sequence + 1;
-                let young = match stream.direct_get(oldest).await {
-                    Ok(message) => decode(&message.payload, oldest, None).is_ok_and(|d| {
-                        let age = now_ms().saturating_sub(d.event.time_ms);
-                        u128::from(age) < self.duplicate_window.as_millis() / 2
-                    }),
-                    Err(_) => false,
-                };
-                if young {
-                    return Ok(());
-                }
+            if single
+                && self
+                    .young(&stream, info.ack_floor.stream_sequence + 1)
+                    .await
+            {
+                return Ok(());
             }
             let last = *target.get_or_insert(info.delivered.stream_sequence + info.num_pending);
             if info.ack_floor.stream_sequence >= last {
@@ -365,6 +374,19 @@ impl JetStream {
                 )));
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Whether the message at `seq` is younger than half the duplicate window (stamped by its
+    /// ingest's clock; half leaves room for skew): JetStream still remembers every key from it
+    /// on. A message that cannot be read is not.
+    async fn young(&self, stream: &jetstream::stream::Stream<()>, seq: u64) -> bool {
+        match stream.direct_get(seq).await {
+            Ok(message) => decode(&message.payload, seq, None).is_ok_and(|d| {
+                let age = now_ms().saturating_sub(d.event.time_ms);
+                u128::from(age) < self.duplicate_window.as_millis() / 2
+            }),
+            Err(_) => false,
         }
     }
 
