@@ -183,3 +183,38 @@ async fn a_lost_stream_never_reuses_ids_that_retention_removed() {
         "the connected subscriber missed the new event"
     );
 }
+
+/// G2: an id that only JetStream held (its ingest's MongoDB write failed, no archiver wrote it)
+/// is not handed out again by a stream made again after NATS lost its disk, though its ingest is
+/// gone and the gateway started after it, never delivering it: the gateway read the stream's
+/// state when it started, so it knows every id up to the last. (It knew only what it delivered.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_id_only_jetstream_held_is_not_reused_after_its_ingest_is_gone() {
+    let mut cluster = Cluster::start(0, 0, &[]).await;
+    let deployment = &cluster.deployment;
+    // No archiver anywhere: what JetStream alone holds stays there.
+    let healthy = deployment.ingest(&["--archiver", "false"], &[]);
+    let healthy = healthy.await.unwrap();
+    let failing = deployment.ingest(
+        &["--archiver", "false"],
+        &[("HERALD_FAULT", "mongodb-fails-after-jetstream-ack:1")],
+    );
+    let mut failing = failing.await.unwrap();
+    let (first, _) = publish_until_acked(&healthy.api(), "t", "first", json!(1)).await;
+    let orphan = failing.api().publish("t", json!("orphan")).await.unwrap();
+    assert_eq!(orphan.status.as_u16(), 503, "{}", orphan.body);
+    failing.kill9().await;
+    // A gateway that starts now, after the orphan: it never delivers it.
+    let gateway = deployment.gateway(&[]).await.unwrap();
+
+    cluster.nats.restart_empty().await.unwrap();
+    // The gateway's live feed notices first and makes the stream again.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (after, _) = publish_until_acked(&healthy.api(), "t", "after", json!("after")).await;
+    assert_eq!(epoch_of(&after), epoch_of(&first));
+    assert!(
+        seq_of(&after) > seq_of(&first) + 1,
+        "{after} reuses the id of the event only JetStream held (after {first})"
+    );
+    drop(gateway);
+}

@@ -161,6 +161,9 @@ impl JetStream {
         } else {
             state.first_sequence
         };
+        // Every id up to the last sequence was handed out: a process that looked knows them,
+        // should the stream have to be made again.
+        self.saw(state.last_sequence);
         Ok((first, state.last_sequence))
     }
 
