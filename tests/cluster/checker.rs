@@ -6,8 +6,11 @@
 //! NATS restart with or without its disk (the running processes make the stream again), a Redis
 //! restart, and a MongoDB restart (over NATS) or pause (over Redis, where MongoDB is the commit
 //! point: see `RedisBus::fault`). Over NATS at most one storage loses its data per schedule
-//! (`Distributed::storage_lost`), and one publish in ten fails its MongoDB write after the
-//! JetStream ack ([`MONGODB_FAILS`]). The processes reach their backends (NATS or Redis, and
+//! (`Distributed::storage_lost`); NATS loses its disk half the time after a spell without
+//! publishes longer than MongoDB's retention ([`MONGODB_RETENTION`], 2 s: MongoDB then holds no
+//! event, so only its record of the ids handed out keeps them from being reused); one publish in
+//! ten fails its MongoDB write after the JetStream ack, and the archivers are slow and fail one
+//! write in five ([`MONGODB_FAILS`]). The processes reach their backends (NATS or Redis, and
 //! MongoDB) through fault proxies ([`FaultProxy`]): connection resets, black holes, latency.
 
 use std::time::Duration;
@@ -22,10 +25,20 @@ use herald_tests::{
 
 use crate::common::Cluster;
 
-/// The ingests' MongoDB write fails after the JetStream ack for one publish in ten (the
-/// `fault-injection` hook): the publish answers 503 while its event exists and is archived, and
-/// the checker retries its key after the duplicate window (issue 19's second interleaving).
-const MONGODB_FAILS: (&str, &str) = ("HERALD_FAULT", "mongodb-fails-after-jetstream-ack:0.1");
+/// MongoDB failing and slow, as the `fault-injection` hooks make it, far more often than the
+/// schedule's MongoDB faults can:
+/// - the ingests' MongoDB write fails after the JetStream ack for one publish in ten: the
+///   publish answers 503 while its event exists, only the archiver writes it and its key's
+///   answer, and the checker retries the key after the duplicate window (issue 19's second
+///   interleaving);
+/// - each archiver write waits up to a second, so the newest events are often in JetStream
+///   only when NATS loses its disk (the fourth: a stream made again must not reuse their ids);
+/// - one archiver write in five fails, and what it held must come back and be written, not be
+///   covered by the acknowledgement of a later write (the third).
+const MONGODB_FAILS: (&str, &str) = (
+    "HERALD_FAULT",
+    "mongodb-fails-after-jetstream-ack:0.1,archiver-lags:1000,archiver-fails:0.2",
+);
 
 struct Distributed {
     cluster: Cluster,
@@ -80,7 +93,17 @@ impl Distributed {
         // A short drain, so SIGTERM does not wait out the streams; a one-second duplicate
         // window, so most retried keys are answered from MongoDB's idempotency records, not
         // from JetStream's memory of the message id.
-        let shared = ["--drain-deadline", "1s", "--duplicate-window", "1s"];
+        let retention = format!("{}s", MONGODB_RETENTION.as_secs());
+        let shared = [
+            "--drain-deadline",
+            "1s",
+            "--duplicate-window",
+            "1s",
+            "--retention-age",
+            &retention,
+            "--trim-interval",
+            "500ms",
+        ];
         let mut cluster = Cluster::start(0, 0, &shared).await;
         // Every Herald process reaches NATS and MongoDB through a fault proxy.
         let nats = FaultProxy::start(upstream(&cluster.deployment.nats_url)).await;
@@ -128,6 +151,9 @@ impl Distributed {
     }
 }
 
+/// How long MongoDB keeps events over NATS (JetStream keeps them all, unless NATS loses its disk).
+const MONGODB_RETENTION: Duration = Duration::from_secs(2);
+
 /// The Redis Stream the bridge brings in; the consumer group is the bridge's default.
 const LEGACY_STREAM: &str = "legacy";
 const LEGACY_GROUP: &str = "herald-bridge";
@@ -135,6 +161,10 @@ const LEGACY_GROUP: &str = "herald-bridge";
 impl System for Distributed {
     fn publisher(&self) -> Api {
         self.nginx.api()
+    }
+
+    fn retention(&self) -> bool {
+        true
     }
 
     fn stream_base(&self, i: usize) -> String {
@@ -145,7 +175,7 @@ impl System for Distributed {
     }
 
     async fn fault(&mut self, rng: &mut fastrand::Rng, graceful: bool) -> String {
-        match rng.usize(0..6) {
+        match rng.usize(0..7) {
             5 => {
                 restart_one(
                     std::slice::from_mut(&mut self.bridge),
@@ -164,16 +194,25 @@ impl System for Distributed {
                 let i = rng.usize(0..2);
                 restart_one(&mut self.cluster.ingests, "ingest", i, graceful).await
             }
-            2 if rng.bool() && !self.storage_lost => {
+            6 if !self.storage_lost => {
                 self.storage_lost = true;
+                // Half the time after a quiet spell longer than MongoDB's retention, which then
+                // holds no event at all: the stream made again must still not reuse an id.
+                let quiet = rng.bool();
+                if quiet {
+                    tokio::time::sleep(MONGODB_RETENTION + Duration::from_secs(1)).await;
+                }
                 self.cluster
                     .nats
                     .restart_empty()
                     .await
                     .expect("NATS restart");
-                "NATS kill -9, restart without its disk".into()
+                match quiet {
+                    true => "NATS kill -9, restart without its disk, after a quiet spell".into(),
+                    false => "NATS kill -9, restart without its disk".into(),
+                }
             }
-            2 => {
+            2 | 6 => {
                 self.cluster.nats.restart().await.expect("NATS restart");
                 "NATS kill -9, restart with its disk".into()
             }
