@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use herald_tests::{epoch_of, seq_of};
+use herald_tests::{Published, cluster::Service, epoch_of, seq_of};
 use serde_json::json;
 
 use crate::common::{Cluster, publish_until_acked};
@@ -271,27 +271,7 @@ async fn a_key_whose_mongodb_write_failed_still_answers_after_the_duplicate_wind
 /// has read the stream, a new batch key waits for one unless the stream is empty.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_key_retried_while_an_archiver_holds_its_first_publish_makes_no_second_event() {
-    let cluster = Cluster::start(
-        0,
-        0,
-        &["--duplicate-window", "1s", "--backend-timeout", "1s"],
-    )
-    .await;
-    // Its MongoDB writes fail after the JetStream ack: every publish answers 503.
-    let failing = cluster
-        .deployment
-        .ingest(
-            &["--archiver", "false"],
-            &[("HERALD_FAULT", "mongodb-fails-after-jetstream-ack:1")],
-        )
-        .await
-        .unwrap();
-    // A healthy ingest for the retries.
-    let retrying = cluster
-        .deployment
-        .ingest(&["--archiver", "false"], &[])
-        .await
-        .unwrap();
+    let (cluster, failing, retrying) = without_archivers().await;
     let (status, _, body) = keyed_batch(failing.api()).await;
     assert_eq!(status, 503, "{body}");
     let single = json!({"data": "once"}).to_string();
@@ -334,21 +314,7 @@ async fn a_key_retried_while_an_archiver_holds_its_first_publish_makes_no_second
     // The holding archiver's process dies; after the ack wait its messages go to a working one.
     holding.kill9().await;
     let _archiver = cluster.deployment.ingest(&[], &[]).await.unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(40);
-    let answered = loop {
-        let again = retrying
-            .api()
-            .publish_raw("orders", single.clone(), Some("k-single"))
-            .await
-            .unwrap();
-        match again.status.as_u16() {
-            201 => break again,
-            503 if tokio::time::Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-            other => panic!("the retry answered {other}: {}", again.body),
-        }
-    };
+    let answered = retry_single(retrying.api(), &single, Duration::from_secs(40)).await;
     assert!(answered.replayed, "a second event: {}", answered.body);
     assert_eq!(seq_of(&answered.id()), 3, "the first publish's id");
     assert_first_batch(keyed_batch(retrying.api()).await, [1, 2]);
@@ -361,26 +327,7 @@ async fn a_key_retried_while_an_archiver_holds_its_first_publish_makes_no_second
 /// first id.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_key_retried_before_any_archiver_read_the_stream_makes_no_second_event() {
-    let cluster = Cluster::start(
-        0,
-        0,
-        &["--duplicate-window", "1s", "--backend-timeout", "1s"],
-    )
-    .await;
-    // No archiver anywhere yet; its MongoDB writes fail after the JetStream ack.
-    let failing = cluster
-        .deployment
-        .ingest(
-            &["--archiver", "false"],
-            &[("HERALD_FAULT", "mongodb-fails-after-jetstream-ack:1")],
-        )
-        .await
-        .unwrap();
-    let retrying = cluster
-        .deployment
-        .ingest(&["--archiver", "false"], &[])
-        .await
-        .unwrap();
+    let (cluster, failing, retrying) = without_archivers().await;
     let single = json!({"data": "once"}).to_string();
     let first = failing
         .api()
@@ -403,23 +350,54 @@ async fn a_key_retried_before_any_archiver_read_the_stream_makes_no_second_event
     );
     // An archiver starts: it reads the stream from the start, the first event and its key.
     let _archiver = cluster.deployment.ingest(&[], &[]).await.unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    let answered = loop {
-        let again = retrying
-            .api()
-            .publish_raw("orders", single.clone(), Some("k-single"))
+    let answered = retry_single(retrying.api(), &single, Duration::from_secs(20)).await;
+    assert!(answered.replayed, "a second event: {}", answered.body);
+    assert_eq!(seq_of(&answered.id()), 1, "the first publish's id");
+}
+
+/// A cluster with a one-second duplicate window and backend timeout, and no archiver anywhere:
+/// an ingest whose MongoDB writes fail after the JetStream ack (every publish answers 503), and
+/// a healthy one for the retries.
+async fn without_archivers() -> (Cluster, Service, Service) {
+    let cluster = Cluster::start(
+        0,
+        0,
+        &["--duplicate-window", "1s", "--backend-timeout", "1s"],
+    )
+    .await;
+    let failing = cluster
+        .deployment
+        .ingest(
+            &["--archiver", "false"],
+            &[("HERALD_FAULT", "mongodb-fails-after-jetstream-ack:1")],
+        )
+        .await
+        .unwrap();
+    let retrying = cluster
+        .deployment
+        .ingest(&["--archiver", "false"], &[])
+        .await
+        .unwrap();
+    (cluster, failing, retrying)
+}
+
+/// Retries the single publish `body` with the Idempotency-Key `k-single` while it answers 503,
+/// for at most `wait`: its first 201.
+async fn retry_single(api: herald_tests::Api, body: &str, wait: Duration) -> Published {
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let again = api
+            .publish_raw("orders", body.to_owned(), Some("k-single"))
             .await
             .unwrap();
         match again.status.as_u16() {
-            201 => break again,
+            201 => return again,
             503 if tokio::time::Instant::now() < deadline => {
                 tokio::time::sleep(Duration::from_millis(300)).await;
             }
             other => panic!("the retry answered {other}: {}", again.body),
         }
-    };
-    assert!(answered.replayed, "a second event: {}", answered.body);
-    assert_eq!(seq_of(&answered.id()), 1, "the first publish's id");
+    }
 }
 
 /// A batch of two events on `orders` with the Idempotency-Key `k-batch`: the answer's status,
