@@ -474,6 +474,7 @@ async fn main() -> anyhow::Result<()> {
     let rounds = env_u64("BENCH_ROUNDS", 1).max(1);
     let mut reports: Vec<Report> = Vec::new();
     let mut errors: Vec<String> = Vec::new();
+    let mut ceilings: Vec<Ceiling> = Vec::new();
     for &scenario in &scenarios {
         for round in 0..rounds {
             // Alternate the order from round to round.
@@ -490,6 +491,20 @@ async fn main() -> anyhow::Result<()> {
                     let (server, keep) = start(name).await?;
                     opts.topic = topic();
                     let r = scenario::run(scenario, &server, &opts, None).await;
+                    if scenario == Scenario::Resume && r.is_ok() {
+                        match ceiling(name, &keep, &opts.topic, opts.messages).await {
+                            Ok(Some(c)) => {
+                                println!("{}", serde_json::to_string(&c)?);
+                                eprintln!(
+                                    "resume   {:<22} {} events: {:.0} events/s",
+                                    c.server, c.events, c.events_per_s
+                                );
+                                ceilings.push(c);
+                            }
+                            Ok(None) => {}
+                            Err(e) => errors.push(format!("resume ceiling after {name}: {e:#}")),
+                        }
+                    }
                     drop(keep);
                     r
                 };
@@ -513,6 +528,7 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     print_ratios(&reports);
+    print_ceilings(&reports, &ceilings);
     if !errors.is_empty() {
         println!("\nRuns that did not complete:");
         for e in &errors {
@@ -521,6 +537,123 @@ async fn main() -> anyhow::Result<()> {
         anyhow::bail!("{} runs did not complete", errors.len());
     }
     Ok(())
+}
+
+/// A tier's ceiling: the same events read by the backend's own client straight from the same
+/// server, right after Herald replayed them.
+#[derive(Debug, serde::Serialize)]
+struct Ceiling {
+    scenario: &'static str,
+    /// `raw-jetstream` (an ordered consumer) or `raw-mongodb` (a driver cursor).
+    server: &'static str,
+    /// The Herald variant whose tier it bounds.
+    tier_of: String,
+    events: u64,
+    elapsed_s: f64,
+    events_per_s: f64,
+}
+
+/// After a resume on a tier variant, the tier's ceiling: `distributed-jetstream`'s events read
+/// with a raw ordered consumer on the topic's subject, `distributed-mongodb`'s with a raw driver
+/// cursor over the topic's documents (all of them: Herald read the newest ones from JetStream).
+async fn ceiling(
+    name: &str,
+    keep: &Keep,
+    topic: &str,
+    events: u64,
+) -> anyhow::Result<Option<Ceiling>> {
+    let Keep::Cluster(servers, _) = keep else {
+        return Ok(None);
+    };
+    let (nats, mongo) = &**servers;
+    let start = std::time::Instant::now();
+    let (server, read) = match name {
+        "distributed-jetstream" => {
+            use async_nats::jetstream::consumer::{DeliverPolicy, pull::OrderedConfig};
+            use futures_util::StreamExt;
+            let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await?);
+            let stream = js.get_stream("HERALD").await?;
+            let consumer = stream
+                .create_consumer(OrderedConfig {
+                    filter_subject: format!("herald.events.{topic}"),
+                    deliver_policy: DeliverPolicy::All,
+                    ..Default::default()
+                })
+                .await?;
+            let pending = consumer.cached_info().num_pending;
+            let mut messages = consumer.messages().await?;
+            let mut read = 0;
+            while read < pending {
+                let message = messages
+                    .next()
+                    .await
+                    .context("the ordered consumer ended")??;
+                std::hint::black_box(&message.payload);
+                read += 1;
+            }
+            ("raw-jetstream", read)
+        }
+        "distributed-mongodb" => {
+            use mongodb::bson::{Document, doc};
+            let client = mongodb::Client::with_uri_str(&mongo.uri).await?;
+            let mut cursor = client
+                .database(&mongo.database)
+                .collection::<Document>("events")
+                .find(doc! { "_id": { "$gt": 0_i64, "$lte": i64::MAX }, "topic": topic })
+                .sort(doc! { "_id": 1 })
+                .await?;
+            let mut read = 0;
+            while cursor.advance().await? {
+                std::hint::black_box(cursor.deserialize_current()?);
+                read += 1;
+            }
+            ("raw-mongodb", read)
+        }
+        _ => return Ok(None),
+    };
+    let elapsed_s = start.elapsed().as_secs_f64();
+    anyhow::ensure!(
+        read >= events,
+        "{server} read {read} events, fewer than the {events} published"
+    );
+    Ok(Some(Ceiling {
+        scenario: "resume",
+        server,
+        tier_of: name.to_owned(),
+        events: read,
+        elapsed_s,
+        events_per_s: read as f64 / elapsed_s,
+    }))
+}
+
+/// Each replay tier's rate beside its ceiling (medians).
+fn print_ceilings(reports: &[Report], ceilings: &[Ceiling]) {
+    if ceilings.is_empty() {
+        return;
+    }
+    println!();
+    println!(
+        "| resume tier | Herald catch-up events/s | ceiling | ceiling events/s | Herald/ceiling |"
+    );
+    println!("|---|---|---|---|---|");
+    for tier in ["distributed-jetstream", "distributed-mongodb"] {
+        let herald: Vec<f64> = reports
+            .iter()
+            .filter(|r| r.scenario == "resume" && r.server == tier)
+            .filter_map(|r| r.catch_up_events_per_s)
+            .collect();
+        let raw: Vec<&Ceiling> = ceilings.iter().filter(|c| c.tier_of == tier).collect();
+        let Some(first) = raw.first() else { continue };
+        let (herald, raw_rate) = (
+            median(herald),
+            median(raw.iter().map(|c| c.events_per_s).collect()),
+        );
+        println!(
+            "| {tier} | {herald:.0} | {} | {raw_rate:.0} | {:.2}× |",
+            first.server,
+            herald / raw_rate
+        );
+    }
 }
 
 /// The medians per scenario and server, and Herald's ratios to nchan, pushpin and the reference.

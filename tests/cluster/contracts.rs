@@ -5,6 +5,7 @@
 
 use std::{sync::Arc, time::Duration};
 
+use futures_util::TryStreamExt;
 use herald_bus::contract::check_feed;
 use herald_cluster::{
     ClusterConfig, ClusterLog, Mongo, Tiered,
@@ -13,7 +14,7 @@ use herald_cluster::{
 use herald_config::Secret;
 use herald_core::{Event, NewEvent, event::now_ms};
 use herald_store::{
-    EventLog,
+    EventLog, History,
     contract::{check_history, sample},
 };
 use herald_telemetry::Metrics;
@@ -48,20 +49,78 @@ async fn the_two_tier_history_keeps_the_history_contract_on_each_tier() {
     let written = append_sample(&ClusterLog::new(js.clone(), db.clone())).await;
     let tiered = Tiered::new(js.clone(), db, Arc::clone(&metrics));
     check_history("tiered, from JetStream", &tiered, &written).await;
-    // JetStream purged: every read goes to MongoDB.
-    async_nats::jetstream::new(js.client().clone())
+    let stream = async_nats::jetstream::new(js.client().clone())
         .get_stream(&config.stream)
         .await
-        .unwrap()
-        .purge()
-        .await
         .unwrap();
+    // JetStream keeps the second half only: a read that starts in MongoDB goes on in JetStream.
+    let middle = written[written.len() / 2 + 3].seq;
+    stream.purge().sequence(middle).await.unwrap();
+    check_history("tiered, from both", &tiered, &written).await;
+    // JetStream purged: every read goes to MongoDB.
+    stream.purge().await.unwrap();
     check_history("tiered, from MongoDB", &tiered, &written).await;
     let read_from = |tier: &str| metrics.render().contains(&format!("tier=\"{tier}\""));
     assert!(
         read_from("jetstream") && read_from("mongodb"),
         "both tiers were read"
     );
+}
+
+/// A replay is one consumer on the server for all its pages, not one per page, and the consumer
+/// is gone once the replay is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_holds_one_jetstream_consumer_for_all_its_pages() {
+    let (nats, mongo) = (
+        cluster::Nats::start().await.unwrap(),
+        cluster::Mongo::start().await.unwrap(),
+    );
+    let config = config(Some(&nats), &mongo);
+    let metrics = Arc::new(Metrics::new());
+    let (js, db) = herald_cluster::connect(&config, "contract", Arc::clone(&metrics))
+        .await
+        .unwrap();
+    let written = append_sample(&ClusterLog::new(js.clone(), db.clone())).await;
+    let tiered = Tiered::new(js.clone(), db, metrics);
+    let stream = async_nats::jetstream::new(js.client().clone())
+        .get_stream(&config.stream)
+        .await
+        .unwrap();
+    let consumers = || async {
+        let mut names: Vec<String> = stream.consumer_names().try_collect().await.unwrap();
+        names.sort();
+        names
+    };
+    let all = herald_core::TopicFilter::parse([">"]).unwrap();
+    let mut cursor = tiered.cursor(all, 0);
+    let (mut read, mut held) = (Vec::new(), None);
+    loop {
+        let page = cursor.next(7, usize::MAX).await.unwrap();
+        read.extend(page.events.iter().map(|e| e.seq));
+        if page.end {
+            break;
+        }
+        let names = consumers().await;
+        assert_eq!(
+            names.len(),
+            1,
+            "one consumer while the replay reads: {names:?}"
+        );
+        assert!(
+            held.get_or_insert_with(|| names.clone()) == &names,
+            "the same consumer for every page: {names:?}, then {held:?}"
+        );
+    }
+    let seqs: Vec<u64> = written.iter().map(|e| e.seq).collect();
+    assert_eq!(read, seqs);
+    drop(cursor);
+    for _ in 0..50 {
+        if consumers().await.is_empty() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the replay's consumer outlived it: {:?}", consumers().await);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

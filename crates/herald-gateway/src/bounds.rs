@@ -11,8 +11,8 @@
 use std::{error::Error, fmt, sync::Arc};
 
 use async_trait::async_trait;
-use herald_core::{Bounds, Event, Topic};
-use herald_store::{History, Page, ReadQuery, StoreError};
+use herald_core::{Bounds, Event, Topic, TopicFilter};
+use herald_store::{Cursor, History, Page, ReadQuery, StoreError};
 use tokio::sync::{mpsc, oneshot};
 
 type Answer = Result<Bounds, Arc<StoreError>>;
@@ -48,6 +48,10 @@ impl SharedBounds {
 impl History for SharedBounds {
     async fn read(&self, query: ReadQuery) -> Result<Page, StoreError> {
         self.inner.read(query).await
+    }
+
+    fn cursor<'a>(&'a self, filter: TopicFilter, after: u64) -> Box<dyn Cursor + 'a> {
+        self.inner.cursor(filter, after)
     }
 
     async fn latest(&self, topic: &Topic, limit: usize) -> Result<Vec<Arc<Event>>, StoreError> {

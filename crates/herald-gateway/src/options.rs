@@ -22,6 +22,8 @@ pub struct GatewayConfig {
     pub subscriber_queue: usize,
     /// Events per store read during replay and catch-up.
     pub replay_page: usize,
+    /// Event data per store page during replay and catch-up (a page holds at least one event).
+    pub replay_bytes: usize,
     /// Bytes of recently delivered events kept in memory to serve replays and catch-ups without
     /// reading the store; 0 keeps none.
     pub replay_window: usize,
@@ -73,6 +75,10 @@ pub struct GatewayOptions {
     /// Events per store read during replay.
     #[arg(long, env = "HERALD_REPLAY_PAGE", value_name = "N", default_value_t = 256, value_parser = units::at_least_one())]
     pub replay_page: usize,
+    /// Event data per store page during replay (past a page's first event): with
+    /// --replay-page, what one replaying stream holds in memory.
+    #[arg(long, env = "HERALD_REPLAY_BYTES", value_name = "SIZE", default_value = "1MiB", value_parser = units::positive_size)]
+    pub replay_bytes: usize,
     /// Bytes of recently delivered events kept in memory, so resumes and catch-ups inside them
     /// read no store; 0 keeps none.
     #[arg(long, env = "HERALD_REPLAY_WINDOW", value_name = "SIZE", default_value = "64MiB", value_parser = units::size)]
@@ -124,6 +130,7 @@ impl GatewayOptions {
             max_connections: self.max_connections,
             subscriber_queue: self.subscriber_queue,
             replay_page: self.replay_page,
+            replay_bytes: self.replay_bytes,
             replay_window: self.replay_window,
             drain_jitter: self.drain_jitter,
             history_limit: HISTORY_LIMIT,

@@ -6,12 +6,14 @@
 //! pages (frames already encoded) and store pages (events encoded here) go out the same way, as
 //! chunks of at most [`MAX_CHUNK`] bytes. The caller re-arms its subscription before the first
 //! page, so every event is either in a page or in its queue; its live loop skips what a page
-//! already covered. A store page that may start late (retention moved past the position while
+//! already covered. Store pages come from one cursor held for the replay (one JetStream consumer,
+//! one MongoDB cursor), not a new read per page. A store page that may start late (retention moved past the position while
 //! the stream was behind) is checked against the bounds, and the stream is told in band.
 
 use bytes::{Bytes, BytesMut};
 use herald_core::{Epoch, EventId, ResumeVerdict, TopicFilter, sse};
-use herald_store::{ReadQuery, StoreError};
+use herald_store::{Cursor, StoreError};
+use sync_wrapper::SyncWrapper;
 
 use crate::GatewayState;
 
@@ -72,7 +74,6 @@ fn chunked(frames: impl IntoIterator<Item = Bytes>) -> Vec<Bytes> {
 }
 
 /// A replay of a filter's events after a sequence.
-#[derive(Debug)]
 pub(crate) struct Replay<'a> {
     gw: &'a GatewayState,
     filter: &'a TopicFilter,
@@ -80,6 +81,19 @@ pub(crate) struct Replay<'a> {
     last: u64,
     replayed: u64,
     done: bool,
+    /// The store read held from page to page while the replay reads the store, and the position
+    /// it continues from (a window page in between moves the replay past it).
+    cursor: Option<(SyncWrapper<Box<dyn Cursor + 'a>>, u64)>,
+}
+
+impl std::fmt::Debug for Replay<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Replay")
+            .field("last", &self.last)
+            .field("replayed", &self.replayed)
+            .field("done", &self.done)
+            .finish_non_exhaustive()
+    }
 }
 
 impl<'a> Replay<'a> {
@@ -97,6 +111,7 @@ impl<'a> Replay<'a> {
             last: after,
             replayed: 0,
             done: false,
+            cursor: None,
         }
     }
 
@@ -111,14 +126,20 @@ impl<'a> Replay<'a> {
             self.replayed += page.frames.len() as u64;
             self.last = page.next_after;
             self.done = page.end;
+            self.cursor = None;
             return Ok(Some(chunked(page.frames)));
         }
-        let query = ReadQuery {
-            filter: self.filter.clone(),
-            after: self.last,
-            limit,
+        let mut cursor = match self.cursor.take() {
+            Some((cursor, at)) if at == self.last => cursor,
+            _ => SyncWrapper::new(self.gw.store.cursor(self.filter.clone(), self.last)),
         };
-        let page = self.gw.store.read(query).await?;
+        let page = cursor
+            .get_mut()
+            .next(limit, self.gw.config.replay_bytes)
+            .await?;
+        if !page.end {
+            self.cursor = Some((cursor, page.next_after));
+        }
         let verdict = match page.events.first() {
             Some(first) if first.seq == self.last + 1 => None,
             _ => self.fallen_behind().await?,

@@ -4,7 +4,8 @@
 //!
 //! A backend under test starts empty, appends [`sample`] its own way, and hands the events as it
 //! sequenced them to [`check_history`], which pins the paging rules every caller relies on:
-//! pages in sequence order, never more than the limit, nothing skipped or repeated across pages,
+//! pages in sequence order, never more than the limit, nothing skipped or repeated across pages
+//! (read one by one, or from one cursor with and without a byte budget),
 //! `next_after` at least the last event of its page, an `end` page reaching the head it saw, and
 //! `latest` and `bounds` agreeing with what was written.
 
@@ -26,25 +27,42 @@ pub fn sample() -> Vec<NewEvent> {
         .collect()
 }
 
+/// How [`read_all`] reads: a [`History::read`] per page, or one [`History::cursor`] for all of
+/// them with this byte budget per page.
+#[derive(Debug, Clone, Copy)]
+enum Mode {
+    Read,
+    Cursor(usize),
+}
+
 /// Every page of `filter` after `after`, `limit` at a time, checked page by page.
 async fn read_all(
     name: &str,
     history: &dyn History,
     filter: &TopicFilter,
-    after: u64,
-    limit: usize,
+    (after, limit, mode): (u64, usize, Mode),
     head: u64,
 ) -> Vec<u64> {
     let (mut out, mut after) = (Vec::new(), after);
+    let mut cursor = match mode {
+        Mode::Read => None,
+        Mode::Cursor(_) => Some(history.cursor(filter.clone(), after)),
+    };
     for _ in 0..10_000 {
-        let query = ReadQuery {
-            filter: filter.clone(),
-            after,
-            limit,
-        };
-        let page = history.read(query).await.expect("a read");
+        let page = match (&mut cursor, mode) {
+            (Some(cursor), Mode::Cursor(max_bytes)) => cursor.next(limit, max_bytes).await,
+            _ => {
+                let query = ReadQuery {
+                    filter: filter.clone(),
+                    after,
+                    limit,
+                };
+                history.read(query).await
+            }
+        }
+        .expect("a read");
         let seqs: Vec<u64> = page.events.iter().map(|e| e.seq).collect();
-        let context = format!("{name}: after {after}, limit {limit}: {seqs:?}");
+        let context = format!("{name}: after {after}, limit {limit}, {mode:?}: {seqs:?}");
         assert!(seqs.len() <= limit, "a page over its limit: {context}");
         assert!(
             seqs.windows(2).all(|w| w[0] < w[1]),
@@ -108,11 +126,14 @@ pub async fn check_history(name: &str, history: &dyn History, written: &[Arc<Eve
                 .map(|e| e.seq)
                 .collect();
             for limit in [1, 7, 1000] {
-                let got = read_all(name, history, &filter, after, limit, head).await;
-                assert_eq!(
-                    got, expected,
-                    "{name}: {names:?} after {after}, limit {limit}"
-                );
+                // A cursor with a budget of 1 byte holds one event per page.
+                for mode in [Mode::Read, Mode::Cursor(usize::MAX), Mode::Cursor(1)] {
+                    let got = read_all(name, history, &filter, (after, limit, mode), head).await;
+                    assert_eq!(
+                        got, expected,
+                        "{name}: {names:?} after {after}, limit {limit}, {mode:?}"
+                    );
+                }
             }
         }
     }

@@ -77,11 +77,62 @@ pub struct Page {
     pub end: bool,
 }
 
+/// A read that keeps its place from page to page: a replay reads page after page of one filter,
+/// and a backend that can hold its position on the server (a JetStream consumer, a MongoDB cursor)
+/// holds it here rather than starting a new read for every page.
+#[async_trait]
+pub trait Cursor: Send {
+    /// The next page: events after the previous page's `next_after` (after the cursor's start
+    /// for the first page), at most `limit` of them and, past the first event, at most about
+    /// `max_bytes` of event data. The same rules as [`History::read`]'s pages; after an `end`
+    /// page the cursor is done.
+    async fn next(&mut self, limit: usize, max_bytes: usize) -> Result<Page, StoreError>;
+}
+
+/// The cursor of a backend that keeps nothing between pages: every page is a [`History::read`].
+#[derive(Debug)]
+pub struct Paged<'a, H: ?Sized> {
+    history: &'a H,
+    filter: TopicFilter,
+    after: u64,
+}
+
+impl<'a, H: History + ?Sized> Paged<'a, H> {
+    /// Pages of `filter`'s events after `after`, each read with `history.read`.
+    pub fn new(history: &'a H, filter: TopicFilter, after: u64) -> Self {
+        Self {
+            history,
+            filter,
+            after,
+        }
+    }
+}
+
+#[async_trait]
+impl<H: History + ?Sized> Cursor for Paged<'_, H> {
+    async fn next(&mut self, limit: usize, _max_bytes: usize) -> Result<Page, StoreError> {
+        let query = ReadQuery {
+            filter: self.filter.clone(),
+            after: self.after,
+            limit,
+        };
+        let page = self.history.read(query).await?;
+        self.after = page.next_after;
+        Ok(page)
+    }
+}
+
 /// Where events are read back: what a gateway needs for replay, catch-up and history.
 #[async_trait]
 pub trait History: Send + Sync + fmt::Debug {
     /// Reads one page of events after a sequence.
     async fn read(&self, query: ReadQuery) -> Result<Page, StoreError>;
+
+    /// A cursor over `filter`'s events after `after`, for a reader that will read page after
+    /// page (a replay). By default each page is a [`History::read`].
+    fn cursor<'a>(&'a self, filter: TopicFilter, after: u64) -> Box<dyn Cursor + 'a> {
+        Box::new(Paged::new(self, filter, after))
+    }
 
     /// The newest `limit` events of a topic, oldest first.
     async fn latest(&self, topic: &Topic, limit: usize) -> Result<Vec<Arc<Event>>, StoreError>;

@@ -29,6 +29,7 @@ fn help_names_every_option_and_its_environment_variable() {
         ("--max-connections", "HERALD_MAX_CONNECTIONS"),
         ("--subscriber-queue", "HERALD_SUBSCRIBER_QUEUE"),
         ("--replay-page", "HERALD_REPLAY_PAGE"),
+        ("--replay-bytes", "HERALD_REPLAY_BYTES"),
         ("--write-timeout", "HERALD_WRITE_TIMEOUT"),
         ("--drain-deadline", "HERALD_DRAIN_DEADLINE"),
         ("--drain-jitter", "HERALD_DRAIN_JITTER"),

@@ -6,6 +6,7 @@ mod feed;
 mod read;
 mod recovery;
 
+pub use read::Reader;
 use recovery::{Recovery, StreamMissing, stream_not_found};
 
 use std::{

@@ -80,23 +80,17 @@ impl Mongo {
         }
     }
 
-    /// One replay page of `query` from what MongoDB keeps up to `upper` (at most `head`). A full
-    /// page continues after its last event; a short one covers everything up to `upper`, and ends
-    /// the history when `upper` is the head.
-    pub async fn page(&self, query: &ReadQuery, upper: u64, head: u64) -> Result<Page, StoreError> {
-        let events = self
-            .read(&query.filter, query.after, upper, query.limit)
-            .await?;
-        let full = events.len() >= query.limit;
-        let next_after = match events.last() {
-            Some(last) if full => last.seq,
-            _ => upper,
-        };
-        Ok(Page {
-            events,
-            next_after,
-            end: !full && upper >= head,
-        })
+    /// A replay read of `filter`'s events with `after < seq <= upper`: one cursor, opened at its
+    /// first page and held for the next ones, fetching `batch` documents at a time.
+    pub fn reader(&self, filter: &TopicFilter, after: u64, upper: u64, batch: usize) -> Reader {
+        Reader {
+            mongo: self.clone(),
+            filter: filter.clone(),
+            after,
+            upper,
+            batch: u32::try_from(batch.max(1)).unwrap_or(u32::MAX),
+            cursor: None,
+        }
     }
 
     async fn read_once(
@@ -184,5 +178,136 @@ impl Mongo {
             .await
             .map_err(|e| self.failed(e))?;
         Ok(found.and_then(|d| d.get_i64("_id").ok()).map(|s| s as u64))
+    }
+}
+
+/// One replay's read of a range of MongoDB's events: a single query whose cursor is held from
+/// page to page (the server keeps its place; each page is a `getMore`), not a query per page.
+#[derive(Debug)]
+pub struct Reader {
+    mongo: Mongo,
+    filter: TopicFilter,
+    /// The last sequence the pages so far covered.
+    after: u64,
+    upper: u64,
+    batch: u32,
+    cursor: Option<mongodb::Cursor<Document>>,
+}
+
+impl Reader {
+    /// The last sequence the pages so far covered.
+    pub fn after(&self) -> u64 {
+        self.after
+    }
+
+    /// The end of the range this reader reads.
+    pub fn upper(&self) -> u64 {
+        self.upper
+    }
+
+    /// The next events in order: at most `limit`, and past the first one at most about
+    /// `max_bytes` of data; `true` with them once the range up to [`Reader::upper`] is covered.
+    /// A page that gets no answer within the backend timeout is tried once more with a new
+    /// cursor from the same position.
+    pub async fn next(
+        &mut self,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<(Vec<Arc<Event>>, bool), StoreError> {
+        let mongo = self.mongo.clone();
+        match mongo
+            .bounded("read", self.next_once(limit, max_bytes))
+            .await
+        {
+            Err(StoreError::Unavailable(e)) if e.is::<TimedOut>() => {
+                mongo
+                    .bounded("read", self.next_once(limit, max_bytes))
+                    .await
+            }
+            other => other,
+        }
+    }
+
+    /// The next replay page, in the terms of [`herald_store::Cursor`]: a page cut short by the
+    /// limits continues after its last event; the page that covers the range ends the history
+    /// when [`Reader::upper`] is the `head`.
+    pub async fn page(
+        &mut self,
+        limit: usize,
+        max_bytes: usize,
+        head: u64,
+    ) -> Result<Page, StoreError> {
+        let (mut events, covered) = self.next(limit, max_bytes).await?;
+        // Retention removes a prefix while the cursor reads; a removal that passed a page's first
+        // event may have made a hole inside the page, which its caller could not see. Such a
+        // page keeps only what follows the removal: it then starts late, which the caller checks
+        // against the bounds (the `herald.resume` verdict), and the cursor starts again.
+        if self.mongo.retention.is_some()
+            && let Some(first) = events.first().map(|e| e.seq)
+            && let Some(earliest) = self.mongo.earliest().await?
+            && earliest > first
+        {
+            events.retain(|e| e.seq >= earliest);
+            self.cursor = None;
+        }
+        Ok(Page {
+            next_after: self.after,
+            end: covered && self.upper >= head,
+            events,
+        })
+    }
+
+    /// One page; the cursor is kept only when the page was read whole, so a page cut short by an
+    /// error or the timeout starts again from the last position with a new cursor.
+    async fn next_once(
+        &mut self,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<(Vec<Arc<Event>>, bool), StoreError> {
+        if self.upper <= self.after || limit == 0 {
+            return Ok((Vec::new(), self.upper <= self.after));
+        }
+        let mut cursor = match self.cursor.take() {
+            Some(cursor) => cursor,
+            None => self.open().await?,
+        };
+        let (mut events, mut bytes, mut covered) = (Vec::new(), 0, false);
+        while events.len() < limit && (events.is_empty() || bytes < max_bytes) {
+            match cursor.try_next().await.map_err(|e| self.mongo.failed(e))? {
+                Some(doc) => {
+                    if let Some(event) = from_doc(&doc) {
+                        bytes += event.data.get().len();
+                        events.push(event);
+                    }
+                }
+                None => {
+                    covered = true;
+                    break;
+                }
+            }
+        }
+        if covered {
+            self.after = self.upper;
+        } else {
+            if let Some(last) = events.last() {
+                self.after = last.seq;
+            }
+            self.cursor = Some(cursor);
+        }
+        Ok((events, covered))
+    }
+
+    async fn open(&mut self) -> Result<mongodb::Cursor<Document>, StoreError> {
+        let mut query = doc! { "_id": { "$gt": seq(self.after), "$lte": seq(self.upper) } };
+        if let Some(topics) = topic_condition(&self.filter) {
+            query.insert("topic", topics);
+        }
+        self.mongo
+            .events
+            .find(query)
+            .sort(doc! { "_id": 1 })
+            .batch_size(self.batch)
+            .await
+            .map_err(|e| self.mongo.failed(e))
     }
 }

@@ -37,7 +37,7 @@ use futures_util::TryStreamExt;
 use herald_core::{
     Epoch, Event, EventType, NewEvent, Topic, TopicFilter, TraceContext, event::parse_data,
 };
-use herald_store::{Page, ReadQuery, StoreError};
+use herald_store::{Page, StoreError};
 use mongodb::{
     Client, Collection, IndexModel,
     bson::{Bson, DateTime, Document, doc},
@@ -48,6 +48,7 @@ use mongodb::{
 use crate::ClusterConfig;
 
 use codec::{from_doc, seq, to_doc, topic_condition};
+pub use events::Reader;
 pub use sequencer::Sequenced;
 
 /// MongoDB's duplicate-key error.

@@ -1,6 +1,8 @@
 //! The gateway's history in the Redis bus mode.
 
 use super::*;
+use crate::mongo;
+use herald_store::Cursor;
 use herald_telemetry::Tier;
 
 /// The gateway's history in the Redis bus mode: MongoDB alone. Its head is the sequence
@@ -26,18 +28,18 @@ impl MongoHistory {
 #[async_trait]
 impl History for MongoHistory {
     async fn read(&self, query: ReadQuery) -> Result<Page, StoreError> {
-        let head = self.mongo.sequenced_head().await?;
-        if query.after >= head {
-            return Ok(Page {
-                events: Vec::new(),
-                next_after: query.after,
-                end: true,
-            });
-        }
-        let page = self.mongo.page(&query, head, head).await?;
-        self.metrics
-            .replay_read(Tier::Mongodb, page.events.len() as u64);
-        Ok(page)
+        self.cursor(query.filter, query.after)
+            .next(query.limit, usize::MAX)
+            .await
+    }
+
+    fn cursor<'a>(&'a self, filter: TopicFilter, after: u64) -> Box<dyn Cursor + 'a> {
+        Box::new(MongoCursor {
+            history: self,
+            filter,
+            after,
+            reader: None,
+        })
     }
 
     async fn latest(&self, topic: &Topic, limit: usize) -> Result<Vec<Arc<Event>>, StoreError> {
@@ -52,5 +54,46 @@ impl History for MongoHistory {
             earliest: self.mongo.earliest().await?.unwrap_or(head + 1),
             head,
         })
+    }
+}
+
+/// A replay's read: the head read once, at the first page, then one MongoDB cursor up to it.
+#[derive(Debug)]
+struct MongoCursor<'a> {
+    history: &'a MongoHistory,
+    filter: TopicFilter,
+    after: u64,
+    /// The cursor and the head it reads up to.
+    reader: Option<(mongo::Reader, u64)>,
+}
+
+#[async_trait]
+impl Cursor for MongoCursor<'_> {
+    async fn next(&mut self, limit: usize, max_bytes: usize) -> Result<Page, StoreError> {
+        let (reader, head) = match &mut self.reader {
+            Some((reader, head)) => (reader, *head),
+            None => {
+                let head = self.history.mongo.sequenced_head().await?;
+                if self.after >= head {
+                    return Ok(Page {
+                        events: Vec::new(),
+                        next_after: self.after,
+                        end: true,
+                    });
+                }
+                let reader = self
+                    .history
+                    .mongo
+                    .reader(&self.filter, self.after, head, limit);
+                let (reader, _) = self.reader.insert((reader, head));
+                (reader, head)
+            }
+        };
+        let page = reader.page(limit, max_bytes, head).await?;
+        self.after = page.next_after;
+        self.history
+            .metrics
+            .replay_read(Tier::Mongodb, page.events.len() as u64);
+        Ok(page)
     }
 }
