@@ -2,6 +2,10 @@
 //! events and the bounds of what MongoDB holds.
 
 use super::*;
+use herald_core::event::now_ms;
+
+/// How far apart the clocks that stamp events and run retention may be.
+const CLOCK_SLACK_MS: u64 = 60_000;
 
 /// The `meta` document holding the highest sequence ever written to `events`.
 const HIGH: &str = "high";
@@ -241,11 +245,15 @@ impl Reader {
         // Retention removes a prefix while the cursor reads; a removal that passed a page's first
         // event may have made a hole inside the page, which its caller could not see. Such a
         // page keeps only what follows the removal: it then starts late, which the caller checks
-        // against the bounds (the `herald.resume` verdict), and the cursor starts again.
-        if self.mongo.retention.is_some()
-            && let Some(first) = events.first().map(|e| e.seq)
+        // against the bounds (the `herald.resume` verdict), and the cursor starts again. Asked
+        // only when the page's first event is about to expire (within a minute, for clocks that
+        // differ), so a replay of younger events pays nothing for it.
+        if let Some(retention) = self.mongo.retention
+            && let Some(first) = events.first().cloned()
+            && first.time_ms.saturating_add(retention.as_millis() as u64)
+                < now_ms() + CLOCK_SLACK_MS
             && let Some(earliest) = self.mongo.earliest().await?
-            && earliest > first
+            && earliest > first.seq
         {
             events.retain(|e| e.seq >= earliest);
             self.cursor = None;
