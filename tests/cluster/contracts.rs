@@ -35,24 +35,52 @@ async fn append_sample(log: &dyn EventLog) -> Vec<Arc<Event>> {
     written
 }
 
+/// The two-tier history over a test's NATS and MongoDB, holding the sample.
+struct TwoTiers {
+    tiered: Tiered,
+    /// The deployment's stream, for purging it and listing its consumers.
+    stream: async_nats::jetstream::stream::Stream,
+    written: Vec<Arc<Event>>,
+    metrics: Arc<Metrics>,
+    _servers: (cluster::Nats, cluster::Mongo),
+}
+
+impl TwoTiers {
+    async fn start() -> Self {
+        let (nats, mongo) = (
+            cluster::Nats::start().await.unwrap(),
+            cluster::Mongo::start().await.unwrap(),
+        );
+        let config = config(Some(&nats), &mongo);
+        let metrics = Arc::new(Metrics::new());
+        let (js, db) = herald_cluster::connect(&config, "contract", Arc::clone(&metrics))
+            .await
+            .unwrap();
+        let written = append_sample(&ClusterLog::new(js.clone(), db.clone())).await;
+        let stream = async_nats::jetstream::new(js.client().clone())
+            .get_stream(&config.stream)
+            .await
+            .unwrap();
+        Self {
+            tiered: Tiered::new(js, db, Arc::clone(&metrics)),
+            stream,
+            written,
+            metrics,
+            _servers: (nats, mongo),
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_two_tier_history_keeps_the_history_contract_on_each_tier() {
-    let (nats, mongo) = (
-        cluster::Nats::start().await.unwrap(),
-        cluster::Mongo::start().await.unwrap(),
-    );
-    let config = config(Some(&nats), &mongo);
-    let metrics = Arc::new(Metrics::new());
-    let (js, db) = herald_cluster::connect(&config, "contract", Arc::clone(&metrics))
-        .await
-        .unwrap();
-    let written = append_sample(&ClusterLog::new(js.clone(), db.clone())).await;
-    let tiered = Tiered::new(js.clone(), db, Arc::clone(&metrics));
+    let TwoTiers {
+        tiered,
+        stream,
+        written,
+        metrics,
+        _servers,
+    } = TwoTiers::start().await;
     check_history("tiered, from JetStream", &tiered, &written).await;
-    let stream = async_nats::jetstream::new(js.client().clone())
-        .get_stream(&config.stream)
-        .await
-        .unwrap();
     // JetStream keeps the second half only: a read that starts in MongoDB goes on in JetStream.
     let middle = written[written.len() / 2 + 3].seq;
     stream.purge().sequence(middle).await.unwrap();
@@ -71,21 +99,13 @@ async fn the_two_tier_history_keeps_the_history_contract_on_each_tier() {
 /// is gone once the replay is.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replay_holds_one_jetstream_consumer_for_all_its_pages() {
-    let (nats, mongo) = (
-        cluster::Nats::start().await.unwrap(),
-        cluster::Mongo::start().await.unwrap(),
-    );
-    let config = config(Some(&nats), &mongo);
-    let metrics = Arc::new(Metrics::new());
-    let (js, db) = herald_cluster::connect(&config, "contract", Arc::clone(&metrics))
-        .await
-        .unwrap();
-    let written = append_sample(&ClusterLog::new(js.clone(), db.clone())).await;
-    let tiered = Tiered::new(js.clone(), db, metrics);
-    let stream = async_nats::jetstream::new(js.client().clone())
-        .get_stream(&config.stream)
-        .await
-        .unwrap();
+    let TwoTiers {
+        tiered,
+        stream,
+        written,
+        _servers,
+        ..
+    } = TwoTiers::start().await;
     let consumers = || async {
         let mut names: Vec<String> = stream.consumer_names().try_collect().await.unwrap();
         names.sort();

@@ -7,8 +7,9 @@
 //! chunks of at most [`MAX_CHUNK`] bytes. The caller re-arms its subscription before the first
 //! page, so every event is either in a page or in its queue; its live loop skips what a page
 //! already covered. Store pages come from one cursor held for the replay (one JetStream consumer,
-//! one MongoDB cursor), not a new read per page. A store page that may start late (retention moved past the position while
-//! the stream was behind) is checked against the bounds, and the stream is told in band.
+//! one MongoDB cursor), not a new read per page. A store page that may start late (retention
+//! moved past the position while the stream was behind) is checked against the bounds, and the
+//! stream is told in band.
 
 use bytes::{Bytes, BytesMut};
 use herald_core::{Epoch, EventId, ResumeVerdict, TopicFilter, sse};

@@ -84,8 +84,8 @@ pub struct Page {
 pub trait Cursor: Send {
     /// The next page: events after the previous page's `next_after` (after the cursor's start
     /// for the first page), at most `limit` of them and, past the first event, at most about
-    /// `max_bytes` of event data. The same rules as [`History::read`]'s pages; after an `end`
-    /// page the cursor is done.
+    /// `max_bytes` of event data (a backend may bound its pages by `limit` alone, as [`Paged`]
+    /// does). The same rules as [`History::read`]'s pages; after an `end` page the cursor is done.
     async fn next(&mut self, limit: usize, max_bytes: usize) -> Result<Page, StoreError>;
 }
 
