@@ -17,6 +17,7 @@ pub mod drain;
 pub mod error;
 pub mod health;
 pub mod http;
+pub mod lean;
 pub mod listener;
 pub mod openapi;
 pub mod options;

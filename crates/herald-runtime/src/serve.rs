@@ -15,7 +15,10 @@ use tokio::net::TcpListener;
 use tower_http::trace::{DefaultOnFailure, TraceLayer};
 use tracing::{Instrument, field::Empty};
 
-use crate::{ApiError, Drain, ErrorCode, Health, health, listener::TimedListener};
+use crate::{
+    ApiError, Drain, DrainWatch, ErrorCode, Health, health,
+    listener::{TimedListener, TimedStream},
+};
 
 /// The TCP peer a request came over (a client, or a proxy in front of it), on every request
 /// served by [`serve`].
@@ -165,10 +168,7 @@ pub async fn serve(
         },
         request_limits,
     ));
-    let watch = drain.watch();
-    let server = accept_loop(listener, router, options.clone(), async move {
-        watch.started().await
-    });
+    let server = accept_loop(listener, router, options.clone(), drain.watch());
     let mut server = tokio::spawn(server);
     tokio::select! {
         () = shutdown => {}
@@ -188,20 +188,21 @@ pub async fn serve(
 }
 
 /// Accepts connections on `listener` and serves each over HTTP/1.1 with the edge's limits (head
-/// timeout, head size and header count, at most `max_tcp_connections` at once) until `stop`
-/// resolves; then stops accepting, asks every connection to close once its request is done (idle
+/// timeout, head size and header count, at most `max_tcp_connections` at once) until the drain
+/// starts; then stops accepting, asks every connection to close once its request is done (idle
 /// ones at once; streams end on the drain by themselves) and returns when all are gone.
+///
+/// A connection's request heads are read by [`crate::lean`] first: stream requests are answered
+/// there without hyper's per-connection buffers; the first other request hands the connection to
+/// hyper for good.
 async fn accept_loop(
     mut listener: TimedListener,
     router: Router,
     options: ServeOptions,
-    stop: impl Future<Output = ()> + Send + 'static,
+    drain: DrainWatch,
 ) {
     use axum::serve::Listener as _;
-    use hyper_util::{
-        rt::{TokioIo, TokioTimer},
-        server::graceful::GracefulShutdown,
-    };
+    use hyper_util::{rt::TokioTimer, server::graceful::GracefulShutdown};
 
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
@@ -211,10 +212,20 @@ async fn accept_loop(
         // The read buffer holds a head at most (bodies are read in chunks of it): no larger
         // than the head limit allows, and hyper's floor of 8 KiB.
         .max_buf_size(options.max_header_size.max(8192));
-    // One router for every connection (built once; each connection holds a reference to it).
-    let router = router.with_state::<()>(());
+    let shared = Arc::new(Connections {
+        // One router for every connection (built once; each request gets a reference to it).
+        router: router.with_state::<()>(()),
+        http,
+        header_timeout: options.header_timeout,
+        head: crate::lean::HeadLimits {
+            max_size: options.max_header_size,
+            max_headers: options.max_headers,
+        },
+        drain: drain.clone(),
+    });
     let slots = Arc::new(tokio::sync::Semaphore::new(options.max_tcp_connections));
     let graceful = GracefulShutdown::new();
+    let stop = drain.started();
     tokio::pin!(stop);
     loop {
         let slot = tokio::select! {
@@ -225,21 +236,75 @@ async fn accept_loop(
             accepted = listener.accept() => accepted,
             () = &mut stop => break,
         };
-        let service = WithPeer {
-            router: router.clone(),
-            peer,
-        };
-        let connection = http.serve_connection(TokioIo::new(io), service);
-        let connection = graceful.watch(connection);
+        // Held for the connection's life, so that the drain waits for it, whichever path serves it.
+        let watcher = graceful.watcher();
+        let shared = Arc::clone(&shared);
         tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::trace!(error = %e, "connection ended with an error");
-            }
+            shared.serve(io, peer, watcher).await;
             drop(slot);
         });
     }
     drop(listener);
     graceful.shutdown().await;
+}
+
+/// What every connection of a listener shares.
+struct Connections {
+    router: Router,
+    http: hyper::server::conn::http1::Builder,
+    header_timeout: Duration,
+    head: crate::lean::HeadLimits,
+    drain: DrainWatch,
+}
+
+impl Connections {
+    /// Serves one connection: stream requests on the lean path, until a request that is not one
+    /// hands the connection to hyper.
+    async fn serve(
+        &self,
+        mut io: TimedStream,
+        peer: std::net::SocketAddr,
+        watcher: hyper_util::server::graceful::Watcher,
+    ) {
+        use crate::lean::{After, Head};
+        use tower_service::Service as _;
+
+        loop {
+            // The head must arrive whole within the head timeout, as with hyper; a connection
+            // waiting for its next head closes when the drain starts.
+            let head = tokio::select! {
+                head = tokio::time::timeout(self.header_timeout, crate::lean::read_head(&mut io, self.head)) => head,
+                () = self.drain.started() => return,
+            };
+            let mut request = match head {
+                Err(_) | Ok(Head::Gone) => return,
+                Ok(Head::Other(prefix)) => {
+                    let service = WithPeer {
+                        router: self.router.clone(),
+                        peer,
+                    };
+                    let io = hyper_util::rt::TokioIo::new(crate::lean::Rewind::new(prefix, io));
+                    // Boxed: a lean stream's task does not carry hyper's connection state inline.
+                    let connection =
+                        Box::pin(watcher.watch(self.http.serve_connection(io, service)));
+                    if let Err(e) = connection.await {
+                        tracing::trace!(error = %e, "connection ended with an error");
+                    }
+                    return;
+                }
+                Ok(Head::Stream(request)) => *request,
+            };
+            let close = request
+                .headers()
+                .get(header::CONNECTION)
+                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
+            request.extensions_mut().insert(Peer(peer));
+            let Ok(response) = self.router.clone().call(request).await;
+            if crate::lean::respond(&mut io, response, close).await == After::Close {
+                return;
+            }
+        }
+    }
 }
 
 /// The per-request limits of the edge.

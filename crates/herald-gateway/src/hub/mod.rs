@@ -35,7 +35,6 @@ use herald_bus::Feed;
 use herald_core::{Epoch, Event, EventId, TopicFilter, TraceContext, sse};
 use herald_store::History;
 use herald_telemetry::{Metrics, Tier, otel};
-use tokio::sync::mpsc;
 use tracing::field::Empty;
 
 use crate::window::{Window, WindowPage};
@@ -139,18 +138,17 @@ impl Hub {
     /// Registers a subscriber. Events the hub delivers from now on that match `filter` are queued
     /// for it until it is dropped.
     pub fn subscribe(&self, filter: TopicFilter) -> Subscription {
-        let (tx, rx) = mpsc::channel(self.inner.queue_capacity);
         let slot = Arc::new(Slot::new(
             self.inner.next_id.fetch_add(1, Ordering::Relaxed),
             filter,
-            tx,
+            self.inner.queue_capacity,
         ));
         self.inner
             .registry
             .write()
             .expect("hub registry")
             .insert(Arc::clone(&slot));
-        Subscription::new(slot, rx, Arc::clone(&self.inner))
+        Subscription::new(slot, Arc::clone(&self.inner))
     }
 
     /// Frames of recently delivered events matching `filter` after `after`, at most `limit`; or

@@ -5,16 +5,23 @@
 //! (G6). Its connection drains what it has, calls [`Subscription::rearm`] and catches up from the
 //! window or the store (see `replay`), then goes on live. One that stops reading altogether is
 //! cut off by the listener's write timeout and resumes later.
+//!
+//! A queue holds memory only while it holds frames: an idle subscriber's is empty, not a
+//! preallocated block of `capacity` slots (a bounded tokio channel allocates 32 deliveries and
+//! its shared state up front, about 2 KB per subscriber).
 
-use std::sync::{
-    Arc,
-    atomic::{AtomicBool, Ordering},
+use std::{
+    collections::VecDeque,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    task::{Poll, Waker},
 };
 
 use std::collections::{HashMap, HashSet};
 
 use herald_core::{Topic, TopicFilter};
-use tokio::sync::mpsc::{self, error::TrySendError};
 
 use super::{Delivery, Inner};
 
@@ -23,9 +30,21 @@ use super::{Delivery, Inner};
 pub(super) struct Slot {
     id: u64,
     filter: TopicFilter,
-    tx: mpsc::Sender<Delivery>,
+    /// Deliveries queued before the subscriber is marked lagged.
+    capacity: usize,
+    queue: Mutex<Queue>,
     lagged: AtomicBool,
 }
+
+/// A subscriber's queued deliveries, and the connection waiting for the next one.
+#[derive(Debug, Default)]
+struct Queue {
+    items: VecDeque<Delivery>,
+    waker: Option<Waker>,
+}
+
+/// A queue emptied with more room than this gives its memory back (it held a burst).
+const KEPT_ROOM: usize = 16;
 
 /// Every subscriber, indexed for the hub's fan-out.
 #[derive(Debug, Default)]
@@ -37,13 +56,33 @@ pub(super) struct Registry {
 }
 
 impl Slot {
-    pub(super) fn new(id: u64, filter: TopicFilter, tx: mpsc::Sender<Delivery>) -> Self {
+    pub(super) fn new(id: u64, filter: TopicFilter, capacity: usize) -> Self {
         Self {
             id,
             filter,
-            tx,
+            capacity,
+            queue: Mutex::default(),
             lagged: AtomicBool::new(false),
         }
+    }
+
+    fn queue(&self) -> std::sync::MutexGuard<'_, Queue> {
+        self.queue.lock().expect("subscriber queue")
+    }
+
+    /// Queues `delivery` and wakes the connection, unless the queue is full.
+    fn push(&self, delivery: Delivery) -> Result<(), Delivery> {
+        let mut queue = self.queue();
+        if queue.items.len() >= self.capacity {
+            return Err(delivery);
+        }
+        queue.items.push_back(delivery);
+        let waker = queue.waker.take();
+        drop(queue);
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+        Ok(())
     }
 
     /// Queues `delivery` unless the subscriber is lagged. A full queue marks it lagged: it is
@@ -52,12 +91,8 @@ impl Slot {
         if self.lagged.load(Ordering::Acquire) {
             return Err(delivery);
         }
-        self.tx.try_send(delivery).map_err(|e| match e {
-            TrySendError::Full(d) => {
-                self.lagged.store(true, Ordering::Release);
-                d
-            }
-            TrySendError::Closed(d) => d,
+        self.push(delivery).inspect_err(|_| {
+            self.lagged.store(true, Ordering::Release);
         })
     }
 }
@@ -115,7 +150,7 @@ impl Registry {
         let (mut count, mut queued) = (0, 0);
         for slot in self.all() {
             count += 1;
-            queued += (slot.tx.max_capacity() - slot.tx.capacity()) as i64;
+            queued += slot.queue().items.len() as i64;
         }
         (count, queued)
     }
@@ -125,7 +160,7 @@ impl Registry {
         for slot in self.all() {
             slot.lagged.store(true, Ordering::Release);
             // One waiting on an empty queue would otherwise notice only at its next heartbeat.
-            let _ = slot.tx.try_send(Delivery::wake());
+            let _ = slot.push(Delivery::wake());
         }
     }
 }
@@ -134,28 +169,39 @@ impl Registry {
 #[derive(Debug)]
 pub struct Subscription {
     slot: Arc<Slot>,
-    rx: mpsc::Receiver<Delivery>,
     hub: Arc<Inner>,
 }
 
 impl Subscription {
-    pub(super) fn new(slot: Arc<Slot>, rx: mpsc::Receiver<Delivery>, hub: Arc<Inner>) -> Self {
-        Self { slot, rx, hub }
+    pub(super) fn new(slot: Arc<Slot>, hub: Arc<Inner>) -> Self {
+        Self { slot, hub }
     }
 
-    /// The next queued delivery.
+    /// The next queued delivery (cancel-safe: a delivery is taken only when it is returned). The
+    /// hub holds a subscriber until it is dropped, so there always is a next one to wait for.
     pub async fn recv(&mut self) -> Option<Delivery> {
-        self.rx.recv().await
+        std::future::poll_fn(|cx| {
+            let mut queue = self.slot.queue();
+            if let Some(delivery) = take(&mut queue) {
+                return Poll::Ready(Some(delivery));
+            }
+            match &mut queue.waker {
+                Some(waker) if waker.will_wake(cx.waker()) => {}
+                waker => *waker = Some(cx.waker().clone()),
+            }
+            Poll::Pending
+        })
+        .await
     }
 
     /// The next queued delivery, if one is queued.
     pub fn try_recv(&mut self) -> Option<Delivery> {
-        self.rx.try_recv().ok()
+        take(&mut self.slot.queue())
     }
 
     /// Whether the queue is empty now.
     pub fn is_empty(&self) -> bool {
-        self.rx.is_empty()
+        self.slot.queue().items.is_empty()
     }
 
     /// Whether the queue overflowed: the hub skips this subscriber until [`Self::rearm`].
@@ -170,6 +216,15 @@ impl Subscription {
     }
 }
 
+/// The first queued delivery; an emptied queue that held a burst gives its memory back.
+fn take(queue: &mut Queue) -> Option<Delivery> {
+    let delivery = queue.items.pop_front()?;
+    if queue.items.is_empty() && queue.items.capacity() > KEPT_ROOM {
+        queue.items = VecDeque::new();
+    }
+    Some(delivery)
+}
+
 impl Drop for Subscription {
     fn drop(&mut self) {
         self.hub
@@ -177,5 +232,37 @@ impl Drop for Subscription {
             .write()
             .expect("hub registry")
             .remove(&self.slot);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn delivery(seq: u64) -> Delivery {
+        Delivery {
+            seq,
+            frame: bytes::Bytes::from_static(b"data: x\n\n"),
+            trace: None,
+        }
+    }
+
+    /// An idle subscriber's queue holds no memory; one that held a burst gives it back once
+    /// emptied; a full one refuses (and the subscriber is marked lagged).
+    #[test]
+    fn a_queue_holds_memory_only_while_it_holds_frames() {
+        let slot = Slot::new(1, TopicFilter::parse(["t"]).unwrap(), 64);
+        assert_eq!(slot.queue().items.capacity(), 0);
+        for seq in 1..=64 {
+            slot.offer(delivery(seq)).unwrap();
+        }
+        assert_eq!(slot.offer(delivery(65)).unwrap_err().seq, 65);
+        assert!(slot.lagged.load(Ordering::Acquire));
+        let mut queue = slot.queue();
+        let taken: Vec<u64> = std::iter::from_fn(|| take(&mut queue))
+            .map(|d| d.seq)
+            .collect();
+        assert_eq!(taken, (1..=64).collect::<Vec<_>>());
+        assert_eq!(queue.items.capacity(), 0, "the burst's memory was kept");
     }
 }

@@ -1,0 +1,485 @@
+//! Event streams written without hyper once their request head is read.
+//!
+//! hyper keeps, for every HTTP/1.1 connection and for as long as it lives, a read buffer of 8 to
+//! 16 KiB and its connection state and write buffer (about 8 KiB): most of what an idle stream
+//! used to cost (the profile in docs/performance.md). A stream's connection, once its head is
+//! read, only writes. So the server reads each connection's request heads itself, into a buffer
+//! that is dropped once the head is parsed:
+//!
+//! - a `GET` of a stream path ([`STREAM_PATHS`]), HTTP/1.1, without a body, is answered by the
+//!   same router as every request (middleware, limits, auth and spans included), and the answer
+//!   is written here: the head, then each body chunk as the stream yields it, while a read of a
+//!   few bytes notices the client going away. A stream that ends is closed (`0` chunk, then FIN);
+//!   an answer of known length (an error, a refusal) keeps the connection for the next head;
+//! - anything else (another method or path, a head this parser does not take, a body, pipelined
+//!   requests) goes to hyper with the bytes read so far, and hyper serves the connection from
+//!   then on, as it serves every request.
+//!
+//! The write timeout is the connection's own ([`crate::listener::TimedStream`]), on both paths.
+
+use std::{io, io::Write as _, time::SystemTime};
+
+use axum::{
+    body::{Body, Bytes},
+    http::{self, HeaderName, HeaderValue, Request, Response, header},
+};
+use http_body::Body as _;
+use http_body_util::BodyExt as _;
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
+
+/// The paths whose `GET` is an event stream: the gateway's `/v1/stream` and the article's
+/// `/api/updates`. A process that does not route them answers them 404 all the same.
+pub const STREAM_PATHS: &[&str] = &["/v1/stream", "/api/updates"];
+
+/// Where a head of a stream request ends at most; a longer one goes to hyper, which answers it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct HeadLimits {
+    /// The largest head (hyper answers 431 beyond it).
+    pub max_size: usize,
+    /// The most headers (hyper answers 431 beyond it).
+    pub max_headers: usize,
+}
+
+/// What a connection's next request head turned out to be.
+pub(crate) enum Head {
+    /// A stream request, for [`respond`].
+    Stream(Box<Request<Body>>),
+    /// Anything else: the bytes read so far, for hyper.
+    Other(Bytes),
+    /// The peer closed, or the connection failed, before a whole head.
+    Gone,
+}
+
+/// Reads a request head from `io`: as soon as it is known not to be a stream request (its method
+/// or path is another), stops reading and answers the bytes read.
+pub(crate) async fn read_head<R: AsyncRead + Unpin>(io: &mut R, limits: HeadLimits) -> Head {
+    let mut buf = Vec::with_capacity(512);
+    loop {
+        match io.read_buf(&mut buf).await {
+            Ok(0) | Err(_) => return Head::Gone,
+            Ok(_) => {}
+        }
+        match parse(&buf, limits) {
+            Parsed::Stream(request) => return Head::Stream(request),
+            Parsed::Other => return Head::Other(Bytes::from(buf)),
+            Parsed::Partial if buf.len() >= limits.max_size => {
+                return Head::Other(Bytes::from(buf));
+            }
+            Parsed::Partial => {}
+        }
+    }
+}
+
+enum Parsed {
+    Stream(Box<Request<Body>>),
+    Other,
+    Partial,
+}
+
+fn parse(buf: &[u8], limits: HeadLimits) -> Parsed {
+    let mut headers = vec![httparse::EMPTY_HEADER; limits.max_headers];
+    let mut head = httparse::Request::new(&mut headers);
+    // A head this parser refuses (too many headers, a bad token) is hyper's to answer.
+    let Ok(status) = head.parse(buf) else {
+        return Parsed::Other;
+    };
+    // httparse fills the request line as it goes: decide as soon as it says enough.
+    if head.method.is_some_and(|m| m != "GET") {
+        return Parsed::Other;
+    }
+    if let Some(target) = head.path
+        && !STREAM_PATHS.contains(&target.split('?').next().unwrap_or(target))
+    {
+        return Parsed::Other;
+    }
+    let httparse::Status::Complete(len) = status else {
+        return Parsed::Partial;
+    };
+    // Pipelined bytes after the head, and HTTP/1.0, are hyper's.
+    if len != buf.len() || head.version != Some(1) {
+        return Parsed::Other;
+    }
+    let Some(target) = head.path else {
+        return Parsed::Other;
+    };
+    let Ok(uri) = http::Uri::try_from(target) else {
+        return Parsed::Other;
+    };
+    let mut request = Request::new(Body::empty());
+    *request.uri_mut() = uri;
+    *request.version_mut() = http::Version::HTTP_11;
+    let map = request.headers_mut();
+    for h in head.headers.iter() {
+        let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(h.name.as_bytes()),
+            HeaderValue::from_bytes(h.value),
+        ) else {
+            return Parsed::Other;
+        };
+        // A body, an upgrade or an expectation: hyper's protocol, not a stream's.
+        let framing = (name == header::CONTENT_LENGTH && value != "0")
+            || name == header::TRANSFER_ENCODING
+            || name == header::UPGRADE
+            || name == header::EXPECT;
+        if framing {
+            return Parsed::Other;
+        }
+        map.append(name, value);
+    }
+    Parsed::Stream(Box::new(request))
+}
+
+/// What the connection does after an answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum After {
+    /// Read the next request head.
+    Next,
+    /// Close (the stream ended, the peer left, or a write failed).
+    Close,
+}
+
+/// Writes `response` to `io`: an answer of known length whole, then [`After::Next`] (unless the
+/// request or the answer said `connection: close`); a stream as chunks, each written when the
+/// body yields it, until the body ends (then the last chunk) or the peer goes away.
+pub(crate) async fn respond<S: AsyncRead + AsyncWrite + Unpin>(
+    io: &mut S,
+    response: Response<Body>,
+    close_asked: bool,
+) -> After {
+    let (parts, body) = response.into_parts();
+    let length = body.size_hint().exact();
+    let close = close_asked
+        || length.is_none()
+        || parts
+            .headers
+            .get(header::CONNECTION)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
+    let mut head = Vec::with_capacity(256);
+    let _ = write!(
+        head,
+        "HTTP/1.1 {} {}\r\n",
+        parts.status.as_str(),
+        parts.status.canonical_reason().unwrap_or("")
+    );
+    for (name, value) in &parts.headers {
+        if [
+            header::CONTENT_LENGTH,
+            header::TRANSFER_ENCODING,
+            header::CONNECTION,
+        ]
+        .contains(name)
+        {
+            continue;
+        }
+        head.extend_from_slice(name.as_str().as_bytes());
+        head.extend_from_slice(b": ");
+        head.extend_from_slice(value.as_bytes());
+        head.extend_from_slice(b"\r\n");
+    }
+    if !parts.headers.contains_key(header::DATE) {
+        let _ = write!(
+            head,
+            "date: {}\r\n",
+            httpdate::fmt_http_date(SystemTime::now())
+        );
+    }
+    if close {
+        head.extend_from_slice(b"connection: close\r\n");
+    }
+    drop(parts);
+    match length {
+        Some(length) => {
+            let _ = write!(head, "content-length: {length}\r\n\r\n");
+            let Ok(body) = body.collect().await.map(|b| b.to_bytes()) else {
+                return After::Close;
+            };
+            let mut bufs = [io::IoSlice::new(&head), io::IoSlice::new(&body)];
+            match write_all(io, &mut bufs).await {
+                Ok(()) if !close => After::Next,
+                _ => After::Close,
+            }
+        }
+        None => {
+            head.extend_from_slice(b"transfer-encoding: chunked\r\n\r\n");
+            if write_all(io, &mut [io::IoSlice::new(&head)]).await.is_err() {
+                return After::Close;
+            }
+            drop(head);
+            stream(io, body).await;
+            After::Close
+        }
+    }
+}
+
+/// Writes the body as chunks until it ends (then the last chunk and FIN) or the peer closes.
+async fn stream<S: AsyncRead + AsyncWrite + Unpin>(io: &mut S, mut body: Body) {
+    // Bytes a client sends on a stream's connection are not a request anyone waits for: read
+    // only to notice the close.
+    let mut probe = [0u8; 8];
+    loop {
+        tokio::select! {
+            frame = body.frame() => match frame {
+                Some(Ok(frame)) => {
+                    let Ok(data) = frame.into_data() else { continue };
+                    if data.is_empty() {
+                        continue;
+                    }
+                    if write_chunk(io, &data).await.is_err() {
+                        return;
+                    }
+                }
+                // The body failed: cut the connection without the last chunk, so the client
+                // sees an incomplete answer (and an EventSource reconnects).
+                Some(Err(e)) => {
+                    tracing::trace!(error = %e, "stream body failed");
+                    return;
+                }
+                None => {
+                    if write_all(io, &mut [io::IoSlice::new(b"0\r\n\r\n")]).await.is_ok() {
+                        let _ = io.shutdown().await;
+                    }
+                    return;
+                }
+            },
+            read = io.read(&mut probe) => match read {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            },
+        }
+    }
+}
+
+/// One chunk: its size line, the data and the closing CRLF, in one vectored write.
+async fn write_chunk<W: AsyncWrite + Unpin>(io: &mut W, data: &Bytes) -> io::Result<()> {
+    let mut size = [0u8; 20];
+    let n = {
+        let mut cursor = io::Cursor::new(&mut size[..]);
+        let _ = write!(cursor, "{:x}\r\n", data.len());
+        cursor.position() as usize
+    };
+    write_all(
+        io,
+        &mut [
+            io::IoSlice::new(&size[..n]),
+            io::IoSlice::new(data),
+            io::IoSlice::new(b"\r\n"),
+        ],
+    )
+    .await
+}
+
+async fn write_all<W: AsyncWrite + Unpin>(
+    io: &mut W,
+    mut bufs: &mut [io::IoSlice<'_>],
+) -> io::Result<()> {
+    while !bufs.is_empty() {
+        let n = io.write_vectored(bufs).await?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        io::IoSlice::advance_slices(&mut bufs, n);
+    }
+    Ok(())
+}
+
+/// A connection whose first bytes were already read: they are read again first (for hyper).
+pub(crate) struct Rewind<T> {
+    prefix: Bytes,
+    inner: T,
+}
+
+impl<T> Rewind<T> {
+    pub(crate) fn new(prefix: Bytes, inner: T) -> Self {
+        Self { prefix, inner }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Rewind<T> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        if !self.prefix.is_empty() {
+            let n = self.prefix.len().min(buf.remaining());
+            let taken = self.prefix.split_to(n);
+            buf.put_slice(&taken);
+            return std::task::Poll::Ready(Ok(()));
+        }
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Rewind<T> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> std::task::Poll<io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: HeadLimits = HeadLimits {
+        max_size: 8192,
+        max_headers: 64,
+    };
+
+    fn is_stream(head: &[u8]) -> bool {
+        matches!(parse(head, LIMITS), Parsed::Stream(_))
+    }
+
+    #[test]
+    fn only_a_bodiless_http11_get_of_a_stream_path_is_lean() {
+        assert!(is_stream(
+            b"GET /v1/stream?topic=a HTTP/1.1\r\nHost: x\r\nLast-Event-ID: 1-2\r\n\r\n"
+        ));
+        assert!(is_stream(
+            b"GET /api/updates HTTP/1.1\r\nContent-Length: 0\r\n\r\n"
+        ));
+        for other in [
+            &b"POST /v1/stream?topic=a HTTP/1.1\r\n\r\n"[..],
+            b"HEAD /v1/stream?topic=a HTTP/1.1\r\n\r\n",
+            b"GET /v1/streams HTTP/1.1\r\n\r\n",
+            b"GET /healthz HTTP/1.1\r\n\r\n",
+            b"GET http://x/v1/stream?topic=a HTTP/1.1\r\n\r\n",
+            b"GET /v1/stream?topic=a HTTP/1.0\r\n\r\n",
+            b"GET /v1/stream?topic=a HTTP/1.1\r\nContent-Length: 3\r\n\r\n",
+            b"GET /v1/stream?topic=a HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"GET /v1/stream?topic=a HTTP/1.1\r\nUpgrade: h2c\r\n\r\n",
+            b"GET /v1/stream?topic=a HTTP/1.1\r\nExpect: 100-continue\r\n\r\n",
+            // A pipelined second request: hyper's.
+            b"GET /v1/stream?topic=a HTTP/1.1\r\n\r\nGET / HTTP/1.1\r\n\r\n",
+            b"GET /v1/stream?topic=a HTTP/1.1\r\nBad Header: x\r\n\r\n",
+        ] {
+            assert!(
+                matches!(parse(other, LIMITS), Parsed::Other),
+                "{}",
+                String::from_utf8_lossy(other)
+            );
+        }
+    }
+
+    #[test]
+    fn the_decision_comes_as_soon_as_the_request_line_tells() {
+        assert!(matches!(parse(b"POST /v1/top", LIMITS), Parsed::Other));
+        assert!(matches!(
+            parse(b"GET /metrics HTTP/1.1\r\n", LIMITS),
+            Parsed::Other
+        ));
+        assert!(matches!(
+            parse(b"GET /v1/stream?topic=a HTTP/1.1\r\nHost:", LIMITS),
+            Parsed::Partial
+        ));
+        let many = format!("GET /v1/stream HTTP/1.1\r\n{}\r\n", "A: b\r\n".repeat(65));
+        assert!(matches!(parse(many.as_bytes(), LIMITS), Parsed::Other));
+    }
+
+    #[tokio::test]
+    async fn a_head_that_is_not_a_stream_is_handed_on_with_the_bytes_read() {
+        let (mut client, mut server) = tokio::io::duplex(1024);
+        client
+            .write_all(b"POST /v1/topics/t/events HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}")
+            .await
+            .unwrap();
+        let Head::Other(prefix) = read_head(&mut server, LIMITS).await else {
+            panic!("not handed on");
+        };
+        let mut rewound = Rewind::new(prefix, server);
+        drop(client);
+        let mut all = Vec::new();
+        rewound.read_to_end(&mut all).await.unwrap();
+        assert!(all.starts_with(b"POST /v1/topics/t/events HTTP/1.1\r\n"));
+        assert!(all.ends_with(b"\r\n\r\n{}"));
+    }
+
+    #[tokio::test]
+    async fn a_stream_is_written_as_chunks_and_ends_with_the_last_one() {
+        let (mut client, mut server) = tokio::io::duplex(4096);
+        let frames = tokio_stream::iter([
+            Ok::<_, std::convert::Infallible>(Bytes::from_static(b"retry: 1\n\n")),
+            Ok(Bytes::from_static(b"")),
+            Ok(Bytes::from_static(b"data: x\n\n")),
+        ]);
+        let response = Response::new(Body::from_stream(frames));
+        assert_eq!(respond(&mut server, response, false).await, After::Close);
+        drop(server);
+        let mut all = String::new();
+        client.read_to_string(&mut all).await.unwrap();
+        assert!(all.starts_with("HTTP/1.1 200 OK\r\n"), "{all}");
+        assert!(all.contains("\r\ntransfer-encoding: chunked\r\n"), "{all}");
+        assert!(all.contains("\r\nconnection: close\r\n"), "{all}");
+        assert!(
+            all.ends_with("\r\n\r\na\r\nretry: 1\n\n\r\n9\r\ndata: x\n\n\r\n0\r\n\r\n"),
+            "{all:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_answer_of_known_length_keeps_the_connection_unless_asked_to_close() {
+        for (close, after) in [(false, After::Next), (true, After::Close)] {
+            let (mut client, mut server) = tokio::io::duplex(4096);
+            let mut response = Response::new(Body::from("{\"error\":{}}"));
+            *response.status_mut() = http::StatusCode::FORBIDDEN;
+            assert_eq!(respond(&mut server, response, close).await, after);
+            drop(server);
+            let mut all = String::new();
+            client.read_to_string(&mut all).await.unwrap();
+            assert!(all.starts_with("HTTP/1.1 403 Forbidden\r\n"), "{all}");
+            assert!(
+                all.contains("\r\ncontent-length: 12\r\n\r\n{\"error\":{}}"),
+                "{all}"
+            );
+            assert_eq!(all.contains("connection: close"), close, "{all}");
+        }
+    }
+
+    /// A client that goes away ends the stream at once, though the body has nothing to send.
+    #[tokio::test]
+    async fn a_stream_ends_when_its_client_closes() {
+        let (client, mut server) = tokio::io::duplex(4096);
+        let (tx, frames) = tokio::sync::mpsc::channel::<Result<Bytes, std::convert::Infallible>>(1);
+        let response = Response::new(Body::from_stream(
+            tokio_stream::wrappers::ReceiverStream::new(frames),
+        ));
+        let served = tokio::spawn(async move { respond(&mut server, response, false).await });
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        drop(client);
+        let after = tokio::time::timeout(std::time::Duration::from_secs(5), served)
+            .await
+            .expect("the stream noticed the close")
+            .unwrap();
+        assert_eq!(after, After::Close);
+        assert!(tx.is_closed(), "the body was dropped");
+    }
+}
