@@ -1,4 +1,4 @@
-//! Event streams written without hyper once their request head is read.
+//! Request heads read, and `GET` answers written, without hyper.
 //!
 //! hyper keeps, for every HTTP/1.1 connection and for as long as it lives, a read buffer of 8 to
 //! 16 KiB and its connection state and write buffer (about 8 KiB): most of what an idle stream
@@ -6,14 +6,13 @@
 //! read, only writes. So the server reads each connection's request heads itself, into a buffer
 //! that is dropped once the head is parsed:
 //!
-//! - a `GET` of a stream path ([`STREAM_PATHS`]), HTTP/1.1, without a body, is answered by the
-//!   same router as every request (middleware, limits, auth and spans included), and the answer
-//!   is written here: the head, then each body chunk as the stream yields it, while a read of a
-//!   few bytes notices the client going away. A stream that ends is closed (`0` chunk, then FIN);
-//!   an answer of known length (an error, a refusal) keeps the connection for the next head;
-//! - anything else (another method or path, a head this parser does not take, a body, pipelined
-//!   requests) goes to hyper with the bytes read so far, and hyper serves the connection from
-//!   then on, as it serves every request.
+//! - a `GET` (HTTP/1.1, without a body) is answered by the same router as every request
+//!   (middleware, limits, auth and spans included), and the answer is written here: an answer of
+//!   known length whole; a stream's head, then each chunk as the body yields it, while a read of
+//!   a few bytes notices the client going away. Then the connection waits for its next head;
+//! - anything else (another method, a body, an upgrade, HTTP/1.0, pipelined requests, a head this
+//!   parser refuses) goes to hyper with the bytes read so far, and hyper serves the connection
+//!   from then on, its 4xx answers included.
 //!
 //! The write timeout is the connection's own ([`crate::listener::TimedStream`]), on both paths.
 
@@ -27,11 +26,7 @@ use http_body::Body as _;
 use http_body_util::BodyExt as _;
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 
-/// The paths whose `GET` is an event stream: the gateway's `/v1/stream` and the article's
-/// `/api/updates`. A process that does not route them answers them 404 all the same.
-pub const STREAM_PATHS: &[&str] = &["/v1/stream", "/api/updates"];
-
-/// Where a head of a stream request ends at most; a longer one goes to hyper, which answers it.
+/// The bounds of a head read here; past them the head goes to hyper, which answers it.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct HeadLimits {
     /// The largest head (hyper answers 431 beyond it).
@@ -42,16 +37,16 @@ pub(crate) struct HeadLimits {
 
 /// What a connection's next request head turned out to be.
 pub(crate) enum Head {
-    /// A stream request, for [`respond`].
-    Stream(Box<Request<Body>>),
+    /// A `GET`, for [`respond`].
+    Get(Box<Request<Body>>),
     /// Anything else: the bytes read so far, for hyper.
     Other(Bytes),
     /// The peer closed, or the connection failed, before a whole head.
     Gone,
 }
 
-/// Reads a request head from `io`: as soon as it is known not to be a stream request (its method
-/// or path is another), stops reading and answers the bytes read.
+/// Reads a request head from `io`: as soon as it is known not to be a `GET` this module serves,
+/// stops reading and answers the bytes read.
 pub(crate) async fn read_head<R: AsyncRead + Unpin>(io: &mut R, limits: HeadLimits) -> Head {
     let mut buf = Vec::with_capacity(512);
     loop {
@@ -60,7 +55,7 @@ pub(crate) async fn read_head<R: AsyncRead + Unpin>(io: &mut R, limits: HeadLimi
             Ok(_) => {}
         }
         match parse(&buf, limits) {
-            Parsed::Stream(request) => return Head::Stream(request),
+            Parsed::Get(request) => return Head::Get(request),
             Parsed::Other => return Head::Other(Bytes::from(buf)),
             Parsed::Partial if buf.len() >= limits.max_size => {
                 return Head::Other(Bytes::from(buf));
@@ -71,7 +66,7 @@ pub(crate) async fn read_head<R: AsyncRead + Unpin>(io: &mut R, limits: HeadLimi
 }
 
 enum Parsed {
-    Stream(Box<Request<Body>>),
+    Get(Box<Request<Body>>),
     Other,
     Partial,
 }
@@ -83,25 +78,20 @@ fn parse(buf: &[u8], limits: HeadLimits) -> Parsed {
     let Ok(status) = head.parse(buf) else {
         return Parsed::Other;
     };
-    // httparse fills the request line as it goes: decide as soon as it says enough.
+    // httparse fills the request line as it goes: decide as soon as the method is known.
     if head.method.is_some_and(|m| m != "GET") {
-        return Parsed::Other;
-    }
-    if let Some(target) = head.path
-        && !STREAM_PATHS.contains(&target.split('?').next().unwrap_or(target))
-    {
         return Parsed::Other;
     }
     let httparse::Status::Complete(len) = status else {
         return Parsed::Partial;
     };
-    // Pipelined bytes after the head, and HTTP/1.0, are hyper's.
+    // Pipelined bytes after the head, HTTP/1.0 and targets in absolute form are hyper's.
+    let Some(target) = head.path.filter(|t| t.starts_with('/')) else {
+        return Parsed::Other;
+    };
     if len != buf.len() || head.version != Some(1) {
         return Parsed::Other;
     }
-    let Some(target) = head.path else {
-        return Parsed::Other;
-    };
     let Ok(uri) = http::Uri::try_from(target) else {
         return Parsed::Other;
     };
@@ -116,7 +106,7 @@ fn parse(buf: &[u8], limits: HeadLimits) -> Parsed {
         ) else {
             return Parsed::Other;
         };
-        // A body, an upgrade or an expectation: hyper's protocol, not a stream's.
+        // A body, an upgrade or an expectation: hyper's protocol.
         let framing = (name == header::CONTENT_LENGTH && value != "0")
             || name == header::TRANSFER_ENCODING
             || name == header::UPGRADE
@@ -126,7 +116,7 @@ fn parse(buf: &[u8], limits: HeadLimits) -> Parsed {
         }
         map.append(name, value);
     }
-    Parsed::Stream(Box::new(request))
+    Parsed::Get(Box::new(request))
 }
 
 /// What the connection does after an answer.
@@ -134,22 +124,30 @@ fn parse(buf: &[u8], limits: HeadLimits) -> Parsed {
 pub(crate) enum After {
     /// Read the next request head.
     Next,
-    /// Close (the stream ended, the peer left, or a write failed).
+    /// Close (asked to, the peer left, or a write failed).
     Close,
 }
 
-/// Writes `response` to `io`: an answer of known length whole, then [`After::Next`] (unless the
-/// request or the answer said `connection: close`); a stream as chunks, each written when the
-/// body yields it, until the body ends (then the last chunk) or the peer goes away.
+/// Writes `response` to `io`: an answer of known length whole; a stream as chunks, each written
+/// when the body yields it, until the body ends (then the last chunk) or the peer goes away. Then
+/// [`After::Next`], unless `close` (the request said `connection: close`, or the server drains),
+/// the answer said `connection: close`, or the client sent bytes during a stream.
 pub(crate) async fn respond<S: AsyncRead + AsyncWrite + Unpin>(
     io: &mut S,
     response: Response<Body>,
-    close_asked: bool,
+    close: bool,
 ) -> After {
     let (parts, body) = response.into_parts();
-    let length = body.size_hint().exact();
-    let close = close_asked
-        || length.is_none()
+    // 1xx, 204 and 304 have no body, and say no length.
+    let bodiless = parts.status.is_informational()
+        || parts.status == http::StatusCode::NO_CONTENT
+        || parts.status == http::StatusCode::NOT_MODIFIED;
+    let length = if bodiless {
+        None
+    } else {
+        body.size_hint().exact()
+    };
+    let close = close
         || parts
             .headers
             .get(header::CONNECTION)
@@ -187,6 +185,13 @@ pub(crate) async fn respond<S: AsyncRead + AsyncWrite + Unpin>(
         head.extend_from_slice(b"connection: close\r\n");
     }
     drop(parts);
+    if bodiless {
+        head.extend_from_slice(b"\r\n");
+        return match write_all(io, &mut [io::IoSlice::new(&head)]).await {
+            Ok(()) if !close => After::Next,
+            _ => After::Close,
+        };
+    }
     match length {
         Some(length) => {
             let _ = write!(head, "content-length: {length}\r\n\r\n");
@@ -205,17 +210,21 @@ pub(crate) async fn respond<S: AsyncRead + AsyncWrite + Unpin>(
                 return After::Close;
             }
             drop(head);
-            stream(io, body).await;
-            After::Close
+            match stream(io, body).await {
+                Ok(()) if !close => After::Next,
+                _ => After::Close,
+            }
         }
     }
 }
 
-/// Writes the body as chunks until it ends (then the last chunk and FIN) or the peer closes.
-async fn stream<S: AsyncRead + AsyncWrite + Unpin>(io: &mut S, mut body: Body) {
-    // Bytes a client sends on a stream's connection are not a request anyone waits for: read
-    // only to notice the close.
+/// Writes the body as chunks until it ends (then the last chunk): `Ok` then, unless the client
+/// sent bytes meanwhile (a request pipelined behind a stream is not answered: the connection
+/// closes after it). `Err` when the peer closed, a write failed or the body did.
+async fn stream<S: AsyncRead + AsyncWrite + Unpin>(io: &mut S, mut body: Body) -> Result<(), ()> {
+    // Read only to notice the close.
     let mut probe = [0u8; 8];
+    let mut stray = false;
     loop {
         tokio::select! {
             frame = body.frame() => match frame {
@@ -224,26 +233,22 @@ async fn stream<S: AsyncRead + AsyncWrite + Unpin>(io: &mut S, mut body: Body) {
                     if data.is_empty() {
                         continue;
                     }
-                    if write_chunk(io, &data).await.is_err() {
-                        return;
-                    }
+                    write_chunk(io, &data).await.map_err(drop)?;
                 }
                 // The body failed: cut the connection without the last chunk, so the client
                 // sees an incomplete answer (and an EventSource reconnects).
                 Some(Err(e)) => {
                     tracing::trace!(error = %e, "stream body failed");
-                    return;
+                    return Err(());
                 }
                 None => {
-                    if write_all(io, &mut [io::IoSlice::new(b"0\r\n\r\n")]).await.is_ok() {
-                        let _ = io.shutdown().await;
-                    }
-                    return;
+                    write_all(io, &mut [io::IoSlice::new(b"0\r\n\r\n")]).await.map_err(drop)?;
+                    return if stray { Err(()) } else { Ok(()) };
                 }
             },
             read = io.read(&mut probe) => match read {
-                Ok(0) | Err(_) => return,
-                Ok(_) => {}
+                Ok(0) | Err(_) => return Err(()),
+                Ok(_) => stray = true,
             },
         }
     }
@@ -355,23 +360,23 @@ mod tests {
         max_headers: 64,
     };
 
-    fn is_stream(head: &[u8]) -> bool {
-        matches!(parse(head, LIMITS), Parsed::Stream(_))
+    fn is_lean(head: &[u8]) -> bool {
+        matches!(parse(head, LIMITS), Parsed::Get(_))
     }
 
     #[test]
-    fn only_a_bodiless_http11_get_of_a_stream_path_is_lean() {
-        assert!(is_stream(
+    fn only_a_bodiless_http11_get_is_lean() {
+        assert!(is_lean(
             b"GET /v1/stream?topic=a HTTP/1.1\r\nHost: x\r\nLast-Event-ID: 1-2\r\n\r\n"
         ));
-        assert!(is_stream(
+        assert!(is_lean(
             b"GET /api/updates HTTP/1.1\r\nContent-Length: 0\r\n\r\n"
         ));
+        assert!(is_lean(b"GET /healthz HTTP/1.1\r\n\r\n"));
         for other in [
             &b"POST /v1/stream?topic=a HTTP/1.1\r\n\r\n"[..],
             b"HEAD /v1/stream?topic=a HTTP/1.1\r\n\r\n",
-            b"GET /v1/streams HTTP/1.1\r\n\r\n",
-            b"GET /healthz HTTP/1.1\r\n\r\n",
+            b"OPTIONS /v1/stream HTTP/1.1\r\n\r\n",
             b"GET http://x/v1/stream?topic=a HTTP/1.1\r\n\r\n",
             b"GET /v1/stream?topic=a HTTP/1.0\r\n\r\n",
             b"GET /v1/stream?topic=a HTTP/1.1\r\nContent-Length: 3\r\n\r\n",
@@ -391,12 +396,9 @@ mod tests {
     }
 
     #[test]
-    fn the_decision_comes_as_soon_as_the_request_line_tells() {
+    fn the_decision_comes_as_soon_as_the_method_tells() {
         assert!(matches!(parse(b"POST /v1/top", LIMITS), Parsed::Other));
-        assert!(matches!(
-            parse(b"GET /metrics HTTP/1.1\r\n", LIMITS),
-            Parsed::Other
-        ));
+        assert!(matches!(parse(b"PUT /api/post", LIMITS), Parsed::Other));
         assert!(matches!(
             parse(b"GET /v1/stream?topic=a HTTP/1.1\r\nHost:", LIMITS),
             Parsed::Partial
@@ -406,7 +408,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_head_that_is_not_a_stream_is_handed_on_with_the_bytes_read() {
+    async fn a_head_that_is_not_a_get_is_handed_on_with_the_bytes_read() {
         let (mut client, mut server) = tokio::io::duplex(1024);
         client
             .write_all(b"POST /v1/topics/t/events HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}")
@@ -425,24 +427,42 @@ mod tests {
 
     #[tokio::test]
     async fn a_stream_is_written_as_chunks_and_ends_with_the_last_one() {
+        for close in [false, true] {
+            let (mut client, mut server) = tokio::io::duplex(4096);
+            let frames = tokio_stream::iter([
+                Ok::<_, std::convert::Infallible>(Bytes::from_static(b"retry: 1\n\n")),
+                Ok(Bytes::from_static(b"")),
+                Ok(Bytes::from_static(b"data: x\n\n")),
+            ]);
+            let response = Response::new(Body::from_stream(frames));
+            let after = respond(&mut server, response, close).await;
+            assert_eq!(after == After::Close, close);
+            drop(server);
+            let mut all = String::new();
+            client.read_to_string(&mut all).await.unwrap();
+            assert!(all.starts_with("HTTP/1.1 200 OK\r\n"), "{all}");
+            assert!(all.contains("\r\ntransfer-encoding: chunked\r\n"), "{all}");
+            assert_eq!(all.contains("\r\nconnection: close\r\n"), close, "{all}");
+            assert!(
+                all.ends_with("\r\n\r\na\r\nretry: 1\n\n\r\n9\r\ndata: x\n\n\r\n0\r\n\r\n"),
+                "{all:?}"
+            );
+        }
+    }
+
+    /// A request pipelined behind a stream is not answered: the connection closes after it.
+    #[tokio::test]
+    async fn bytes_sent_during_a_stream_close_the_connection_after_it() {
         let (mut client, mut server) = tokio::io::duplex(4096);
-        let frames = tokio_stream::iter([
-            Ok::<_, std::convert::Infallible>(Bytes::from_static(b"retry: 1\n\n")),
-            Ok(Bytes::from_static(b"")),
-            Ok(Bytes::from_static(b"data: x\n\n")),
-        ]);
-        let response = Response::new(Body::from_stream(frames));
-        assert_eq!(respond(&mut server, response, false).await, After::Close);
-        drop(server);
-        let mut all = String::new();
-        client.read_to_string(&mut all).await.unwrap();
-        assert!(all.starts_with("HTTP/1.1 200 OK\r\n"), "{all}");
-        assert!(all.contains("\r\ntransfer-encoding: chunked\r\n"), "{all}");
-        assert!(all.contains("\r\nconnection: close\r\n"), "{all}");
-        assert!(
-            all.ends_with("\r\n\r\na\r\nretry: 1\n\n\r\n9\r\ndata: x\n\n\r\n0\r\n\r\n"),
-            "{all:?}"
-        );
+        let (tx, frames) = tokio::sync::mpsc::channel::<Result<Bytes, std::convert::Infallible>>(1);
+        let response = Response::new(Body::from_stream(
+            tokio_stream::wrappers::ReceiverStream::new(frames),
+        ));
+        let served = tokio::spawn(async move { respond(&mut server, response, false).await });
+        client.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        drop(tx);
+        assert_eq!(served.await.unwrap(), After::Close);
     }
 
     #[tokio::test]

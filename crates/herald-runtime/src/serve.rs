@@ -192,9 +192,9 @@ pub async fn serve(
 /// starts; then stops accepting, asks every connection to close once its request is done (idle
 /// ones at once; streams end on the drain by themselves) and returns when all are gone.
 ///
-/// A connection's request heads are read by [`crate::lean`] first: stream requests are answered
-/// there without hyper's per-connection buffers; the first other request hands the connection to
-/// hyper for good.
+/// A connection's request heads are read by [`crate::lean`] first: `GET`s (streams, pages,
+/// history) are answered there without hyper's per-connection buffers; the first other request
+/// hands the connection to hyper for good.
 async fn accept_loop(
     mut listener: TimedListener,
     router: Router,
@@ -258,8 +258,8 @@ struct Connections {
 }
 
 impl Connections {
-    /// Serves one connection: stream requests on the lean path, until a request that is not one
-    /// hands the connection to hyper.
+    /// Serves one connection: `GET`s on the lean path, until another request hands the
+    /// connection to hyper.
     async fn serve(
         &self,
         mut io: TimedStream,
@@ -273,8 +273,9 @@ impl Connections {
             // The head must arrive whole within the head timeout, as with hyper; a connection
             // waiting for its next head closes when the drain starts.
             let head = tokio::select! {
-                head = tokio::time::timeout(self.header_timeout, crate::lean::read_head(&mut io, self.head)) => head,
+                biased;
                 () = self.drain.started() => return,
+                head = tokio::time::timeout(self.header_timeout, crate::lean::read_head(&mut io, self.head)) => head,
             };
             let mut request = match head {
                 Err(_) | Ok(Head::Gone) => return,
@@ -292,7 +293,7 @@ impl Connections {
                     }
                     return;
                 }
-                Ok(Head::Stream(request)) => *request,
+                Ok(Head::Get(request)) => *request,
             };
             let close = request
                 .headers()
@@ -300,6 +301,7 @@ impl Connections {
                 .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
             request.extensions_mut().insert(Peer(peer));
             let Ok(response) = self.router.clone().call(request).await;
+            let close = close || self.drain.is_draining();
             if crate::lean::respond(&mut io, response, close).await == After::Close {
                 return;
             }
@@ -459,4 +461,113 @@ pub fn ops_routes(health: Health, metrics: Arc<dyn Fn() -> String + Send + Sync>
             }),
         )
         .fallback(|| async { ApiError::new(ErrorCode::NotFound, "no such endpoint") })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::routing::post;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    fn options() -> ServeOptions {
+        ServeOptions {
+            write_timeout: Duration::from_secs(5),
+            drain_deadline: Duration::from_secs(5),
+            header_timeout: Duration::from_secs(5),
+            body_timeout: Duration::from_secs(5),
+            max_header_size: 8192,
+            max_headers: 64,
+            max_url_length: 4096,
+            max_tcp_connections: 16,
+            trust_traceparent: false,
+        }
+    }
+
+    /// Reads one answer: up to the end of its body (by `content-length`, or the last chunk).
+    async fn answer(io: &mut tokio::net::TcpStream) -> String {
+        let mut got = Vec::new();
+        loop {
+            let text = String::from_utf8_lossy(&got).into_owned();
+            if let Some(end) = text.find("\r\n\r\n") {
+                let (head, body) = text.split_at(end + 4);
+                let length = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length: "))
+                    .map(|n| n.parse::<usize>().unwrap());
+                let done = match length {
+                    Some(n) => body.len() >= n,
+                    None => body.ends_with("0\r\n\r\n"),
+                };
+                if done {
+                    return text;
+                }
+            }
+            let mut buf = [0u8; 1024];
+            let n = tokio::time::timeout(Duration::from_secs(5), io.read(&mut buf))
+                .await
+                .expect("an answer within 5 s")
+                .unwrap();
+            assert!(n > 0, "closed after {:?}", String::from_utf8_lossy(&got));
+            got.extend_from_slice(&buf[..n]);
+        }
+    }
+
+    /// One keep-alive connection: GETs and a stream on the lean path, then a POST that hands the
+    /// connection to hyper, which serves what follows.
+    #[tokio::test]
+    async fn one_connection_serves_gets_and_a_stream_then_hands_over_to_hyper() {
+        let router = Router::new()
+            .route("/page", get(|| async { "hi" }))
+            .route(
+                "/v1/stream",
+                get(|| async {
+                    let frames = tokio_stream::iter([Ok::<_, std::convert::Infallible>(
+                        axum::body::Bytes::from_static(b"data: x\n\n"),
+                    )]);
+                    axum::body::Body::from_stream(frames)
+                }),
+            )
+            .route("/echo", post(|body: String| async move { body }));
+        let listener = bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (drain, _) = Drain::new();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(async move {
+            serve(
+                listener,
+                router,
+                &drain,
+                &options(),
+                Arc::new(|| {}),
+                async {
+                    let _ = stopped.await;
+                },
+            )
+            .await
+        });
+        let mut io = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let exchanges: [(&str, &str); 4] = [
+            (
+                "GET /page HTTP/1.1\r\nHost: x\r\n\r\n",
+                "\r\ncontent-length: 2\r\n\r\nhi",
+            ),
+            (
+                "GET /v1/stream HTTP/1.1\r\nHost: x\r\n\r\n",
+                "\r\ntransfer-encoding: chunked\r\n\r\n9\r\ndata: x\n\n\r\n0\r\n\r\n",
+            ),
+            (
+                "POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc",
+                "\r\n\r\nabc",
+            ),
+            ("GET /page HTTP/1.1\r\nHost: x\r\n\r\n", "\r\n\r\nhi"),
+        ];
+        for (request, ends) in exchanges {
+            io.write_all(request.as_bytes()).await.unwrap();
+            let text = answer(&mut io).await;
+            assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+            assert!(text.ends_with(ends), "{request:?} answered {text:?}");
+        }
+        let _ = stop.send(());
+        server.await.unwrap().unwrap();
+    }
 }
