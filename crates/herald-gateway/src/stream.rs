@@ -471,9 +471,10 @@ fn connection(
         loop {
             if catch_up {
                 sub.rearm();
-                let mut replay = Replay::new(&gw, &filter, bounds.epoch, last);
+                // Boxed, as is each page's read: an idle stream's state does not carry them.
+                let mut replay = Box::new(Replay::new(&gw, &filter, bounds.epoch, last));
                 loop {
-                    match replay.next_page().await {
+                    match Box::pin(replay.next_page()).await {
                         Ok(Some(chunks)) => for chunk in chunks { yield chunk; },
                         Ok(None) => break,
                         Err(e) => {

@@ -128,15 +128,35 @@ pub(crate) enum After {
     Close,
 }
 
-/// Writes `response` to `io`: an answer of known length whole; a stream as chunks, each written
-/// when the body yields it, until the body ends (then the last chunk) or the peer goes away. Then
-/// [`After::Next`], unless `close` (the request said `connection: close`, or the server drains),
-/// the answer said `connection: close`, or the client sent bytes during a stream.
+/// What [`respond`] leaves to do.
+pub(crate) enum Answer<'a, S> {
+    /// The answer is written.
+    Done(After),
+    /// The head is written; the body is a stream, written as it comes by this future.
+    Stream(Stream<'a, S>),
+}
+
+#[cfg(test)]
+impl<S: AsyncRead + AsyncWrite + Unpin> Answer<'_, S> {
+    /// Writes what is left of the answer.
+    async fn finish(self) -> After {
+        match self {
+            Self::Done(after) => after,
+            Self::Stream(stream) => stream.await,
+        }
+    }
+}
+
+/// Writes `response` to `io`: an answer of known length whole; of a stream, the head, and the
+/// [`Stream`] that writes its chunks as the body yields them, until it ends (then the last chunk)
+/// or the peer goes away. Then [`After::Next`], unless `close` (the request said
+/// `connection: close`, or the server drains), the answer said `connection: close`, or the client
+/// sent bytes during a stream.
 pub(crate) async fn respond<S: AsyncRead + AsyncWrite + Unpin>(
     io: &mut S,
     response: Response<Body>,
     close: bool,
-) -> After {
+) -> Answer<'_, S> {
     let (parts, body) = response.into_parts();
     // 1xx, 204 and 304 have no body, and say no length.
     let bodiless = parts.status.is_informational()
@@ -187,90 +207,167 @@ pub(crate) async fn respond<S: AsyncRead + AsyncWrite + Unpin>(
     drop(parts);
     if bodiless {
         head.extend_from_slice(b"\r\n");
-        return match write_all(io, &mut [io::IoSlice::new(&head)]).await {
+        return Answer::Done(match write_all(io, &mut [io::IoSlice::new(&head)]).await {
             Ok(()) if !close => After::Next,
             _ => After::Close,
-        };
+        });
     }
     match length {
         Some(length) => {
             let _ = write!(head, "content-length: {length}\r\n\r\n");
             let Ok(body) = body.collect().await.map(|b| b.to_bytes()) else {
-                return After::Close;
+                return Answer::Done(After::Close);
             };
             let mut bufs = [io::IoSlice::new(&head), io::IoSlice::new(&body)];
-            match write_all(io, &mut bufs).await {
+            Answer::Done(match write_all(io, &mut bufs).await {
                 Ok(()) if !close => After::Next,
                 _ => After::Close,
-            }
+            })
         }
         None => {
             head.extend_from_slice(b"transfer-encoding: chunked\r\n\r\n");
             if write_all(io, &mut [io::IoSlice::new(&head)]).await.is_err() {
-                return After::Close;
+                return Answer::Done(After::Close);
             }
-            drop(head);
-            match stream(io, body).await {
-                Ok(()) if !close => After::Next,
-                _ => After::Close,
-            }
+            Answer::Stream(Stream {
+                io,
+                body,
+                out: None,
+                ended: false,
+                stray: false,
+                close,
+            })
         }
     }
 }
 
-/// Writes the body as chunks until it ends (then the last chunk): `Ok` then, unless the client
-/// sent bytes meanwhile (a request pipelined behind a stream is not answered: the connection
-/// closes after it). `Err` when the peer closed, a write failed or the body did.
-async fn stream<S: AsyncRead + AsyncWrite + Unpin>(io: &mut S, mut body: Body) -> Result<(), ()> {
-    // Read only to notice the close.
-    let mut probe = [0u8; 8];
-    let mut stray = false;
-    loop {
-        tokio::select! {
-            frame = body.frame() => match frame {
-                Some(Ok(frame)) => {
-                    let Ok(data) = frame.into_data() else { continue };
-                    if data.is_empty() {
-                        continue;
+/// Writes the body as chunks until it ends (then the last chunk): [`After::Next`] then, unless
+/// the answer is to close, or the client sent bytes meanwhile (a request pipelined behind a stream
+/// is not answered: the connection closes after it). [`After::Close`] when the peer closed, a
+/// write failed or the body did.
+///
+/// Written by hand rather than as an `async fn`: this is the state an idle stream sits in for
+/// hours, and it is about 100 bytes (the connection, the body, the chunk being written), where
+/// an `async fn` with a `select!` over a read and a frame, and a write future, took 768.
+pub(crate) struct Stream<'a, S> {
+    io: &'a mut S,
+    body: Body,
+    /// The chunk being written, and how much of it is.
+    out: Option<(Chunk, usize)>,
+    /// The body ended: `out` holds the last chunk.
+    ended: bool,
+    /// The client sent bytes during the stream.
+    stray: bool,
+    /// The connection closes after the answer.
+    close: bool,
+}
+
+/// One chunk: its size line, its data, then CRLF.
+struct Chunk {
+    size: [u8; 18],
+    size_len: u8,
+    data: Bytes,
+}
+
+impl Chunk {
+    fn new(data: Bytes) -> Self {
+        let mut size = [0u8; 18];
+        let size_len = {
+            let mut cursor = io::Cursor::new(&mut size[..]);
+            let _ = write!(cursor, "{:x}\r\n", data.len());
+            cursor.position() as u8
+        };
+        Self {
+            size,
+            size_len,
+            data,
+        }
+    }
+
+    /// The slices still to write after `written` bytes, and the chunk's length.
+    fn rest(&self, written: usize) -> ([io::IoSlice<'_>; 3], usize) {
+        let parts: [&[u8]; 3] = [
+            &self.size[..usize::from(self.size_len)],
+            &self.data,
+            b"\r\n",
+        ];
+        let total = parts.iter().map(|p| p.len()).sum();
+        let mut out = [io::IoSlice::new(&[]); 3];
+        let (mut skip, mut i) = (written, 0);
+        for part in parts {
+            if skip >= part.len() {
+                skip -= part.len();
+                continue;
+            }
+            out[i] = io::IoSlice::new(&part[skip..]);
+            (skip, i) = (0, i + 1);
+        }
+        (out, total)
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> std::future::Future for Stream<'_, S> {
+    type Output = After;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        use std::{pin::Pin, task::Poll};
+        let this = self.get_mut();
+        loop {
+            // Read only to notice the close (and bytes the client should not have sent).
+            loop {
+                let mut probe = [0u8; 8];
+                let mut buf = tokio::io::ReadBuf::new(&mut probe);
+                match Pin::new(&mut *this.io).poll_read(cx, &mut buf) {
+                    Poll::Ready(Ok(())) if buf.filled().is_empty() => {
+                        return Poll::Ready(After::Close);
                     }
-                    write_chunk(io, &data).await.map_err(drop)?;
+                    Poll::Ready(Ok(())) => this.stray = true,
+                    Poll::Ready(Err(_)) => return Poll::Ready(After::Close),
+                    Poll::Pending => break,
+                }
+            }
+            if let Some((chunk, written)) = &mut this.out {
+                let (slices, total) = chunk.rest(*written);
+                let n = match Pin::new(&mut *this.io).poll_write_vectored(cx, &slices) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Ok(0) | Err(_)) => return Poll::Ready(After::Close),
+                    Poll::Ready(Ok(n)) => n,
+                };
+                *written += n;
+                if *written < total {
+                    continue;
+                }
+                this.out = None;
+                if this.ended {
+                    let close = this.stray || this.close;
+                    return Poll::Ready(if close { After::Close } else { After::Next });
+                }
+            }
+            match Pin::new(&mut this.body).poll_frame(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(None) => {
+                    this.out = Some((Chunk::new(Bytes::new()), 0));
+                    this.ended = true;
+                }
+                Poll::Ready(Some(Ok(frame))) => {
+                    if let Ok(data) = frame.into_data()
+                        && !data.is_empty()
+                    {
+                        this.out = Some((Chunk::new(data), 0));
+                    }
                 }
                 // The body failed: cut the connection without the last chunk, so the client
                 // sees an incomplete answer (and an EventSource reconnects).
-                Some(Err(e)) => {
+                Poll::Ready(Some(Err(e))) => {
                     tracing::trace!(error = %e, "stream body failed");
-                    return Err(());
+                    return Poll::Ready(After::Close);
                 }
-                None => {
-                    write_all(io, &mut [io::IoSlice::new(b"0\r\n\r\n")]).await.map_err(drop)?;
-                    return if stray { Err(()) } else { Ok(()) };
-                }
-            },
-            read = io.read(&mut probe) => match read {
-                Ok(0) | Err(_) => return Err(()),
-                Ok(_) => stray = true,
-            },
+            }
         }
     }
-}
-
-/// One chunk: its size line, the data and the closing CRLF, in one vectored write.
-async fn write_chunk<W: AsyncWrite + Unpin>(io: &mut W, data: &Bytes) -> io::Result<()> {
-    let mut size = [0u8; 20];
-    let n = {
-        let mut cursor = io::Cursor::new(&mut size[..]);
-        let _ = write!(cursor, "{:x}\r\n", data.len());
-        cursor.position() as usize
-    };
-    write_all(
-        io,
-        &mut [
-            io::IoSlice::new(&size[..n]),
-            io::IoSlice::new(data),
-            io::IoSlice::new(b"\r\n"),
-        ],
-    )
-    .await
 }
 
 async fn write_all<W: AsyncWrite + Unpin>(
@@ -309,6 +406,10 @@ impl<T: AsyncRead + Unpin> AsyncRead for Rewind<T> {
             let n = self.prefix.len().min(buf.remaining());
             let taken = self.prefix.split_to(n);
             buf.put_slice(&taken);
+            if self.prefix.is_empty() {
+                // Let the read buffer go (an empty slice of it would keep it).
+                self.prefix = Bytes::new();
+            }
             return std::task::Poll::Ready(Ok(()));
         }
         std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
@@ -435,7 +536,7 @@ mod tests {
                 Ok(Bytes::from_static(b"data: x\n\n")),
             ]);
             let response = Response::new(Body::from_stream(frames));
-            let after = respond(&mut server, response, close).await;
+            let after = respond(&mut server, response, close).await.finish().await;
             assert_eq!(after == After::Close, close);
             drop(server);
             let mut all = String::new();
@@ -450,6 +551,23 @@ mod tests {
         }
     }
 
+    /// A write that took part of a chunk goes on from where it stopped, across its parts.
+    #[test]
+    fn a_chunk_resumes_where_a_short_write_stopped() {
+        let chunk = Chunk::new(Bytes::from_static(b"hello"));
+        let whole = b"5\r\nhello\r\n";
+        for written in 0..whole.len() {
+            let (slices, total) = chunk.rest(written);
+            assert_eq!(total, whole.len());
+            let rest: Vec<u8> = slices.iter().flat_map(|s| s.iter().copied()).collect();
+            assert_eq!(rest, whole[written..], "after {written}");
+        }
+        let end = Chunk::new(Bytes::new());
+        let (last, total) = end.rest(0);
+        let last: Vec<u8> = last.iter().flat_map(|s| s.iter().copied()).collect();
+        assert_eq!((last.as_slice(), total), (&b"0\r\n\r\n"[..], 5));
+    }
+
     /// A request pipelined behind a stream is not answered: the connection closes after it.
     #[tokio::test]
     async fn bytes_sent_during_a_stream_close_the_connection_after_it() {
@@ -458,7 +576,8 @@ mod tests {
         let response = Response::new(Body::from_stream(
             tokio_stream::wrappers::ReceiverStream::new(frames),
         ));
-        let served = tokio::spawn(async move { respond(&mut server, response, false).await });
+        let served =
+            tokio::spawn(async move { respond(&mut server, response, false).await.finish().await });
         client.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         drop(tx);
@@ -471,7 +590,10 @@ mod tests {
             let (mut client, mut server) = tokio::io::duplex(4096);
             let mut response = Response::new(Body::from("{\"error\":{}}"));
             *response.status_mut() = http::StatusCode::FORBIDDEN;
-            assert_eq!(respond(&mut server, response, close).await, after);
+            assert_eq!(
+                respond(&mut server, response, close).await.finish().await,
+                after
+            );
             drop(server);
             let mut all = String::new();
             client.read_to_string(&mut all).await.unwrap();
@@ -492,7 +614,8 @@ mod tests {
         let response = Response::new(Body::from_stream(
             tokio_stream::wrappers::ReceiverStream::new(frames),
         ));
-        let served = tokio::spawn(async move { respond(&mut server, response, false).await });
+        let served =
+            tokio::spawn(async move { respond(&mut server, response, false).await.finish().await });
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         drop(client);
         let after = tokio::time::timeout(std::time::Duration::from_secs(5), served)

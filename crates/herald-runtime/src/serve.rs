@@ -1,6 +1,6 @@
 //! Serving a router until shutdown, then draining it: shared by every Herald binary.
 
-use std::{future::Future, process::ExitCode, sync::Arc, time::Duration};
+use std::{future::Future, pin::Pin, process::ExitCode, sync::Arc, time::Duration};
 
 use anyhow::Context;
 use axum::middleware::Next;
@@ -237,15 +237,28 @@ async fn accept_loop(
             () = &mut stop => break,
         };
         // Held for the connection's life, so that the drain waits for it, whichever path serves it.
-        let watcher = graceful.watcher();
-        let shared = Arc::clone(&shared);
-        tokio::spawn(async move {
-            shared.serve(io, peer, watcher).await;
-            drop(slot);
+        let connection = Box::new(Connection {
+            io,
+            peer,
+            watcher: graceful.watcher(),
+            _slot: slot,
         });
+        tokio::spawn(Arc::clone(&shared).serve(connection));
     }
     drop(listener);
     graceful.shutdown().await;
+}
+
+/// One accepted connection. Boxed, and used in place: an `async fn` keeps its arguments and
+/// the locals they move into apart, so a connection passed by value would be held two or three
+/// times over in its task's state.
+struct Connection {
+    io: TimedStream,
+    peer: std::net::SocketAddr,
+    /// Held for the connection's life, so that the drain waits for it, whichever path serves it.
+    watcher: hyper_util::server::graceful::Watcher,
+    /// Its turn of `--max-tcp-connections`.
+    _slot: tokio::sync::OwnedSemaphorePermit,
 }
 
 /// What every connection of a listener shares.
@@ -260,52 +273,82 @@ struct Connections {
 impl Connections {
     /// Serves one connection: `GET`s on the lean path, until another request hands the
     /// connection to hyper.
-    async fn serve(
-        &self,
-        mut io: TimedStream,
-        peer: std::net::SocketAddr,
-        watcher: hyper_util::server::graceful::Watcher,
-    ) {
-        use crate::lean::{After, Head};
+    async fn serve(self: Arc<Self>, mut connection: Box<Connection>) {
+        use crate::lean::{After, Answer, Head};
         use tower_service::Service as _;
 
         loop {
             // The head must arrive whole within the head timeout, as with hyper; a connection
             // waiting for its next head closes when the drain starts.
-            let head = tokio::select! {
-                biased;
-                () = self.drain.started() => return,
-                head = tokio::time::timeout(self.header_timeout, crate::lean::read_head(&mut io, self.head)) => head,
-            };
-            let mut request = match head {
-                Err(_) | Ok(Head::Gone) => return,
-                Ok(Head::Other(prefix)) => {
-                    let service = WithPeer {
-                        router: self.router.clone(),
-                        peer,
-                    };
-                    let io = hyper_util::rt::TokioIo::new(crate::lean::Rewind::new(prefix, io));
-                    // Boxed: a lean stream's task does not carry hyper's connection state inline.
-                    let connection =
-                        Box::pin(watcher.watch(self.http.serve_connection(io, service)));
-                    if let Err(e) = connection.await {
+            // The transient steps are boxed, so that the connection's state, which an idle
+            // stream keeps for hours, carries none of their futures.
+            let head = Box::pin(async {
+                tokio::select! {
+                    biased;
+                    () = self.drain.started() => None,
+                    head = tokio::time::timeout(self.header_timeout, crate::lean::read_head(&mut connection.io, self.head)) => head.ok(),
+                }
+            });
+            let request = match head.await {
+                None | Some(Head::Gone) => return,
+                Some(Head::Other(prefix)) => {
+                    let served = self.hand_over(prefix, *connection);
+                    if let Err(e) = served.await {
                         tracing::trace!(error = %e, "connection ended with an error");
                     }
                     return;
                 }
-                Ok(Head::Get(request)) => *request,
+                Some(Head::Get(request)) => request,
             };
-            let close = request
-                .headers()
-                .get(header::CONNECTION)
-                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
-            request.extensions_mut().insert(Peer(peer));
-            let Ok(response) = self.router.clone().call(request).await;
-            let close = close || self.drain.is_draining();
-            if crate::lean::respond(&mut io, response, close).await == After::Close {
+            // The call and the answer's head, boxed too: only the stream's writer (about 100
+            // bytes) stays in the connection's state.
+            let answer = Box::pin(async {
+                let mut request = *request;
+                let close = request
+                    .headers()
+                    .get(header::CONNECTION)
+                    .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
+                request.extensions_mut().insert(Peer(connection.peer));
+                let Ok(response) = self.router.clone().call(request).await;
+                let close = close || self.drain.is_draining();
+                crate::lean::respond(&mut connection.io, response, close).await
+            });
+            let after = match answer.await {
+                Answer::Done(after) => after,
+                Answer::Stream(stream) => stream.await,
+            };
+            if after == After::Close {
                 return;
             }
         }
+    }
+}
+
+impl Connections {
+    /// Hyper's connection from here on, with the bytes read so far. Built outside [`Self::serve`]
+    /// (and boxed) so that a lean connection's state does not reserve room for hyper's.
+    fn hand_over(
+        &self,
+        prefix: axum::body::Bytes,
+        connection: Connection,
+    ) -> Pin<Box<dyn Future<Output = Result<(), hyper::Error>> + Send>> {
+        let Connection {
+            io,
+            peer,
+            watcher,
+            _slot: slot,
+        } = connection;
+        let service = WithPeer {
+            router: self.router.clone(),
+            peer,
+        };
+        let io = hyper_util::rt::TokioIo::new(crate::lean::Rewind::new(prefix, io));
+        let served = watcher.watch(self.http.serve_connection(io, service));
+        Box::pin(async move {
+            let result = served.await;
+            drop(slot);
+            result
+        })
     }
 }
 
