@@ -184,11 +184,20 @@ enum Keep {
     Processes(Vec<Tree>, TempDir),
 }
 
+/// Herald's connection limits for the suite: above the 15,000 idle connections (the defaults,
+/// 10,000 streams and 12,000 TCP connections, are a production pod's).
+const LIMITS: &[&str] = &[
+    "--max-connections",
+    "19500",
+    "--max-tcp-connections",
+    "19500",
+];
+
 async fn start(name: &str) -> anyhow::Result<(Server, Keep)> {
     match name {
         "standalone" => {
             let dir = tempfile::tempdir()?;
-            let herald = Herald::start(dir.path(), &["--max-connections", "19500"]).await?;
+            let herald = Herald::start(dir.path(), LIMITS).await?;
             let server =
                 herald_server(name, &herald.base, &herald.base, vec![herald.pid()]).await?;
             Ok((server, Keep::Herald(Box::new(herald), dir)))
@@ -207,7 +216,7 @@ async fn start(name: &str) -> anyhow::Result<(Server, Keep)> {
             let dep = Deployment::new(&nats, &mongo, shared);
             let ingest = dep.ingest(&[], &[]).await?;
             let gateway = dep
-                .gateway(&["--max-connections", "19500", "--replay-window", window])
+                .gateway(&[LIMITS, &["--replay-window", window]].concat())
                 .await?;
             let pids = [ingest.pid(), gateway.pid(), nats.pid(), mongo.pid()]
                 .into_iter()
@@ -403,7 +412,7 @@ async fn storm(opts: &Options) -> anyhow::Result<Report> {
     let dep = Deployment::new(&nats, &mongo, &[]);
     let ingest = dep.ingest(&[], &[]).await?;
     // A short retry: browsers reconnect after the server's `retry:`.
-    let gw = ["--max-connections", "19500", "--retry", "500ms"];
+    let gw = [LIMITS, &["--retry", "500ms"]].concat();
     let a = dep.gateway(&gw).await?;
     let b = dep.gateway(&gw).await?;
     // Every client on `a`: the balancer lists only `a` while they connect. Two workers: each
