@@ -108,6 +108,8 @@ impl Gateway {
             },
             Arc::clone(&metrics),
         );
+        // Streams learn of the drain from the hub, which wakes them all.
+        hub.drain_on(drain.clone());
         let history = history::HistoryReader::new(
             Arc::clone(&store),
             Arc::clone(&metrics),

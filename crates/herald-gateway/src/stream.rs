@@ -27,6 +27,7 @@ use std::{
     convert::Infallible,
     pin::Pin,
     sync::{Arc, atomic::Ordering},
+    task::{Context, Poll},
     time::Duration,
 };
 
@@ -37,7 +38,7 @@ use axum::{
     http::{HeaderMap, HeaderValue, StatusCode, Uri, header},
     response::{IntoResponse, Response},
 };
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures_util::{Stream, StreamExt};
 use herald_auth::{
     Principal,
@@ -45,10 +46,10 @@ use herald_auth::{
     limits::{Kind, StreamSlot},
 };
 use herald_core::{Bounds, Epoch, EventId, ResumeVerdict, TopicFilter, sse};
-use herald_runtime::{ApiError, DrainWatch, ErrorCode, drain::jitter};
+use herald_runtime::{ApiError, ErrorCode, drain::jitter};
 use herald_telemetry::{CloseReason, otel};
 use herald_telemetry::{Rejection, StoreOp};
-use tokio::time::{Instant, Sleep, sleep};
+use tokio::time::{Instant, Sleep};
 
 use crate::{
     GatewayState,
@@ -221,7 +222,7 @@ async fn open(
     // Register first, then read the head, both before the answer: every event committed after the
     // client has the response headers is either at or below this head (and committed before it)
     // or above it (and queued), so "live from now" means from the moment the client connected.
-    let subscription = gw.hub.subscribe(filter.clone());
+    let subscription = gw.hub.subscribe(filter);
     let bounds = match gw.store.bounds().await {
         Ok(bounds) => bounds,
         Err(e) => {
@@ -238,7 +239,6 @@ async fn open(
     let stream = connection(
         gw,
         subscription,
-        filter,
         last_event_id,
         bounds,
         guard,
@@ -309,41 +309,93 @@ impl Drop for ConnectionGuard {
     }
 }
 
-/// What woke the live loop.
-enum Wake {
-    Delivery(Option<Delivery>),
-    Heartbeat,
-    Close,
-    Expired,
-}
-
-/// Resolves when the client's token stops being valid; never without a token.
-async fn expiry(at: &mut Option<Pin<Box<Sleep>>>) {
-    match at {
-        Some(at) => at.await,
-        None => std::future::pending().await,
+pin_project_lite::pin_project! {
+    /// A stream's body: its opening frames, its replays and catch-ups, then live frames, heartbeats,
+    /// and the end (drain, an expired token, a failed read).
+    ///
+    /// Written by hand rather than as an async generator: between frames an idle stream keeps only
+    /// these fields (a few hundred bytes with its one timer), not an async state machine laid out for
+    /// every step it could be suspended in. A replay or catch-up, which needs a store read's state,
+    /// runs as a boxed stream of its own and is dropped when done. The drain is noticed through the
+    /// hub, which wakes every subscriber when it starts ([`crate::Hub::drain`]), not through a watch
+    /// per stream.
+    struct Live {
+        gw: Arc<GatewayState>,
+        sub: Subscription,
+        epoch: Epoch,
+        // The last sequence this connection has covered: sent, or known not to match.
+        last: u64,
+        guard: ConnectionGuard,
+        phase: Phase,
+        // The heartbeat, the drain's close and the token's expiry share one timer, set for the
+        // earliest of the three.
+        #[pin]
+        timer: Sleep,
+        // When the timer next looks at the heartbeat. It is not moved on every frame (a
+        // timer-wheel update per delivery): when it comes after recent frames, it is set again
+        // from the last one.
+        heartbeat_at: Instant,
+        last_sent: Instant,
+        // When a draining server ends this stream: drawn within the drain jitter when the drain
+        // is noticed, so clients do not all reconnect at once.
+        close_at: Option<Instant>,
+        expires_at: Option<Instant>,
     }
 }
 
-/// When a draining server ends this stream: at a random moment within `jitter` of the drain's
-/// start, so clients do not all reconnect at once.
-struct Closing {
-    drain: DrainWatch,
-    jitter: Duration,
-    at: Option<Pin<Box<Sleep>>>,
+/// Where a stream's body is.
+enum Phase {
+    /// `retry:` and the resume verdict, then a resume's replay (when `resume`) or live.
+    Opening {
+        frames: Bytes,
+        resume: bool,
+    },
+    /// A replay or catch-up; after a resume's, `herald.live`.
+    CatchUp {
+        pages: Pin<Box<dyn Stream<Item = Caught> + Send>>,
+        resume: bool,
+    },
+    Live,
+    /// A sampled delivery, sent alone after the chunk gathered before it.
+    Traced(Box<Delivery>),
+    /// A sampled delivery's write span, held until the body asks for the next chunk (that is,
+    /// until the frame has been handed to the socket).
+    Written(Box<tracing::Span>),
+    /// A last frame, then the end.
+    Last(Bytes),
+    Done,
 }
 
-impl Closing {
-    /// Resolves when the stream should end. Cancel-safe: once drawn, the close time is kept.
-    async fn due(&mut self) {
-        if self.at.is_none() {
-            self.drain.started().await;
-            self.at = Some(Box::pin(sleep(jitter(self.jitter))));
+/// What a replay or catch-up yields.
+enum Caught {
+    Chunk(Bytes),
+    Done { last: u64, replayed: u64 },
+    Failed,
+}
+
+/// Reads the events of `filter` after `after` from the window or the store, page by page.
+fn catch_up(
+    gw: Arc<GatewayState>,
+    filter: TopicFilter,
+    epoch: Epoch,
+    after: u64,
+) -> Pin<Box<dyn Stream<Item = Caught> + Send>> {
+    Box::pin(async_stream::stream! {
+        let mut replay = Replay::new(&gw, &filter, epoch, after);
+        loop {
+            match replay.next_page().await {
+                Ok(Some(chunks)) => for chunk in chunks { yield Caught::Chunk(chunk); },
+                Ok(None) => break,
+                Err(e) => {
+                    gw.metrics.store_error(StoreOp::Read);
+                    tracing::warn!(error = %e, after = replay.last(), "stream: replay read failed; the client will resume");
+                    yield Caught::Failed;
+                    return;
+                }
+            }
         }
-        if let Some(at) = self.at.as_mut() {
-            at.await;
-        }
-    }
+        yield Caught::Done { last: replay.last(), replayed: replay.replayed() };
+    })
 }
 
 /// Counts a finished replay or catch-up; after a resume's replay, the `herald.live` frame.
@@ -351,42 +403,6 @@ fn replayed(gw: &GatewayState, replayed: u64, resume: bool) -> Option<Bytes> {
     gw.metrics.events_replayed.inc_by(replayed);
     gw.metrics.events_delivered.inc_by(replayed);
     resume.then(|| sse::control("herald.live", &format!("{{\"replayed\":{replayed}}}")))
-}
-
-/// The comment heartbeat: due after `every` without a frame. The timer is not moved on every
-/// frame (a timer-wheel update per delivery): when it fires after recent frames, it is set again
-/// from the last one.
-struct Heartbeat {
-    timer: Pin<Box<Sleep>>,
-    every: Duration,
-    last_sent: Instant,
-}
-
-impl Heartbeat {
-    fn new(every: Duration) -> Self {
-        Self {
-            timer: Box::pin(sleep(every)),
-            every,
-            last_sent: Instant::now(),
-        }
-    }
-
-    /// Something was sent just now.
-    fn sent(&mut self) {
-        self.last_sent = Instant::now();
-    }
-
-    /// The timer fired: whether a heartbeat is due (it then counts as sent).
-    fn fired(&mut self) -> bool {
-        let quiet_until = self.last_sent + self.every;
-        if quiet_until > Instant::now() {
-            self.timer.as_mut().reset(quiet_until);
-            return false;
-        }
-        self.timer.as_mut().reset(Instant::now() + self.every);
-        self.sent();
-        true
-    }
 }
 
 /// Judges a Last-Event-ID and counts the verdict: the `herald.resume` frame, and the sequence
@@ -445,91 +461,177 @@ fn write_span(d: &Delivery, epoch: Epoch) -> Option<tracing::Span> {
 
 fn connection(
     gw: Arc<GatewayState>,
-    mut sub: Subscription,
-    filter: TopicFilter,
+    sub: Subscription,
     last_event_id: Option<String>,
     bounds: Bounds,
-    mut guard: ConnectionGuard,
+    guard: ConnectionGuard,
     expires_in: Option<Duration>,
-) -> impl Stream<Item = Bytes> {
-    async_stream::stream! {
-        let config = &gw.config;
-        let mut expires = expires_in.map(|d| Box::pin(sleep(d)));
-        yield sse::retry(config.retry.as_millis() as u64);
-        // The last sequence this connection has covered: sent, or known not to match.
-        let mut last = bounds.head;
-        let (mut catch_up, mut announce_live) = (false, false);
-        if let Some(id) = last_event_id {
-            let (frame, after) = judge(&gw, &id, bounds);
-            if let Some(after) = after {
-                (last, catch_up, announce_live) = (after, true, true);
-            }
-            yield frame;
+) -> Live {
+    let mut frames = BytesMut::from(&sse::retry(gw.config.retry.as_millis() as u64)[..]);
+    let (mut last, mut resume) = (bounds.head, false);
+    if let Some(id) = last_event_id {
+        let (frame, after) = judge(&gw, &id, bounds);
+        if let Some(after) = after {
+            (last, resume) = (after, true);
         }
-        let mut heartbeat = Heartbeat::new(config.heartbeat);
-        let mut closing = Closing { drain: gw.drain.clone(), jitter: config.drain_jitter, at: None };
+        frames.extend_from_slice(&frame);
+    }
+    let now = Instant::now();
+    let heartbeat_at = now + gw.config.heartbeat;
+    let expires_at = expires_in.map(|d| now + d);
+    Live {
+        timer: tokio::time::sleep_until(expires_at.map_or(heartbeat_at, |e| e.min(heartbeat_at))),
+        gw,
+        sub,
+        epoch: bounds.epoch,
+        last,
+        guard,
+        phase: Phase::Opening {
+            frames: frames.freeze(),
+            resume,
+        },
+        heartbeat_at,
+        last_sent: now,
+        close_at: None,
+        expires_at,
+    }
+}
+
+/// A catch-up from `last`, re-armed first so every event is either in its read or in the queue.
+fn start_catch_up(
+    gw: &Arc<GatewayState>,
+    sub: &Subscription,
+    epoch: Epoch,
+    last: u64,
+) -> Pin<Box<dyn Stream<Item = Caught> + Send>> {
+    sub.rearm();
+    catch_up(Arc::clone(gw), sub.filter().clone(), epoch, last)
+}
+
+impl Stream for Live {
+    type Item = Bytes;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
+        let mut this = self.project();
         loop {
-            if catch_up {
-                sub.rearm();
-                // Boxed, as is each page's read: an idle stream's state does not carry them.
-                let mut replay = Box::new(Replay::new(&gw, &filter, bounds.epoch, last));
-                loop {
-                    match Box::pin(replay.next_page()).await {
-                        Ok(Some(chunks)) => for chunk in chunks { yield chunk; },
-                        Ok(None) => break,
-                        Err(e) => {
-                            gw.metrics.store_error(StoreOp::Read);
-                            tracing::warn!(error = %e, after = replay.last(), "stream: replay read failed; the client will resume");
-                            guard.ending(CloseReason::Error);
-                            return;
+            match std::mem::replace(this.phase, Phase::Live) {
+                Phase::Opening { frames, resume } => {
+                    if resume {
+                        *this.phase = Phase::CatchUp {
+                            pages: start_catch_up(this.gw, this.sub, *this.epoch, *this.last),
+                            resume,
+                        };
+                    }
+                    return Poll::Ready(Some(frames));
+                }
+                Phase::CatchUp { mut pages, resume } => match pages.as_mut().poll_next(cx) {
+                    Poll::Pending => {
+                        *this.phase = Phase::CatchUp { pages, resume };
+                        return Poll::Pending;
+                    }
+                    Poll::Ready(Some(Caught::Chunk(chunk))) => {
+                        *this.phase = Phase::CatchUp { pages, resume };
+                        return Poll::Ready(Some(chunk));
+                    }
+                    Poll::Ready(Some(Caught::Done { last, replayed: n })) => {
+                        *this.last = last;
+                        *this.last_sent = Instant::now();
+                        if let Some(live) = replayed(this.gw, n, resume) {
+                            return Poll::Ready(Some(live));
                         }
                     }
-                }
-                last = replay.last();
-                if let Some(live) = replayed(&gw, replay.replayed(), std::mem::take(&mut announce_live)) {
-                    yield live;
-                }
-                catch_up = false;
-                heartbeat.sent();
-            }
-            if sub.lagged() && sub.is_empty() {
-                gw.metrics.slow_caught_up.inc();
-                catch_up = true;
-                continue;
-            }
-            let wake = tokio::select! {
-                d = sub.recv() => Wake::Delivery(d),
-                () = &mut heartbeat.timer => Wake::Heartbeat,
-                () = closing.due() => Wake::Close,
-                () = expiry(&mut expires) => Wake::Expired,
-            };
-            match wake {
-                Wake::Delivery(Some(d)) => {
-                    let (chunk, traced) = gather(&mut sub, d, &mut last);
-                    if let Some(bytes) = chunk {
-                        heartbeat.sent();
-                        yield bytes;
+                    Poll::Ready(Some(Caught::Failed) | None) => {
+                        this.guard.ending(CloseReason::Error);
+                        *this.phase = Phase::Done;
+                        return Poll::Ready(None);
                     }
-                    if let Some(d) = traced {
-                        heartbeat.sent();
-                        let _write = write_span(&d, bounds.epoch);
-                        yield d.frame;
+                },
+                Phase::Traced(d) => {
+                    *this.last_sent = Instant::now();
+                    if let Some(span) = write_span(&d, *this.epoch) {
+                        *this.phase = Phase::Written(Box::new(span));
                     }
+                    return Poll::Ready(Some(d.frame));
                 }
-                Wake::Delivery(None) => return,
-                Wake::Heartbeat => {
-                    if heartbeat.fired() {
-                        yield sse::comment("");
+                Phase::Written(_span) => {}
+                Phase::Last(frame) => {
+                    *this.phase = Phase::Done;
+                    return Poll::Ready(Some(frame));
+                }
+                Phase::Done => {
+                    *this.phase = Phase::Done;
+                    return Poll::Ready(None);
+                }
+                Phase::Live => {
+                    if this.sub.lagged() && this.sub.is_empty() {
+                        this.gw.metrics.slow_caught_up.inc();
+                        *this.phase = Phase::CatchUp {
+                            pages: start_catch_up(this.gw, this.sub, *this.epoch, *this.last),
+                            resume: false,
+                        };
+                        continue;
                     }
-                }
-                Wake::Close => {
-                    guard.ending(CloseReason::Drain);
-                    return;
-                }
-                Wake::Expired => {
-                    guard.ending(CloseReason::Expired);
-                    yield sse::control("herald.auth", r#"{"reason":"expired"}"#);
-                    return;
+                    if this.close_at.is_none() && this.gw.hub.draining() {
+                        let at = Instant::now() + jitter(this.gw.config.drain_jitter);
+                        *this.close_at = Some(at);
+                        if at < this.timer.deadline() {
+                            this.timer.as_mut().reset(at);
+                        }
+                    }
+                    // The timer first: under steady traffic the queue is never empty, and a
+                    // drain or an expiry must still end the stream.
+                    if this.timer.as_mut().poll(cx).is_ready() {
+                        let now = Instant::now();
+                        if this.expires_at.is_some_and(|at| at <= now) {
+                            this.guard.ending(CloseReason::Expired);
+                            *this.phase =
+                                Phase::Last(sse::control("herald.auth", r#"{"reason":"expired"}"#));
+                            continue;
+                        }
+                        if this.close_at.is_some_and(|at| at <= now) {
+                            this.guard.ending(CloseReason::Drain);
+                            *this.phase = Phase::Done;
+                            continue;
+                        }
+                        let mut heartbeat = false;
+                        if *this.heartbeat_at <= now {
+                            let quiet_until = *this.last_sent + this.gw.config.heartbeat;
+                            if quiet_until > now {
+                                *this.heartbeat_at = quiet_until;
+                            } else {
+                                *this.heartbeat_at = now + this.gw.config.heartbeat;
+                                *this.last_sent = now;
+                                heartbeat = true;
+                            }
+                        }
+                        let next = [*this.close_at, *this.expires_at]
+                            .into_iter()
+                            .flatten()
+                            .fold(*this.heartbeat_at, Instant::min);
+                        this.timer.as_mut().reset(next);
+                        if heartbeat {
+                            return Poll::Ready(Some(sse::comment("")));
+                        }
+                        continue;
+                    }
+                    match this.sub.poll_recv(cx) {
+                        Poll::Ready(Some(d)) => {
+                            let (chunk, traced) = gather(this.sub, d, this.last);
+                            if let Some(d) = traced {
+                                *this.phase = Phase::Traced(Box::new(d));
+                            }
+                            if let Some(bytes) = chunk {
+                                *this.last_sent = Instant::now();
+                                return Poll::Ready(Some(bytes));
+                            }
+                            continue;
+                        }
+                        Poll::Ready(None) => {
+                            *this.phase = Phase::Done;
+                            return Poll::Ready(None);
+                        }
+                        Poll::Pending => return Poll::Pending,
+                    }
                 }
             }
         }
@@ -538,45 +640,192 @@ fn connection(
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use herald_bus::{Announce, MemoryBus};
+    use herald_core::{EventType, NewEvent, Topic, event::parse_data};
+    use herald_runtime::Drain;
+    use herald_store::{History, MemoryStore, Store, StoreOptions};
+    use herald_telemetry::Metrics;
 
-    /// On tokio's paused clock: a heartbeat is due after `every` of silence, and traffic moves it.
-    #[tokio::test(start_paused = true)]
-    async fn a_heartbeat_comes_after_silence_and_traffic_postpones_it() {
-        let every = Duration::from_secs(15);
-        let mut heartbeat = Heartbeat::new(every);
-        let start = Instant::now();
-        tokio::time::sleep(Duration::from_secs(10)).await;
-        heartbeat.sent();
-        (&mut heartbeat.timer).await;
-        assert_eq!(start.elapsed(), every);
-        assert!(!heartbeat.fired(), "a frame went out 5 s ago");
-        (&mut heartbeat.timer).await;
-        assert_eq!(start.elapsed(), Duration::from_secs(25));
-        assert!(heartbeat.fired());
-        (&mut heartbeat.timer).await;
-        assert_eq!(start.elapsed(), Duration::from_secs(40));
-        assert!(heartbeat.fired(), "silence since the last heartbeat");
+    use super::*;
+    use crate::{Gateway, GatewayConfig};
+
+    const HOUR: Duration = Duration::from_secs(3600);
+
+    struct Setup {
+        gateway: Gateway,
+        store: Arc<dyn Store>,
+        bus: MemoryBus,
+        drain: Drain,
     }
 
-    /// On tokio's paused clock: a stream ends only once the drain starts, within the jitter.
+    async fn setup() -> Setup {
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new(StoreOptions::default()));
+        let bus = MemoryBus::new(64);
+        let (drain, watch) = Drain::new();
+        let config = GatewayConfig {
+            heartbeat: Duration::from_secs(15),
+            drain_jitter: Duration::from_secs(5),
+            ..GatewayConfig::default()
+        };
+        let gateway = Gateway::start(
+            config,
+            Arc::clone(&store) as Arc<dyn History>,
+            &bus,
+            Arc::new(Metrics::new()),
+            watch,
+        )
+        .await
+        .unwrap();
+        Setup {
+            gateway,
+            store,
+            bus,
+            drain,
+        }
+    }
+
+    impl Setup {
+        /// A stream on topic `t` as `open` makes it (without a request).
+        async fn stream(
+            &self,
+            last_event_id: Option<&str>,
+            expires_in: Option<Duration>,
+        ) -> Pin<Box<Live>> {
+            let gw = Arc::clone(&self.gateway.state);
+            let slot = gw.config.access.limits().open_stream(None, None).unwrap();
+            let guard = ConnectionGuard::acquire(Arc::clone(&gw), slot).unwrap();
+            let sub = gw.hub.subscribe(TopicFilter::parse(["t"]).unwrap());
+            let bounds = gw.store.bounds().await.unwrap();
+            Box::pin(connection(
+                gw,
+                sub,
+                last_event_id.map(str::to_owned),
+                bounds,
+                guard,
+                expires_in,
+            ))
+        }
+
+        async fn publish(&self, n: usize) {
+            let event = NewEvent {
+                topic: Topic::new("t").unwrap(),
+                event_type: EventType::default(),
+                data: parse_data("1".into()).unwrap(),
+            };
+            let events = self
+                .store
+                .append(vec![event; n], None)
+                .await
+                .unwrap()
+                .events;
+            self.bus.publish(&events).await.unwrap();
+        }
+    }
+
+    /// The next chunk within an hour of the paused clock, as text; `None` at the end.
+    async fn next(stream: &mut Pin<Box<Live>>) -> Option<String> {
+        let chunk = tokio::time::timeout(HOUR, stream.next())
+            .await
+            .expect("a chunk or the end within an hour");
+        chunk.map(|b| String::from_utf8(b.to_vec()).unwrap())
+    }
+
+    /// On tokio's paused clock: `retry:` first, a heartbeat after `heartbeat` of silence, and
+    /// traffic postpones it.
+    #[tokio::test(start_paused = true)]
+    async fn a_heartbeat_comes_after_silence_and_traffic_postpones_it() {
+        let setup = setup().await;
+        let mut stream = setup.stream(None, None).await;
+        let start = Instant::now();
+        assert!(next(&mut stream).await.unwrap().starts_with("retry:"));
+        assert_eq!(next(&mut stream).await.unwrap(), ":\n\n");
+        assert_eq!(start.elapsed(), Duration::from_secs(15));
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        setup.publish(1).await;
+        assert!(next(&mut stream).await.unwrap().contains("data: 1"));
+        assert_eq!(next(&mut stream).await.unwrap(), ":\n\n");
+        assert_eq!(
+            start.elapsed(),
+            Duration::from_secs(40),
+            "15 s after the event"
+        );
+        assert_eq!(next(&mut stream).await.unwrap(), ":\n\n");
+        assert_eq!(start.elapsed(), Duration::from_secs(55));
+    }
+
+    /// On tokio's paused clock: an idle stream ends only once the drain starts, within the
+    /// jitter, woken by the hub; one opened after the drain started ends too.
     #[tokio::test(start_paused = true)]
     async fn a_draining_stream_closes_within_the_jitter() {
-        let (drain, watch) = herald_runtime::Drain::new();
-        let jitter = Duration::from_secs(5);
-        let mut closing = Closing {
-            drain: watch,
-            jitter,
-            at: None,
-        };
-        let hour = Duration::from_secs(3600);
+        let setup = setup().await;
+        let mut stream = setup.stream(None, None).await;
+        next(&mut stream).await.unwrap();
         assert!(
-            tokio::time::timeout(hour, closing.due()).await.is_err(),
-            "closed with no drain"
+            tokio::time::timeout(Duration::from_secs(5), stream.next())
+                .await
+                .is_err(),
+            "no chunk and no end before the drain (the heartbeat is due at 15 s)"
         );
         let started = Instant::now();
-        drain.start();
-        closing.due().await;
-        assert!(started.elapsed() <= jitter, "{:?}", started.elapsed());
+        setup.drain.start();
+        assert_eq!(next(&mut stream).await, None);
+        assert!(
+            started.elapsed() <= Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
+        let mut late = setup.stream(None, None).await;
+        next(&mut late).await.unwrap();
+        assert_eq!(next(&mut late).await, None);
+        assert!(
+            started.elapsed() <= Duration::from_secs(10),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+
+    /// On tokio's paused clock: a token's expiry ends the stream with `herald.auth`, after the
+    /// heartbeats due before it.
+    #[tokio::test(start_paused = true)]
+    async fn an_expiring_token_ends_the_stream_with_herald_auth() {
+        let setup = setup().await;
+        let mut stream = setup.stream(None, Some(Duration::from_secs(40))).await;
+        let start = Instant::now();
+        next(&mut stream).await.unwrap();
+        assert_eq!(next(&mut stream).await.unwrap(), ":\n\n");
+        assert_eq!(next(&mut stream).await.unwrap(), ":\n\n");
+        let last = next(&mut stream).await.unwrap();
+        assert!(last.starts_with("event: herald.auth"), "{last}");
+        assert_eq!(start.elapsed(), Duration::from_secs(40));
+        assert_eq!(next(&mut stream).await, None);
+    }
+
+    /// A resume gets its verdict, the missed events, `herald.live`, then live events, each once.
+    #[tokio::test(start_paused = true)]
+    async fn a_resume_replays_then_goes_live() {
+        let setup = setup().await;
+        setup.publish(3).await;
+        let epoch = setup.gateway.state.hub.epoch();
+        // Wait for the hub to have delivered the three (the window then holds them).
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let id = EventId::new(epoch, 1).to_string();
+        let mut stream = setup.stream(Some(&id), None).await;
+        let opening = next(&mut stream).await.unwrap();
+        assert!(
+            opening.starts_with("retry:") && opening.contains(r#"{"recovered":true}"#),
+            "{opening}"
+        );
+        let mut replay = String::new();
+        while !replay.contains("herald.live") {
+            replay.push_str(&next(&mut stream).await.unwrap());
+        }
+        assert_eq!(replay.matches("data: 1").count(), 2, "{replay}");
+        assert!(replay.contains(r#"{"replayed":2}"#), "{replay}");
+        setup.publish(1).await;
+        let live = next(&mut stream).await.unwrap();
+        assert!(
+            live.contains(&format!("id: {}", EventId::new(epoch, 4))),
+            "{live}"
+        );
     }
 }

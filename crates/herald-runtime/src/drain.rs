@@ -49,11 +49,15 @@ impl DrainWatch {
 
     /// Resolves once the drain has started (at once if it already has).
     pub async fn started(&self) {
-        let mut rx = self.rx.clone();
-        // An error means the switch was dropped without draining: wait forever then.
-        if rx.wait_for(|d| *d).await.is_err() {
+        if !self.thrown().await {
             std::future::pending::<()>().await;
         }
+    }
+
+    /// Resolves with `true` once the drain has started, or with `false` when its switch is
+    /// dropped without draining (it never will then).
+    pub async fn thrown(&self) -> bool {
+        self.rx.clone().wait_for(|d| *d).await.is_ok()
     }
 }
 
@@ -80,6 +84,20 @@ mod tests {
         waiter.await.unwrap();
         assert!(watch.is_draining() && other.is_draining());
         other.started().await;
+    }
+
+    #[tokio::test]
+    async fn a_switch_dropped_without_draining_is_not_thrown() {
+        let (drain, watch) = Drain::new();
+        drop(drain);
+        assert!(!watch.thrown().await);
+        let (drain, watch) = Drain::new();
+        drain.start();
+        drop(drain);
+        assert!(
+            watch.thrown().await,
+            "the drain started before the switch was dropped"
+        );
     }
 
     #[test]

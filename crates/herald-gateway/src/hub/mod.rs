@@ -25,7 +25,7 @@ mod tests;
 use std::{
     sync::{
         Arc, RwLock,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::Duration,
 };
@@ -33,6 +33,7 @@ use std::{
 use bytes::Bytes;
 use herald_bus::Feed;
 use herald_core::{Epoch, Event, EventId, TopicFilter, TraceContext, sse};
+use herald_runtime::DrainWatch;
 use herald_store::History;
 use herald_telemetry::{Metrics, Tier, otel};
 use tracing::field::Empty;
@@ -95,6 +96,8 @@ struct Inner {
     metrics: Arc<Metrics>,
     recent: Recent,
     window: Window,
+    /// Set when the server starts draining; every subscriber is woken to notice it.
+    draining: AtomicBool,
 }
 
 /// A cheap handle on the hub.
@@ -120,6 +123,7 @@ impl Hub {
             metrics,
             recent: Recent::new(),
             window: Window::new(config.window_bytes, config.head),
+            draining: AtomicBool::new(false),
         });
         // Subscribers and queued frames are counted when /metrics is read, not tracked.
         let weak = Arc::downgrade(&inner);
@@ -180,6 +184,32 @@ impl Hub {
     /// The hub's epoch.
     pub fn epoch(&self) -> Epoch {
         self.inner.epoch
+    }
+
+    /// Tells every subscriber, present and future, that the server is draining: [`Self::draining`]
+    /// says so from now on, and each subscriber is woken (a connection notices on that wake-up,
+    /// without a drain watch of its own). Idempotent.
+    pub fn drain(&self) {
+        self.inner.draining.store(true, Ordering::Release);
+        // The flag before the wake-ups: a subscriber registered after this pass sees it set.
+        self.inner.registry.read().expect("hub registry").wake_all();
+    }
+
+    /// Whether [`Self::drain`] was called.
+    pub fn draining(&self) -> bool {
+        self.inner.draining.load(Ordering::Acquire)
+    }
+
+    /// Calls [`Self::drain`] when `drain` starts (in a task that holds the hub weakly).
+    pub fn drain_on(&self, drain: DrainWatch) {
+        let inner = Arc::downgrade(&self.inner);
+        tokio::spawn(async move {
+            if drain.thrown().await
+                && let Some(inner) = inner.upgrade()
+            {
+                Hub { inner }.drain();
+            }
+        });
     }
 }
 

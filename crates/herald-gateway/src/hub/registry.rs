@@ -155,6 +155,13 @@ impl Registry {
         (count, queued)
     }
 
+    /// Wakes every subscriber (a full queue is about to be read anyway).
+    pub(super) fn wake_all(&self) {
+        for slot in self.all() {
+            let _ = slot.push(Delivery::wake());
+        }
+    }
+
     /// Marks every subscriber lagged, and wakes it to catch up.
     pub(super) fn mark_all_lagged(&self) {
         for slot in self.all() {
@@ -180,23 +187,30 @@ impl Subscription {
     /// The next queued delivery (cancel-safe: a delivery is taken only when it is returned). The
     /// hub holds a subscriber until it is dropped, so there always is a next one to wait for.
     pub async fn recv(&mut self) -> Option<Delivery> {
-        std::future::poll_fn(|cx| {
-            let mut queue = self.slot.queue();
-            if let Some(delivery) = take(&mut queue) {
-                return Poll::Ready(Some(delivery));
-            }
-            match &mut queue.waker {
-                Some(waker) if waker.will_wake(cx.waker()) => {}
-                waker => *waker = Some(cx.waker().clone()),
-            }
-            Poll::Pending
-        })
-        .await
+        std::future::poll_fn(|cx| self.poll_recv(cx)).await
     }
 
     /// The next queued delivery, if one is queued.
     pub fn try_recv(&mut self) -> Option<Delivery> {
         take(&mut self.slot.queue())
+    }
+
+    /// The topics and patterns it was registered with.
+    pub fn filter(&self) -> &TopicFilter {
+        &self.slot.filter
+    }
+
+    /// Polls for the next queued delivery (see [`Self::recv`]).
+    pub fn poll_recv(&mut self, cx: &mut std::task::Context<'_>) -> Poll<Option<Delivery>> {
+        let mut queue = self.slot.queue();
+        if let Some(delivery) = take(&mut queue) {
+            return Poll::Ready(Some(delivery));
+        }
+        match &mut queue.waker {
+            Some(waker) if waker.will_wake(cx.waker()) => {}
+            waker => *waker = Some(cx.waker().clone()),
+        }
+        Poll::Pending
     }
 
     /// Whether the queue is empty now.
