@@ -1,7 +1,11 @@
 //! A server's CPU time and resident memory, read from `/proc` for a process and all its
 //! descendants (nginx's workers, pushpin's helpers).
 
-use std::{collections::HashMap, fs, time::Duration};
+use std::{
+    collections::{BTreeMap, HashMap},
+    fs,
+    time::Duration,
+};
 
 /// Clock ticks per second of `/proc/PID/stat` (Linux reports `USER_HZ`, 100 on every platform
 /// Herald runs on).
@@ -72,6 +76,21 @@ impl Procs {
     }
 }
 
+impl Procs {
+    /// RSS now, summed by process name (`/proc/PID/comm`): which of a deployment's processes
+    /// holds the memory.
+    pub fn rss_by_name(&self) -> BTreeMap<String, u64> {
+        let mut out = BTreeMap::new();
+        for pid in self.pids() {
+            let Some(name) = fs::read_to_string(format!("/proc/{pid}/comm")).ok() else {
+                continue;
+            };
+            *out.entry(name.trim().to_owned()).or_default() += rss_bytes(pid).unwrap_or(0);
+        }
+        out
+    }
+}
+
 /// The fields of `/proc/PID/stat` after the `(command)`.
 fn stat_fields(pid: u32) -> Option<Vec<String>> {
     let text = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -105,7 +124,11 @@ mod tests {
 
     #[test]
     fn reads_this_process() {
-        let s = Procs::new([std::process::id()]).sample();
+        let procs = Procs::new([std::process::id()]);
+        let s = procs.sample();
         assert!(s.rss > 0);
+        let by_name = procs.rss_by_name();
+        assert_eq!(by_name.len(), 1, "{by_name:?}");
+        assert!(by_name.values().all(|&rss| rss > 0));
     }
 }

@@ -4,6 +4,7 @@
 //! fast but lossy result cannot pass.
 
 use std::{
+    collections::BTreeMap,
     net::IpAddr,
     sync::{Arc, atomic::Ordering},
     time::{Duration, Instant},
@@ -143,6 +144,9 @@ pub struct Report {
     /// Server RSS per open connection, bytes (idle).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rss_per_connection: Option<f64>,
+    /// The same, by server process name (idle; a deployment's processes apart).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rss_per_connection_by_process: Option<BTreeMap<String, f64>>,
     /// Server RSS with the connections open, bytes (idle).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rss_bytes: Option<u64>,
@@ -181,6 +185,17 @@ impl Report {
         }
         if let Some(r) = self.rss_per_connection {
             s += &format!(", {:.0} B RSS/connection", r);
+        }
+        if let Some(by) = self
+            .rss_per_connection_by_process
+            .as_ref()
+            .filter(|b| b.len() > 1)
+        {
+            let each: Vec<String> = by
+                .iter()
+                .map(|(name, r)| format!("{name} {r:.0}"))
+                .collect();
+            s += &format!(" ({})", each.join(", "));
         }
         if let Some(p) = self.publishes_per_s {
             s += &format!(", {p:.0} publishes/s");
@@ -481,6 +496,7 @@ impl<'a> Base<'a> {
             client_cpu_s: client_cpu.as_secs_f64(),
             latency: None,
             rss_per_connection: None,
+            rss_per_connection_by_process: None,
             rss_bytes: None,
             catch_up_s: None,
             catch_up_events_per_s: None,
@@ -579,9 +595,11 @@ async fn flow(
 async fn idle(server: &Server, opts: &Options) -> anyhow::Result<Report> {
     let n = opts.subscribers;
     let rss0 = server.procs.sample().rss;
+    let by0 = server.procs.rss_by_name();
     let crowd = Crowd::open(server, opts, n, 1, false, false, None).await?;
     tokio::time::sleep(opts.settle.max(Duration::from_secs(2))).await;
     let rss1 = server.procs.sample().rss;
+    let by1 = server.procs.rss_by_name();
     let counters = Arc::new(Counters::default());
     let idle_opts = Options {
         messages: 1,
@@ -605,6 +623,17 @@ async fn idle(server: &Server, opts: &Options) -> anyhow::Result<Report> {
     let mut report = base.report(&t, &progress, &counters, n, end - start, spent);
     let connected = progress.connected.load(Ordering::Relaxed).max(1);
     report.rss_per_connection = Some(rss1.saturating_sub(rss0) as f64 / connected as f64);
+    report.rss_per_connection_by_process = Some(
+        by1.iter()
+            .map(|(name, &rss)| {
+                let before = by0.get(name).copied().unwrap_or(0);
+                (
+                    name.clone(),
+                    rss.saturating_sub(before) as f64 / connected as f64,
+                )
+            })
+            .collect(),
+    );
     report.rss_bytes = Some(rss1);
     Ok(report)
 }

@@ -678,7 +678,13 @@ fn print_ratios(reports: &[Report]) {
             .map(|rs| median(rs.iter().filter_map(|r| f(r)).collect()))
     };
     type Metric<'a> = &'a dyn Fn(&Report) -> Option<f64>;
-    let rows: [(&str, &str, Metric<'_>); 8] = [
+    // The Herald process alone (standalone's `herald`, distributed's `herald-gateway`), without
+    // the deployment's NATS, MongoDB and ingest.
+    let herald_alone = |r: &Report| {
+        let by = r.rss_per_connection_by_process.as_ref()?;
+        by.get("herald-gateway").or(by.get("herald")).copied()
+    };
+    let rows: [(&str, &str, Metric<'_>); 9] = [
         ("fanout", "deliveries/s", &|r| Some(r.deliveries_per_s)),
         ("fanout", "server CPU µs/delivery", &|r| {
             Some(r.server_cpu_us_per_delivery)
@@ -686,6 +692,11 @@ fn print_ratios(reports: &[Report]) {
         ("latency", "p50 ms", &|r| r.latency.map(|l| l.p50_ms)),
         ("latency", "p99 ms", &|r| r.latency.map(|l| l.p99_ms)),
         ("idle", "RSS bytes/connection", &|r| r.rss_per_connection),
+        (
+            "idle",
+            "RSS bytes/connection, Herald's process",
+            &herald_alone,
+        ),
         ("resume", "catch-up events/s", &|r| r.catch_up_events_per_s),
         ("publish", "publishes/s", &|r| r.publishes_per_s),
         ("storm", "s until all caught up", &|r| r.catch_up_s),
