@@ -63,31 +63,43 @@ impl Procs {
     pub fn sample(&self) -> Sample {
         let mut s = Sample::default();
         for pid in self.pids() {
-            let Some(f) = stat_fields(pid) else { continue };
-            // After the command: state(0) ppid(1) … utime(11) stime(12) … rss(21, pages).
-            let ticks: u64 = [11, 12]
-                .iter()
-                .filter_map(|&i| f.get(i)?.parse::<u64>().ok())
-                .sum();
-            s.cpu += Duration::from_secs_f64(ticks as f64 / TICKS_PER_S);
-            s.rss += rss_bytes(pid).unwrap_or(0);
+            let one = sample_pid(pid);
+            s.cpu += one.cpu;
+            s.rss += one.rss;
         }
         s
     }
-}
 
-impl Procs {
-    /// RSS now, summed by process name (`/proc/PID/comm`): which of a deployment's processes
-    /// holds the memory.
-    pub fn rss_by_name(&self) -> BTreeMap<String, u64> {
-        let mut out = BTreeMap::new();
+    /// CPU and RSS now, summed by process name (`/proc/PID/comm`): which of a deployment's
+    /// processes spends the time and holds the memory.
+    pub fn sample_by_name(&self) -> BTreeMap<String, Sample> {
+        let mut out: BTreeMap<String, Sample> = BTreeMap::new();
         for pid in self.pids() {
             let Some(name) = fs::read_to_string(format!("/proc/{pid}/comm")).ok() else {
                 continue;
             };
-            *out.entry(name.trim().to_owned()).or_default() += rss_bytes(pid).unwrap_or(0);
+            let one = sample_pid(pid);
+            let entry = out.entry(name.trim().to_owned()).or_default();
+            entry.cpu += one.cpu;
+            entry.rss += one.rss;
         }
         out
+    }
+}
+
+/// One process's CPU and RSS now (nothing for a process that is gone).
+fn sample_pid(pid: u32) -> Sample {
+    let Some(f) = stat_fields(pid) else {
+        return Sample::default();
+    };
+    // After the command: state(0) ppid(1) … utime(11) stime(12) … rss(21, pages).
+    let ticks: u64 = [11, 12]
+        .iter()
+        .filter_map(|&i| f.get(i)?.parse::<u64>().ok())
+        .sum();
+    Sample {
+        cpu: Duration::from_secs_f64(ticks as f64 / TICKS_PER_S),
+        rss: rss_bytes(pid).unwrap_or(0),
     }
 }
 
@@ -127,8 +139,8 @@ mod tests {
         let procs = Procs::new([std::process::id()]);
         let s = procs.sample();
         assert!(s.rss > 0);
-        let by_name = procs.rss_by_name();
+        let by_name = procs.sample_by_name();
         assert_eq!(by_name.len(), 1, "{by_name:?}");
-        assert!(by_name.values().all(|&rss| rss > 0));
+        assert!(by_name.values().all(|s| s.rss > 0));
     }
 }

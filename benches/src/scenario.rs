@@ -136,6 +136,9 @@ pub struct Report {
     pub server_cpu_s: f64,
     /// Server CPU per delivery, µs.
     pub server_cpu_us_per_delivery: f64,
+    /// The same, by server process name (a deployment's processes apart).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_cpu_us_per_delivery_by_process: Option<BTreeMap<String, f64>>,
     /// The load generator's own CPU time, s.
     pub client_cpu_s: f64,
     /// Latency percentiles.
@@ -177,6 +180,13 @@ impl Report {
             self.deliveries_per_s,
             self.server_cpu_us_per_delivery
         );
+        if let Some(by) = &self.server_cpu_us_per_delivery_by_process {
+            let each: Vec<String> = by
+                .iter()
+                .map(|(name, c)| format!("{name} {c:.2}"))
+                .collect();
+            s += &format!(" ({})", each.join(", "));
+        }
         if let Some(l) = self.latency {
             s += &format!(
                 ", latency p50 {:.2} p90 {:.2} p99 {:.2} max {:.2} ms",
@@ -415,13 +425,24 @@ struct Base<'a> {
     subscribers: u64,
     start: Instant,
     server_cpu: Duration,
+    server_cpu_by_name: BTreeMap<String, Duration>,
     client_cpu: Duration,
 }
 
-/// CPU time spent in a span: the server's, the load generator's.
+/// CPU time spent in a span: the server's (in all and by process name), the load generator's.
 struct Spent {
     server: Duration,
+    server_by_name: BTreeMap<String, Duration>,
     client: Duration,
+}
+
+/// CPU time by process name.
+fn cpu_by_name(procs: &crate::procfs::Procs) -> BTreeMap<String, Duration> {
+    procs
+        .sample_by_name()
+        .into_iter()
+        .map(|(name, s)| (name, s.cpu))
+        .collect()
 }
 
 impl<'a> Base<'a> {
@@ -433,6 +454,7 @@ impl<'a> Base<'a> {
             opts,
             subscribers,
             server_cpu: server.procs.sample().cpu,
+            server_cpu_by_name: cpu_by_name(&server.procs),
             client_cpu: own_cpu(),
             start: Instant::now(),
         }
@@ -447,6 +469,13 @@ impl<'a> Base<'a> {
                 .sample()
                 .cpu
                 .saturating_sub(self.server_cpu),
+            server_by_name: cpu_by_name(&self.server.procs)
+                .into_iter()
+                .map(|(name, cpu)| {
+                    let before = self.server_cpu_by_name.get(&name).copied();
+                    (name, cpu.saturating_sub(before.unwrap_or_default()))
+                })
+                .collect(),
             client: own_cpu().saturating_sub(self.client_cpu),
         }
     }
@@ -465,6 +494,13 @@ impl<'a> Base<'a> {
         let connected = progress.connected.load(Ordering::Relaxed);
         let publish_errors = counters.errors.load(Ordering::Relaxed);
         let connect_failures = progress.failures.load(Ordering::Relaxed);
+        let per_delivery = |cpu: Duration| {
+            if tally.delivered > 0 {
+                cpu.as_secs_f64() * 1e6 / tally.delivered as f64
+            } else {
+                0.0
+            }
+        };
         Report {
             scenario: self.scenario.name().into(),
             server: self.server.name.clone(),
@@ -488,11 +524,14 @@ impl<'a> Base<'a> {
             },
             publishes_per_s: None,
             server_cpu_s: cpu.as_secs_f64(),
-            server_cpu_us_per_delivery: if tally.delivered > 0 {
-                cpu.as_secs_f64() * 1e6 / tally.delivered as f64
-            } else {
-                0.0
-            },
+            server_cpu_us_per_delivery: per_delivery(cpu),
+            server_cpu_us_per_delivery_by_process: (spent.server_by_name.len() > 1).then(|| {
+                spent
+                    .server_by_name
+                    .iter()
+                    .map(|(name, &cpu)| (name.clone(), per_delivery(cpu)))
+                    .collect()
+            }),
             client_cpu_s: client_cpu.as_secs_f64(),
             latency: None,
             rss_per_connection: None,
@@ -595,11 +634,11 @@ async fn flow(
 async fn idle(server: &Server, opts: &Options) -> anyhow::Result<Report> {
     let n = opts.subscribers;
     let rss0 = server.procs.sample().rss;
-    let by0 = server.procs.rss_by_name();
+    let by0 = server.procs.sample_by_name();
     let crowd = Crowd::open(server, opts, n, 1, false, false, None).await?;
     tokio::time::sleep(opts.settle.max(Duration::from_secs(2))).await;
     let rss1 = server.procs.sample().rss;
-    let by1 = server.procs.rss_by_name();
+    let by1 = server.procs.sample_by_name();
     let counters = Arc::new(Counters::default());
     let idle_opts = Options {
         messages: 1,
@@ -625,12 +664,10 @@ async fn idle(server: &Server, opts: &Options) -> anyhow::Result<Report> {
     report.rss_per_connection = Some(rss1.saturating_sub(rss0) as f64 / connected as f64);
     report.rss_per_connection_by_process = Some(
         by1.iter()
-            .map(|(name, &rss)| {
-                let before = by0.get(name).copied().unwrap_or(0);
-                (
-                    name.clone(),
-                    rss.saturating_sub(before) as f64 / connected as f64,
-                )
+            .map(|(name, now)| {
+                let before = by0.get(name).map_or(0, |s| s.rss);
+                let grown = now.rss.saturating_sub(before);
+                (name.clone(), grown as f64 / connected as f64)
             })
             .collect(),
     );

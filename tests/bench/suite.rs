@@ -674,8 +674,11 @@ fn print_ratios(reports: &[Report]) {
             .push(r);
     }
     let metric = |scenario: &str, server: &str, f: &dyn Fn(&Report) -> Option<f64>| {
+        // A server that does not report the metric (nchan has no "Herald process") has no cell.
         by.get(&(scenario.to_owned(), server.to_owned()))
-            .map(|rs| median(rs.iter().filter_map(|r| f(r)).collect()))
+            .map(|rs| rs.iter().filter_map(|r| f(r)).collect::<Vec<_>>())
+            .filter(|values| !values.is_empty())
+            .map(median)
     };
     type Metric<'a> = &'a dyn Fn(&Report) -> Option<f64>;
     // The Herald process alone (standalone's `herald`, distributed's `herald-gateway`), without
