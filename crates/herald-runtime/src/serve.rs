@@ -236,7 +236,6 @@ async fn accept_loop(
             accepted = listener.accept() => accepted,
             () = &mut stop => break,
         };
-        // Held for the connection's life, so that the drain waits for it, whichever path serves it.
         let connection = Box::new(Connection {
             io,
             peer,
@@ -322,9 +321,7 @@ impl Connections {
             }
         }
     }
-}
 
-impl Connections {
     /// Hyper's connection from here on, with the bytes read so far. Built outside [`Self::serve`]
     /// (and boxed) so that a lean connection's state does not reserve room for hyper's.
     fn hand_over(
