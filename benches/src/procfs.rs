@@ -117,6 +117,25 @@ fn rss_bytes(pid: u32) -> Option<u64> {
     Some(kb * 1024)
 }
 
+/// Connections the kernel dropped at a full listen queue, machine-wide (this network namespace):
+/// `ListenDrops` of `/proc/net/netstat`. A client whose handshake is dropped retries it only
+/// after 1 s, then 3, 7, 15 s... from its first try.
+pub fn listen_drops() -> Option<u64> {
+    netstat("TcpExt:", "ListenDrops")
+}
+
+/// One counter of `/proc/net/netstat`, where each group is a line of names and a line of values.
+fn netstat(group: &str, name: &str) -> Option<u64> {
+    let text = fs::read_to_string("/proc/net/netstat").ok()?;
+    let mut lines = text.lines().filter(|l| l.starts_with(group));
+    while let (Some(names), Some(values)) = (lines.next(), lines.next()) {
+        if let Some(i) = names.split_whitespace().position(|n| n == name) {
+            return values.split_whitespace().nth(i)?.parse().ok();
+        }
+    }
+    None
+}
+
 /// This process's own CPU time (not its children's: the suite's servers are its children).
 pub fn own_cpu() -> Duration {
     let ticks: u64 = stat_fields(std::process::id())
@@ -133,6 +152,11 @@ pub fn own_cpu() -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_the_listen_drops() {
+        assert!(listen_drops().is_some());
+    }
 
     #[test]
     fn reads_this_process() {

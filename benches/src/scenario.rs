@@ -16,7 +16,7 @@ use tokio::{sync::watch, task::JoinSet};
 
 use crate::{
     http::Url,
-    procfs::{Procs, own_cpu},
+    procfs::{self, Procs, own_cpu},
     publish::{self, Counters, Plan},
     sub::{self, Progress, Spec, Tracker},
 };
@@ -157,6 +157,13 @@ pub struct Report {
     /// every message published before, s.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub catch_up_s: Option<f64>,
+    /// Each subscriber's time from the kill until it had caught up, ms (storm).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub catch_up_each: Option<Latency>,
+    /// Connections the kernel dropped at a full listen queue during the run, machine-wide
+    /// (storm): each one is a client whose TCP retries its handshake a second or more later.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen_drops: Option<u64>,
     /// Replayed events per second (resume).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub catch_up_events_per_s: Option<f64>,
@@ -215,6 +222,15 @@ impl Report {
         }
         if let Some(r) = self.catch_up_events_per_s {
             s += &format!(" ({r:.0} events/s)");
+        }
+        if let Some(l) = self.catch_up_each {
+            s += &format!(
+                " (each: p50 {:.0} p90 {:.0} p99 {:.0} max {:.0} ms)",
+                l.p50_ms, l.p90_ms, l.p99_ms, l.max_ms
+            );
+        }
+        if let Some(d) = self.listen_drops {
+            s += &format!(", {d} listen drops");
         }
         s += &format!(
             "; missing {} dup {} out-of-order {} failures {} {}",
@@ -399,21 +415,28 @@ fn tally(trackers: &[Tracker], total: u64) -> Tally {
     }
 }
 
-fn percentiles(trackers: &mut [Tracker]) -> Option<Latency> {
-    let mut all: Vec<u32> = trackers
+/// The percentiles of every subscriber's delivery latencies.
+fn latencies(trackers: &mut [Tracker]) -> Option<Latency> {
+    let all = trackers
         .iter_mut()
         .flat_map(|t| std::mem::take(&mut t.latencies_us))
+        .map(|us| f64::from(us) / 1000.0)
         .collect();
+    percentiles(all)
+}
+
+/// The percentiles of `all`, in ms.
+fn percentiles(mut all: Vec<f64>) -> Option<Latency> {
     if all.is_empty() {
         return None;
     }
-    all.sort_unstable();
-    let at = |q: f64| all[((all.len() as f64 * q) as usize).min(all.len() - 1)] as f64 / 1000.0;
+    all.sort_unstable_by(f64::total_cmp);
+    let at = |q: f64| all[((all.len() as f64 * q) as usize).min(all.len() - 1)];
     Some(Latency {
         p50_ms: at(0.50),
         p90_ms: at(0.90),
         p99_ms: at(0.99),
-        max_ms: *all.last().expect("non-empty") as f64 / 1000.0,
+        max_ms: *all.last().expect("non-empty"),
     })
 }
 
@@ -538,6 +561,8 @@ impl<'a> Base<'a> {
             rss_per_connection_by_process: None,
             rss_bytes: None,
             catch_up_s: None,
+            catch_up_each: None,
+            listen_drops: None,
             catch_up_events_per_s: None,
             caught_up: None,
             ok: tally.missing == 0
@@ -622,7 +647,7 @@ async fn flow(
     let end = t.last_at.unwrap_or_else(Instant::now).max(start);
     let mut report = base.report(&t, &progress, &counters, n * m, end - start, spent);
     if latency {
-        report.latency = percentiles(&mut trackers);
+        report.latency = latencies(&mut trackers);
     }
     if scenario == Scenario::Publish {
         report.publishes_per_s = Some(outcome.acked as f64 / outcome.elapsed.as_secs_f64());
@@ -771,6 +796,7 @@ async fn storm(server: &Server, opts: &Options, kill: Kill) -> anyhow::Result<Re
     };
     // A quarter of the messages flow before the kill.
     tokio::time::sleep(Duration::from_secs_f64(m as f64 / opts.rate / 4.0)).await;
+    let drops = procfs::listen_drops();
     kill().await?;
     let killed_at = Instant::now();
     // Caught up: has every message up to the first one published after the kill.
@@ -797,6 +823,13 @@ async fn storm(server: &Server, opts: &Options, kill: Kill) -> anyhow::Result<Re
         .max()
         .unwrap_or(killed_at);
     report.catch_up_s = Some((last - killed_at).as_secs_f64());
+    let each: Vec<f64> = trackers
+        .iter()
+        .filter_map(|t| t.caught_up_at)
+        .map(|at| at.saturating_duration_since(killed_at).as_secs_f64() * 1e3)
+        .collect();
+    report.catch_up_each = percentiles(each);
+    report.listen_drops = drops.zip(procfs::listen_drops()).map(|(a, b)| b - a);
     report.caught_up = Some(caught_up);
     report.ok &= caught_up == n;
     Ok(report)
