@@ -122,8 +122,12 @@ impl<'a> Replay<'a> {
         if self.done {
             return Ok(None);
         }
-        let limit = self.gw.config.replay_page;
-        if let Some(page) = self.gw.hub.window_page(self.filter, self.last, limit) {
+        let (limit, max_bytes) = (self.gw.config.replay_page, self.gw.config.replay_bytes);
+        if let Some(page) = self
+            .gw
+            .hub
+            .window_page(self.filter, self.last, (limit, max_bytes))
+        {
             self.replayed += page.frames.len() as u64;
             self.last = page.next_after;
             self.done = page.end;
@@ -134,10 +138,7 @@ impl<'a> Replay<'a> {
             Some((cursor, at)) if at == self.last => cursor,
             _ => SyncWrapper::new(self.gw.store.cursor(self.filter.clone(), self.last)),
         };
-        let page = cursor
-            .get_mut()
-            .next(limit, self.gw.config.replay_bytes)
-            .await?;
+        let page = cursor.get_mut().next(limit, max_bytes).await?;
         if !page.end {
             self.cursor = Some((cursor, page.next_after));
         }

@@ -122,15 +122,21 @@ impl Window {
         c.to = seq - 1;
     }
 
-    /// At most `limit` frames matching `filter` after `after`, or `None` when the window does not
-    /// cover the sequence right after `after` (read the store instead).
-    pub fn read(&self, filter: &TopicFilter, after: u64, limit: usize) -> Option<WindowPage> {
+    /// At most `limit` frames matching `filter` after `after`, and none past the one that brings
+    /// them to `max_bytes`; `None` when the window does not cover the sequence right after
+    /// `after` (read the store instead).
+    pub fn read(
+        &self,
+        filter: &TopicFilter,
+        after: u64,
+        (limit, max_bytes): (usize, usize),
+    ) -> Option<WindowPage> {
         let c = self.covered.read().expect("window");
         if after + 1 < c.from {
             return None;
         }
         let start = c.entries.partition_point(|e| e.seq <= after);
-        let mut frames = Vec::new();
+        let (mut frames, mut bytes) = (Vec::new(), 0);
         let mut next_after = after;
         for entry in c
             .entries
@@ -139,8 +145,9 @@ impl Window {
         {
             next_after = entry.seq;
             if filter.matches(entry.topic.as_str()) {
+                bytes += entry.frame.len();
                 frames.push(entry.frame.clone());
-                if frames.len() >= limit {
+                if frames.len() >= limit || bytes >= max_bytes {
                     break;
                 }
             }
@@ -195,23 +202,23 @@ mod tests {
                 &frame(seq),
             );
         }
-        let page = w.read(&filter("a"), 10, 100).unwrap();
+        let page = w.read(&filter("a"), 10, (100, usize::MAX)).unwrap();
         assert_eq!(seqs(&page), [12, 14, 16, 18, 20]);
         assert!(page.end);
         assert_eq!(page.next_after, 20);
         // Paged: three at a time.
-        let page = w.read(&filter(">"), 13, 3).unwrap();
+        let page = w.read(&filter(">"), 13, (3, usize::MAX)).unwrap();
         assert_eq!(seqs(&page), [14, 15, 16]);
         assert!(!page.end);
         assert_eq!(page.next_after, 16);
         // Up to date, or ahead of the hub: nothing to send, go live.
-        let page = w.read(&filter(">"), 20, 3).unwrap();
+        let page = w.read(&filter(">"), 20, (3, usize::MAX)).unwrap();
         assert!(page.frames.is_empty() && page.end && page.next_after == 20);
-        let page = w.read(&filter(">"), 25, 3).unwrap();
+        let page = w.read(&filter(">"), 25, (3, usize::MAX)).unwrap();
         assert!(page.frames.is_empty() && page.end && page.next_after == 25);
         // Before the window (9 is not covered): the store.
-        assert!(w.read(&filter(">"), 8, 3).is_none());
-        assert!(w.read(&filter(">"), 10, 3).is_some());
+        assert!(w.read(&filter(">"), 8, (3, usize::MAX)).is_none());
+        assert!(w.read(&filter(">"), 10, (3, usize::MAX)).is_some());
     }
 
     #[test]
@@ -222,9 +229,12 @@ mod tests {
             w.push(seq, &topic("a"), &frame(seq));
         }
         assert!(w.bytes() <= size * 4);
-        assert!(w.read(&filter("a"), 15, 10).is_none(), "16 has left");
+        assert!(
+            w.read(&filter("a"), 15, (10, usize::MAX)).is_none(),
+            "16 has left"
+        );
         assert_eq!(
-            seqs(&w.read(&filter("a"), 16, 10).unwrap()),
+            seqs(&w.read(&filter("a"), 16, (10, usize::MAX)).unwrap()),
             [17, 18, 19, 20]
         );
     }
@@ -236,15 +246,18 @@ mod tests {
         // 2..=4 had no event (a gap fill read past them); 5 arrives.
         w.cover(4);
         w.push(5, &topic("a"), &frame(5));
-        let page = w.read(&filter("a"), 0, 10).unwrap();
+        let page = w.read(&filter("a"), 0, (10, usize::MAX)).unwrap();
         assert_eq!(seqs(&page), [1, 5]);
         // 6..=9 could not be read: nothing before 10 is covered any more.
         w.restart(10);
-        assert!(w.read(&filter("a"), 5, 10).is_none());
-        let page = w.read(&filter("a"), 9, 10).unwrap();
+        assert!(w.read(&filter("a"), 5, (10, usize::MAX)).is_none());
+        let page = w.read(&filter("a"), 9, (10, usize::MAX)).unwrap();
         assert!(page.frames.is_empty() && page.end);
         w.push(10, &topic("a"), &frame(10));
-        assert_eq!(seqs(&w.read(&filter("a"), 9, 10).unwrap()), [10]);
+        assert_eq!(
+            seqs(&w.read(&filter("a"), 9, (10, usize::MAX)).unwrap()),
+            [10]
+        );
     }
 
     #[test]
@@ -261,7 +274,7 @@ mod tests {
         let mut got = Vec::new();
         let mut reads = 0;
         loop {
-            let page = w.read(&filter("rare"), after, 2).unwrap();
+            let page = w.read(&filter("rare"), after, (2, usize::MAX)).unwrap();
             reads += 1;
             got.extend(seqs(&page));
             after = page.next_after;
@@ -278,18 +291,18 @@ mod tests {
         let w = Window::new(0, 0);
         w.push(1, &topic("a"), &frame(1));
         w.cover(1);
-        assert!(w.read(&filter("a"), 0, 10).is_none());
+        assert!(w.read(&filter("a"), 0, (10, usize::MAX)).is_none());
         assert_eq!(w.bytes(), 0);
         // Up to date with the hub: nothing to replay, go live.
-        let page = w.read(&filter("a"), 1, 10).unwrap();
+        let page = w.read(&filter("a"), 1, (10, usize::MAX)).unwrap();
         assert!(page.frames.is_empty() && page.end && page.next_after == 1);
     }
 
     /// Property, against a plain model (every event that exists, in a map): whatever sequence of
     /// pushes, covered gaps, restarts over events the window never saw, and evictions, paging
     /// through a read that the window accepts yields exactly the model's matching events after
-    /// the asked sequence, in order — never one skipped, never one invented — and the window
-    /// stays within its bytes. Seeded: a failure names its seed.
+    /// the asked sequence, in order — never one skipped, never one invented — each page within its
+    /// count and byte budget, and the window stays within its bytes. Seeded: a failure names its seed.
     #[test]
     fn paging_matches_a_plain_model() {
         const TOPICS: &[&str] = &["a", "a.x", "b"];
@@ -330,11 +343,18 @@ mod tests {
                 let f = FILTERS[rng.usize(..FILTERS.len())];
                 let after = rng.u64(0..=last + 1);
                 let limit = rng.usize(1..6);
+                let max_bytes = [usize::MAX, 1, frame(100).len() * 2][rng.usize(0..3)];
                 let mut at = after;
                 let mut got = Vec::new();
                 let mut pages = 0;
-                while let Some(page) = w.read(&filter(f), at, limit) {
+                while let Some(page) = w.read(&filter(f), at, (limit, max_bytes)) {
                     assert!(page.frames.len() <= limit);
+                    // Only the last frame may take the page to its byte budget.
+                    let before_last: usize = page.frames.iter().rev().skip(1).map(Bytes::len).sum();
+                    assert!(
+                        before_last < max_bytes,
+                        "seed {seed}: over {max_bytes} bytes"
+                    );
                     assert!(page.next_after >= at, "seed {seed}: went back");
                     got.extend(seqs(&page));
                     pages += 1;

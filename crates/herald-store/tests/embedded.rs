@@ -1,4 +1,5 @@
-//! What only the embedded store promises: durability across reopen and group commit.
+//! What only the embedded store promises: durability across reopen, group commit, and replay
+//! pages bounded by bytes.
 
 use std::sync::Arc;
 
@@ -136,4 +137,49 @@ async fn bounds_read_after_a_page_cover_every_trim_the_page_saw() {
     done.store(true, std::sync::atomic::Ordering::Relaxed);
     let checked = reader.await.unwrap();
     assert!(checked > 100, "only {checked} pages checked");
+}
+
+/// A replay's cursor cuts its pages at the byte budget (past a page's first event) as well as at
+/// the event count, for exact topics and for patterns, and still reads every event once.
+#[tokio::test]
+async fn a_cursor_cuts_its_pages_at_the_byte_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = EmbeddedStore::open(dir.path(), StoreOptions::default()).unwrap();
+    let big = |n: u64| NewEvent {
+        data: parse_data(format!("\"{n:0>1000}\"")).unwrap(),
+        ..new_event(n)
+    };
+    store
+        .append((1..=20).map(big).collect(), None)
+        .await
+        .unwrap();
+    for names in [["t"], ["*"]] {
+        let filter = TopicFilter::parse(names).unwrap();
+        // A budget of 1 byte: one event per page.
+        let mut cursor = store.cursor(filter.clone(), 0);
+        let mut sizes = Vec::new();
+        loop {
+            let page = cursor.next(100, 1).await.unwrap();
+            sizes.push(page.events.len());
+            if page.end {
+                break;
+            }
+        }
+        assert_eq!(sizes.iter().sum::<usize>(), 20, "{names:?}: {sizes:?}");
+        assert!(sizes.iter().all(|&n| n <= 1), "{names:?}: {sizes:?}");
+        // Room for about five 1 KB events: pages of five, whatever the count allows.
+        let mut cursor = store.cursor(filter, 0);
+        let (mut seqs, mut sizes) = (Vec::new(), Vec::new());
+        loop {
+            let page = cursor.next(100, 5 * 1000).await.unwrap();
+            sizes.push(page.events.len());
+            seqs.extend(page.events.iter().map(|e| e.seq));
+            if page.end {
+                break;
+            }
+        }
+        assert_eq!(seqs, (1..=20).collect::<Vec<_>>(), "{names:?}");
+        assert!(sizes.iter().all(|&n| n <= 5), "{names:?}: {sizes:?}");
+        assert!(sizes.len() >= 4, "{names:?}: {sizes:?}");
+    }
 }

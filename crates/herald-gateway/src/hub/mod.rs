@@ -155,16 +155,16 @@ impl Hub {
         Subscription::new(slot, Arc::clone(&self.inner))
     }
 
-    /// Frames of recently delivered events matching `filter` after `after`, at most `limit`; or
-    /// `None` when the window no longer covers `after + 1` (read the store). Events past the page
+    /// Frames of recently delivered events matching `filter` after `after`, at most `limit` of them
+    /// and none past the one that brings them to `max_bytes` (`bounds` is both); or `None` when the window no longer covers `after + 1` (read the store). Events past the page
     /// reach a subscriber registered before the read through its queue.
     pub fn window_page(
         &self,
         filter: &TopicFilter,
         after: u64,
-        limit: usize,
+        bounds: (usize, usize),
     ) -> Option<WindowPage> {
-        let page = self.inner.window.read(filter, after, limit)?;
+        let page = self.inner.window.read(filter, after, bounds)?;
         self.inner
             .metrics
             .replay_read(Tier::Window, page.frames.len() as u64);

@@ -312,7 +312,7 @@ async fn any_reordering_duplication_or_loss_of_the_feed_delivers_in_order_once()
             assert!(sub.is_empty(), "seed {seed}: more than once");
             assert!(!sub.lagged(), "seed {seed}");
             // The window holds the same events (or sends the reader to the store).
-            if let Some(page) = hub.window_page(&filter, 0, 10_000) {
+            if let Some(page) = hub.window_page(&filter, 0, (10_000, usize::MAX)) {
                 assert!(page.end, "seed {seed}");
                 assert_eq!(page.frames.len(), want.len(), "seed {seed}: window");
             }

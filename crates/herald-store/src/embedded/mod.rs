@@ -25,11 +25,13 @@ use std::{
 };
 
 use async_trait::async_trait;
-use herald_core::{Bounds, Epoch, Event, NewEvent, Topic};
+use herald_core::{Bounds, Epoch, Event, NewEvent, Topic, TopicFilter};
 use redb::{Database, ReadableDatabase, TableDefinition};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::{Appended, History, Idempotency, Page, ReadQuery, Store, StoreError, StoreOptions};
+use crate::{
+    Appended, Cursor, History, Idempotency, Page, ReadQuery, Store, StoreError, StoreOptions,
+};
 
 const EVENTS: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("events");
 const BY_TOPIC: TableDefinition<'_, (&str, u64), ()> = TableDefinition::new("by_topic");
@@ -150,6 +152,32 @@ impl EmbeddedStore {
     }
 }
 
+/// A replay's reads: each page is a read of its own snapshot (redb reads cost no round trip), cut
+/// at the page's byte budget as well as its event count.
+#[derive(Debug)]
+struct EmbeddedCursor<'a> {
+    store: &'a EmbeddedStore,
+    filter: TopicFilter,
+    after: u64,
+}
+
+#[async_trait]
+impl Cursor for EmbeddedCursor<'_> {
+    async fn next(&mut self, limit: usize, max_bytes: usize) -> Result<Page, StoreError> {
+        let query = ReadQuery {
+            filter: self.filter.clone(),
+            after: self.after,
+            limit,
+        };
+        let page = self
+            .store
+            .blocking(move |s| read::page(&s.db.begin_read()?, &query, max_bytes))
+            .await?;
+        self.after = page.next_after;
+        Ok(page)
+    }
+}
+
 fn state_head(shared: &Shared) -> u64 {
     shared.head.load(Ordering::Acquire)
 }
@@ -157,8 +185,16 @@ fn state_head(shared: &Shared) -> u64 {
 #[async_trait]
 impl History for EmbeddedStore {
     async fn read(&self, query: ReadQuery) -> Result<Page, StoreError> {
-        self.blocking(move |s| read::page(&s.db.begin_read()?, &query))
+        self.blocking(move |s| read::page(&s.db.begin_read()?, &query, usize::MAX))
             .await
+    }
+
+    fn cursor<'a>(&'a self, filter: TopicFilter, after: u64) -> Box<dyn Cursor + 'a> {
+        Box::new(EmbeddedCursor {
+            store: self,
+            filter,
+            after,
+        })
     }
 
     async fn latest(&self, topic: &Topic, limit: usize) -> Result<Vec<Arc<Event>>, StoreError> {

@@ -11,7 +11,13 @@ use crate::{Page, ReadQuery, StoreError};
 /// How many rows a pattern read examines for one page before it returns what it has.
 const SCAN_PER_PAGE: usize = 16_384;
 
-pub(super) fn page(txn: &ReadTransaction, query: &ReadQuery) -> Result<Page, StoreError> {
+/// A page of `query`, also cut after the event that brings its encoded records to `max_bytes`
+/// (a page holds at least one event).
+pub(super) fn page(
+    txn: &ReadTransaction,
+    query: &ReadQuery,
+    max_bytes: usize,
+) -> Result<Page, StoreError> {
     let head = txn
         .open_table(META)?
         .get(META_HEAD)?
@@ -20,9 +26,9 @@ pub(super) fn page(txn: &ReadTransaction, query: &ReadQuery) -> Result<Page, Sto
     let events = txn.open_table(EVENTS)?;
     let limit = query.limit.max(1);
     let mut page = if query.filter.patterns().is_empty() {
-        by_index(txn, &events, &query.filter, query.after, limit)?
+        by_index(txn, &events, &query.filter, query.after, (limit, max_bytes))?
     } else {
-        by_scan(&events, &query.filter, query.after, limit)?
+        by_scan(&events, &query.filter, query.after, (limit, max_bytes))?
     };
     if page.end {
         page.next_after = page.next_after.max(head);
@@ -30,13 +36,14 @@ pub(super) fn page(txn: &ReadTransaction, query: &ReadQuery) -> Result<Page, Sto
     Ok(page)
 }
 
-/// Exact topics: the first `limit` sequences after `after` of each topic, merged.
+/// Exact topics: the first `limit` sequences after `after` of each topic, merged, then fetched
+/// until the page holds `max_bytes`.
 fn by_index(
     txn: &ReadTransaction,
     events: &ReadOnlyTable<u64, &'static [u8]>,
     filter: &TopicFilter,
     after: u64,
-    limit: usize,
+    (limit, max_bytes): (usize, usize),
 ) -> Result<Page, StoreError> {
     let index = txn.open_table(BY_TOPIC)?;
     let mut seqs = Vec::new();
@@ -47,35 +54,47 @@ fn by_index(
         }
     }
     seqs.sort_unstable();
-    let end = seqs.len() <= limit;
+    let mut end = seqs.len() <= limit;
     seqs.truncate(limit);
-    let events = fetch(events, &seqs)?;
+    let (mut out, mut bytes) = (Vec::with_capacity(seqs.len()), 0);
+    for &seq in &seqs {
+        if bytes >= max_bytes {
+            end = false;
+            break;
+        }
+        let record = events.get(seq)?.ok_or_else(|| missing(seq))?;
+        bytes += record.value().len();
+        out.push(Arc::new(codec::decode(seq, record.value())?));
+    }
     Ok(Page {
-        next_after: seqs.last().copied().unwrap_or(after),
-        events,
+        next_after: out.last().map_or(after, |e| e.seq),
+        events: out,
         end,
     })
 }
 
-/// Patterns: walk the log from `after`, examining at most [`SCAN_PER_PAGE`] rows.
+/// Patterns: walk the log from `after`, examining at most [`SCAN_PER_PAGE`] rows, until the page
+/// holds `limit` events or `max_bytes`.
 fn by_scan(
     events: &ReadOnlyTable<u64, &'static [u8]>,
     filter: &TopicFilter,
     after: u64,
-    limit: usize,
+    (limit, max_bytes): (usize, usize),
 ) -> Result<Page, StoreError> {
     let mut page = Page {
         next_after: after,
         ..Page::default()
     };
+    let mut bytes = 0;
     for (scanned, entry) in events.range(after + 1..)?.enumerate() {
         let (key, value) = entry?;
         let (seq, record) = (key.value(), value.value());
         page.next_after = seq;
         if filter.matches(codec::header(record)?.topic) {
+            bytes += record.len();
             page.events.push(Arc::new(codec::decode(seq, record)?));
         }
-        if page.events.len() >= limit || scanned + 1 >= SCAN_PER_PAGE {
+        if page.events.len() >= limit || bytes >= max_bytes || scanned + 1 >= SCAN_PER_PAGE {
             return Ok(page);
         }
     }
@@ -89,12 +108,14 @@ fn fetch(
 ) -> Result<Vec<Arc<Event>>, StoreError> {
     let mut out = Vec::with_capacity(seqs.len());
     for &seq in seqs {
-        let record = events.get(seq)?.ok_or_else(|| {
-            StoreError::Backend(format!("index names missing event {seq}").into())
-        })?;
+        let record = events.get(seq)?.ok_or_else(|| missing(seq))?;
         out.push(Arc::new(codec::decode(seq, record.value())?));
     }
     Ok(out)
+}
+
+fn missing(seq: u64) -> StoreError {
+    StoreError::Backend(format!("index names missing event {seq}").into())
 }
 
 pub(super) fn latest(
