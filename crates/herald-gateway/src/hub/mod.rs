@@ -27,6 +27,7 @@ use std::{
         Arc, RwLock,
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
+    task::Waker,
     time::Duration,
 };
 
@@ -214,7 +215,10 @@ impl Hub {
 }
 
 impl Inner {
-    fn fan_out(&self, event: &Event) {
+    /// Queues `event` for every matching subscriber. The connections to wake are added to
+    /// `wakes`, for the caller to wake once it has queued every event at hand: a connection then
+    /// writes them all at once, not one write per event.
+    fn fan_out(&self, event: &Event, wakes: &mut Vec<Waker>) -> u64 {
         let id = EventId::new(self.epoch, event.seq);
         let delivery = Delivery {
             seq: event.seq,
@@ -245,7 +249,10 @@ impl Inner {
             let mut d = delivery.clone();
             d.trace = write_trace.take();
             match slot.offer(d) {
-                Ok(()) => delivered += 1,
+                Ok(waker) => {
+                    delivered += 1;
+                    wakes.extend(waker);
+                }
                 Err(d) => write_trace = d.trace,
             }
         }
@@ -253,6 +260,7 @@ impl Inner {
             span.record("herald.subscribers", delivered);
         }
         self.metrics.events_delivered.inc_by(delivered);
+        delivered
     }
 
     /// How many subscribers are registered, and how many frames are queued for them all.

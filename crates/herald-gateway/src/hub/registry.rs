@@ -70,24 +70,28 @@ impl Slot {
         self.queue.lock().expect("subscriber queue")
     }
 
-    /// Queues `delivery` and wakes the connection, unless the queue is full.
-    fn push(&self, delivery: Delivery) -> Result<(), Delivery> {
+    /// Queues `delivery`, unless the queue is full, and answers the waiting connection's waker
+    /// (if it waits) for the caller to wake once it has queued everything at hand.
+    fn push(&self, delivery: Delivery) -> Result<Option<Waker>, Delivery> {
         let mut queue = self.queue();
         if queue.items.len() >= self.capacity {
             return Err(delivery);
         }
         queue.items.push_back(delivery);
-        let waker = queue.waker.take();
-        drop(queue);
-        if let Some(waker) = waker {
+        Ok(queue.waker.take())
+    }
+
+    /// Queues an empty delivery and wakes the connection now.
+    fn wake(&self) {
+        if let Ok(Some(waker)) = self.push(Delivery::wake()) {
             waker.wake();
         }
-        Ok(())
     }
 
     /// Queues `delivery` unless the subscriber is lagged. A full queue marks it lagged: it is
-    /// skipped until it re-arms. Answers the delivery back when it was not queued.
-    pub(super) fn offer(&self, delivery: Delivery) -> Result<(), Delivery> {
+    /// skipped until it re-arms. Answers the connection's waker to wake (see [`Self::push`]), or
+    /// the delivery back when it was not queued.
+    pub(super) fn offer(&self, delivery: Delivery) -> Result<Option<Waker>, Delivery> {
         if self.lagged.load(Ordering::Acquire) {
             return Err(delivery);
         }
@@ -158,7 +162,7 @@ impl Registry {
     /// Wakes every subscriber (a full queue is about to be read anyway).
     pub(super) fn wake_all(&self) {
         for slot in self.all() {
-            let _ = slot.push(Delivery::wake());
+            slot.wake();
         }
     }
 
@@ -167,7 +171,7 @@ impl Registry {
         for slot in self.all() {
             slot.lagged.store(true, Ordering::Release);
             // One waiting on an empty queue would otherwise notice only at its next heartbeat.
-            let _ = slot.push(Delivery::wake());
+            slot.wake();
         }
     }
 }

@@ -1,3 +1,4 @@
+use futures_util::StreamExt;
 use herald_bus::{Announce, Bus, MemoryBus};
 use herald_core::{EventType, NewEvent, Topic, event::parse_data};
 use herald_store::{MemoryStore, Store, StoreError, StoreOptions};
@@ -318,4 +319,63 @@ async fn any_reordering_duplication_or_loss_of_the_feed_delivers_in_order_once()
             }
         }
     }
+}
+
+/// Records the hub's feed and a subscriber's wake-ups in the order they happen.
+#[derive(Default)]
+struct Log(std::sync::Mutex<Vec<String>>);
+
+impl Log {
+    fn push(&self, entry: String) {
+        self.0.lock().unwrap().push(entry);
+    }
+}
+
+struct Woken(Arc<Log>);
+
+impl std::task::Wake for Woken {
+    fn wake(self: Arc<Self>) {
+        self.0.push("woken".into());
+    }
+}
+
+/// Events that reach the hub together are all queued for a subscriber before it is woken, so
+/// its connection writes them in one go rather than once per event.
+#[tokio::test(start_paused = true)]
+async fn events_that_arrive_together_are_queued_before_the_subscriber_is_woken() {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new(StoreOptions::default()));
+    let bounds = store.bounds().await.unwrap();
+    let batch = vec![new_event("a"), new_event("b"), new_event("a")];
+    let events = store.append(batch, None).await.unwrap().events;
+    let log = Arc::new(Log::default());
+    let fed = Arc::clone(&log);
+    let feed = futures_util::stream::iter(events)
+        .inspect(move |e| fed.push(format!("feed {}", e.seq)))
+        .chain(futures_util::stream::pending());
+    let hub = Hub::start(
+        Box::pin(feed),
+        Arc::clone(&store) as Arc<dyn herald_store::History>,
+        HubConfig {
+            epoch: bounds.epoch,
+            head: bounds.head,
+            queue_capacity: 8,
+            gap_timeout: Duration::from_millis(20),
+            window_bytes: 1 << 20,
+        },
+        Arc::new(Metrics::new()),
+    );
+    let mut sub = hub.subscribe(TopicFilter::parse(["a"]).unwrap());
+    let waker = std::task::Waker::from(Arc::new(Woken(Arc::clone(&log))));
+    let pending = sub.poll_recv(&mut std::task::Context::from_waker(&waker));
+    assert!(pending.is_pending());
+    // The hub task runs.
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    assert_eq!(
+        *log.0.lock().unwrap(),
+        ["feed 1", "feed 2", "feed 3", "woken"]
+    );
+    let queued: Vec<u64> = std::iter::from_fn(|| sub.try_recv())
+        .map(|d| d.seq)
+        .collect();
+    assert_eq!(queued, [1, 3]);
 }
