@@ -20,6 +20,12 @@
 //! | `BENCH_RESUME_MISSED` | 100000 | events a resuming client missed |
 //! | `BENCH_PUBLISH_MESSAGES`, `BENCH_PUBLISH_BATCH`, `BENCH_PUBLISH_CONCURRENCY` | 200000, 100, 4 | |
 //! | `BENCH_STORM_CLIENTS`, `BENCH_STORM_RATE` | 9000, 200/s | clients on the killed gateway |
+//! | `BENCH_SCALE_IDLE_CONNECTIONS` | 9000 | idle streams through nginx on the `gateways-N` servers |
+//!
+//! The capacity model's check (`docs/capacity.md`): `BENCH_SERVERS=gateways-1,gateways-2,gateways-3
+//! BENCH_SCENARIOS=fanout,idle` runs the distributed mode with N gateways behind nginx (streams
+//! spread round-robin, publishes straight to ingest), then fits the gateways' CPU per delivery
+//! to the model and prints each run beside it.
 
 use std::{
     collections::BTreeMap,
@@ -182,6 +188,7 @@ enum Keep {
     Herald(Box<Herald>, TempDir),
     Cluster(Box<(Nats, Mongo)>, Vec<Service>),
     Processes(Vec<Tree>, TempDir),
+    Balanced(Box<(Nats, Mongo)>, Vec<Service>, Box<Nginx>),
 }
 
 /// Herald's connection limits for the suite: above the 15,000 idle connections (the defaults,
@@ -232,6 +239,38 @@ async fn start(name: &str) -> anyhow::Result<(Server, Keep)> {
             Ok((
                 server,
                 Keep::Cluster(Box::new((nats, mongo)), vec![ingest, gateway]),
+            ))
+        }
+        _ if name.starts_with("gateways-") => {
+            let g: usize = name["gateways-".len()..]
+                .parse()
+                .ok()
+                .filter(|g| *g > 0)
+                .with_context(|| format!("{name}: gateways-N takes a count of gateways"))?;
+            let nats = Nats::start().await?;
+            let mongo = Mongo::start().await?;
+            let dep = Deployment::new(&nats, &mongo, &[]);
+            let ingest = dep.ingest(&[], &[]).await?;
+            let mut services = vec![ingest];
+            for _ in 0..g {
+                services.push(dep.gateway(LIMITS).await?);
+            }
+            let gateways: Vec<&str> = services[1..].iter().map(Service::addr).collect();
+            let ingest_addr = services[0].addr().to_owned();
+            // Two workers: each proxied stream takes two of a worker's ~10,000 files.
+            let lb = Nginx::start_sized(&gateways, &[&ingest_addr], 2, 9900).await?;
+            let pids = services
+                .iter()
+                .map(Service::pid)
+                .chain([nats.pid(), mongo.pid(), lb.pid()])
+                .flatten()
+                .collect();
+            // Streams through nginx, spread round-robin; publishes straight to ingest.
+            let server =
+                herald_server(name, &lb.base, &format!("http://{ingest_addr}"), pids).await?;
+            Ok((
+                server,
+                Keep::Balanced(Box::new((nats, mongo)), services, Box::new(lb)),
             ))
         }
         "nchan" => {
@@ -332,6 +371,10 @@ async fn start(name: &str) -> anyhow::Result<(Server, Keep)> {
 /// Which servers take part in a scenario.
 fn applies(scenario: Scenario, server: &str) -> bool {
     match scenario {
+        // The capacity model's check: fan-out CPU and idle memory as gateways are added.
+        _ if server.starts_with("gateways-") => {
+            matches!(scenario, Scenario::Fanout | Scenario::Idle)
+        }
         // The reference keeps nothing (no resume) and has no batch endpoint.
         Scenario::Resume | Scenario::Publish => server != "reference",
         // A load balancer over several gateways: Herald distributed only.
@@ -362,6 +405,14 @@ fn options(scenario: Scenario, server: &str) -> Options {
             // Enough publishers to hold the rate while the machine is busy: a publisher waits for
             // each answer, and the time is taken when a request is sent.
             concurrency: 8,
+            ..base
+        },
+        // Through nginx, each stream takes two of its two workers' 19,800 files.
+        Scenario::Idle if server.starts_with("gateways-") => Options {
+            subscribers: env_u64("BENCH_SCALE_IDLE_CONNECTIONS", 9000),
+            messages: 1,
+            connect_wave: 100,
+            stall: Duration::from_secs(30),
             ..base
         },
         Scenario::Idle => Options {
@@ -538,6 +589,7 @@ async fn main() -> anyhow::Result<()> {
     }
     print_ratios(&reports);
     print_ceilings(&reports, &ceilings);
+    print_scale(&reports);
     if !errors.is_empty() {
         println!("\nRuns that did not complete:");
         for e in &errors {
@@ -633,6 +685,99 @@ async fn ceiling(
         elapsed_s,
         events_per_s: read as f64 / elapsed_s,
     }))
+}
+
+/// The capacity model against the `gateways-N` runs (medians). Every gateway reads every event
+/// from the feed and writes each of its own subscribers' deliveries, so with `S` subscribers
+/// spread over `G` gateways the gateways together spend, per delivery,
+/// `c(G) = c_del + G · c_feed / S`: a line in `G`, fitted here by least squares. Beside it, nginx's
+/// share and the gateways' idle memory per stream, which the model holds constant in `G`.
+fn print_scale(reports: &[Report]) {
+    let median_of = |scenario: &str, server: &str, f: &dyn Fn(&Report) -> Option<f64>| {
+        let values: Vec<f64> = reports
+            .iter()
+            .filter(|r| r.scenario == scenario && r.server == server)
+            .filter_map(f)
+            .collect();
+        (!values.is_empty()).then(|| median(values))
+    };
+    let by_process = |r: &Report, name: &str| {
+        r.server_cpu_us_per_delivery_by_process
+            .as_ref()?
+            .get(name)
+            .copied()
+    };
+    let mut gateways: Vec<(usize, String)> = reports
+        .iter()
+        .filter_map(|r| {
+            Some((
+                r.server.strip_prefix("gateways-")?.parse().ok()?,
+                r.server.clone(),
+            ))
+        })
+        .collect();
+    gateways.sort();
+    gateways.dedup();
+    // (G, subscribers, gateways' CPU µs per delivery)
+    let points: Vec<(f64, f64, f64)> = gateways
+        .iter()
+        .filter_map(|(g, server)| {
+            let cpu = median_of("fanout", server, &|r| by_process(r, "herald-gateway"))?;
+            let subscribers = median_of("fanout", server, &|r| Some(r.connected as f64))?;
+            Some((*g as f64, subscribers, cpu))
+        })
+        .collect();
+    if points.is_empty() {
+        return;
+    }
+    let n = points.len() as f64;
+    let (mean_g, mean_c) = (
+        points.iter().map(|p| p.0).sum::<f64>() / n,
+        points.iter().map(|p| p.2).sum::<f64>() / n,
+    );
+    let spread: f64 = points.iter().map(|p| (p.0 - mean_g).powi(2)).sum();
+    let slope = if spread > 0.0 {
+        points
+            .iter()
+            .map(|p| (p.0 - mean_g) * (p.2 - mean_c))
+            .sum::<f64>()
+            / spread
+    } else {
+        f64::NAN
+    };
+    let c_del = mean_c - slope * mean_g;
+    let subscribers = points[0].1;
+    println!();
+    println!(
+        "Capacity model (docs/capacity.md), fitted: c_del = {c_del:.2} µs per delivery, c_feed = \
+         {:.0} µs per event per gateway ({subscribers:.0} subscribers)",
+        slope * subscribers
+    );
+    println!(
+        "| gateways | gateways' CPU µs/delivery | model | off by | nginx µs/delivery | idle RSS bytes/stream, gateways |"
+    );
+    println!("|---|---|---|---|---|---|");
+    for (g, server) in &gateways {
+        let cell =
+            |v: Option<f64>, digits: usize| v.map_or("–".to_owned(), |v| format!("{v:.digits$}"));
+        let measured = median_of("fanout", server, &|r| by_process(r, "herald-gateway"));
+        let model = c_del + slope * *g as f64;
+        let off = measured.map(|m| format!("{:+.1} %", (m / model - 1.0) * 100.0));
+        let nginx = median_of("fanout", server, &|r| by_process(r, "nginx"));
+        let rss = median_of("idle", server, &|r| {
+            r.rss_per_connection_by_process
+                .as_ref()?
+                .get("herald-gateway")
+                .copied()
+        });
+        println!(
+            "| {g} | {} | {model:.2} | {} | {} | {} |",
+            cell(measured, 2),
+            off.unwrap_or_else(|| "–".to_owned()),
+            cell(nginx, 2),
+            cell(rss, 0),
+        );
+    }
 }
 
 /// Each replay tier's rate beside its ceiling (medians).

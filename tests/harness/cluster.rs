@@ -727,6 +727,11 @@ impl Nginx {
         Ok(())
     }
 
+    /// The master's pid (its workers are its children).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
     /// A client through the load balancer.
     pub fn api(&self) -> Api {
         Api::new(self.base.clone())
