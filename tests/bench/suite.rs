@@ -749,8 +749,9 @@ fn print_scale(reports: &[Report]) {
     let subscribers = points[0].1;
     println!();
     println!(
-        "Capacity model (docs/capacity.md), fitted: c_del = {c_del:.2} µs per delivery, c_feed = \
-         {:.0} µs per event per gateway ({subscribers:.0} subscribers)",
+        "Capacity model (docs/capacity.md): the gateways' CPU per delivery fitted to \
+         {c_del:.2} + {slope:.2} × G µs; read as the model's terms, c_del = {c_del:.2} µs per \
+         delivery and c_feed = {:.0} µs per event per gateway ({subscribers:.0} subscribers)",
         slope * subscribers
     );
     println!(
