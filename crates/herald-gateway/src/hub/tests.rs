@@ -1,6 +1,6 @@
 use futures_util::StreamExt;
 use herald_bus::{Announce, Bus, MemoryBus};
-use herald_core::{EventType, NewEvent, Topic, event::parse_data};
+use herald_core::{Bounds, EventType, NewEvent, Topic, event::parse_data};
 use herald_store::{MemoryStore, Store, StoreError, StoreOptions};
 
 use super::*;
@@ -21,19 +21,26 @@ async fn setup_with(capacity: usize, options: StoreOptions) -> (Hub, Arc<dyn Sto
     let store: Arc<dyn Store> = Arc::new(MemoryStore::new(options));
     let bus = MemoryBus::new(64);
     let bounds = store.bounds().await.unwrap();
-    let hub = Hub::start(
-        bus.subscribe().await.unwrap(),
-        Arc::clone(&store) as Arc<dyn herald_store::History>,
-        HubConfig {
-            epoch: bounds.epoch,
-            head: bounds.head,
-            queue_capacity: capacity,
-            gap_timeout: Duration::from_millis(20),
-            window_bytes: 1 << 20,
-        },
-        Arc::new(Metrics::new()),
+    let feed = bus.subscribe().await.unwrap();
+    let hub = start(
+        feed,
+        Arc::clone(&store) as Arc<dyn History>,
+        bounds,
+        capacity,
     );
     (hub, store, bus)
+}
+
+/// A hub over `feed` that reads gaps from `history`, starting at `bounds`' head.
+fn start(feed: Feed, history: Arc<dyn History>, bounds: Bounds, capacity: usize) -> Hub {
+    let config = HubConfig {
+        epoch: bounds.epoch,
+        head: bounds.head,
+        queue_capacity: capacity,
+        gap_timeout: Duration::from_millis(20),
+        window_bytes: 1 << 20,
+    };
+    Hub::start(feed, history, config, Arc::new(Metrics::new()))
 }
 
 async fn seqs(sub: &mut Subscription, n: usize) -> Vec<u64> {
@@ -179,18 +186,8 @@ async fn a_failed_gap_fill_wakes_idle_subscribers_to_catch_up() {
     let store: Arc<dyn Store> = Arc::new(MemoryStore::new(StoreOptions::default()));
     let bus = MemoryBus::new(64);
     let bounds = store.bounds().await.unwrap();
-    let hub = Hub::start(
-        bus.subscribe().await.unwrap(),
-        Arc::new(FailingReads(Arc::clone(&store))),
-        HubConfig {
-            epoch: bounds.epoch,
-            head: bounds.head,
-            queue_capacity: 8,
-            gap_timeout: Duration::from_millis(20),
-            window_bytes: 1 << 20,
-        },
-        Arc::new(Metrics::new()),
-    );
+    let feed = bus.subscribe().await.unwrap();
+    let hub = start(feed, Arc::new(FailingReads(Arc::clone(&store))), bounds, 8);
     let mut idle = hub.subscribe(TopicFilter::parse(["t"]).unwrap());
     let appended = store
         .append(vec![new_event("t"), new_event("t")], None)
@@ -352,17 +349,11 @@ async fn events_that_arrive_together_are_queued_before_the_subscriber_is_woken()
     let feed = futures_util::stream::iter(events)
         .inspect(move |e| fed.push(format!("feed {}", e.seq)))
         .chain(futures_util::stream::pending());
-    let hub = Hub::start(
+    let hub = start(
         Box::pin(feed),
-        Arc::clone(&store) as Arc<dyn herald_store::History>,
-        HubConfig {
-            epoch: bounds.epoch,
-            head: bounds.head,
-            queue_capacity: 8,
-            gap_timeout: Duration::from_millis(20),
-            window_bytes: 1 << 20,
-        },
-        Arc::new(Metrics::new()),
+        Arc::clone(&store) as Arc<dyn History>,
+        bounds,
+        8,
     );
     let mut sub = hub.subscribe(TopicFilter::parse(["a"]).unwrap());
     let waker = std::task::Waker::from(Arc::new(Woken(Arc::clone(&log))));
