@@ -829,7 +829,9 @@ async fn storm(server: &Server, opts: &Options, kill: Kill) -> anyhow::Result<Re
         .map(|at| at.saturating_duration_since(killed_at).as_secs_f64() * 1e3)
         .collect();
     report.catch_up_each = percentiles(each);
-    report.listen_drops = drops.zip(procfs::listen_drops()).map(|(a, b)| b - a);
+    report.listen_drops = drops
+        .zip(procfs::listen_drops())
+        .map(|(a, b)| b.saturating_sub(a));
     report.caught_up = Some(caught_up);
     report.ok &= caught_up == n;
     Ok(report)

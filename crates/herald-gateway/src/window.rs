@@ -302,7 +302,8 @@ mod tests {
     /// pushes, covered gaps, restarts over events the window never saw, and evictions, paging
     /// through a read that the window accepts yields exactly the model's matching events after
     /// the asked sequence, in order — never one skipped, never one invented — each page within its
-    /// count and byte budget, and the window stays within its bytes. Seeded: a failure names its seed.
+    /// count and byte budget, and the window stays within its bytes. Seeded: a failure names its
+    /// seed.
     #[test]
     fn paging_matches_a_plain_model() {
         const TOPICS: &[&str] = &["a", "a.x", "b"];

@@ -157,8 +157,9 @@ impl Hub {
     }
 
     /// Frames of recently delivered events matching `filter` after `after`, at most `limit` of them
-    /// and none past the one that brings them to `max_bytes` (`bounds` is both); or `None` when the window no longer covers `after + 1` (read the store). Events past the page
-    /// reach a subscriber registered before the read through its queue.
+    /// and none past the one that brings them to `max_bytes` (`bounds` is both); or `None` when
+    /// the window no longer covers `after + 1` (read the store). Events past the page reach a
+    /// subscriber registered before the read through its queue.
     pub fn window_page(
         &self,
         filter: &TopicFilter,
