@@ -12,10 +12,24 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use serde_json::{Value, json};
 use tokio::process::{Child, Command};
 
-/// A chromedriver process on a free port, killed on drop.
+/// A chromedriver process on a free port, killed on drop with the browsers it started.
 struct ChromeDriver {
-    _child: Child,
+    child: Child,
     url: String,
+}
+
+impl Drop for ChromeDriver {
+    fn drop(&mut self) {
+        // Chromium is chromedriver's child, in its process group: a session a test did not close
+        // would outlive chromedriver alone (seen: one held the test runner's output pipe open
+        // after the suite ended). The whole group goes.
+        if let Some(pid) = self.child.id() {
+            let _ = std::process::Command::new("kill")
+                .args(["-KILL", "--", &format!("-{pid}")])
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
 }
 
 impl ChromeDriver {
@@ -27,6 +41,8 @@ impl ChromeDriver {
             .arg(format!("--port={port}"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
+            // A group of its own, which the drop kills with the browsers in it.
+            .process_group(0)
             .kill_on_drop(true)
             .spawn()
             .context("starting chromedriver (tests/run installs Debian's chromium-driver)")?;
@@ -34,7 +50,7 @@ impl ChromeDriver {
         let http = reqwest::Client::new();
         for _ in 0..100 {
             if http.get(format!("{url}/status")).send().await.is_ok() {
-                return Ok(Self { _child: child, url });
+                return Ok(Self { child, url });
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }

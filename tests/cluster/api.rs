@@ -187,7 +187,8 @@ async fn nginx_turns_a_missing_gateway_into_a_refusal_eventsource_survives() {
         "a bad topic stays a 400: {err}"
     );
     cluster.gateways[0].kill9().await;
-    for path in ["/v1/stream?topic=a", "/api/updates"] {
+    let mut delays = std::collections::BTreeSet::new();
+    for path in ["/v1/stream?topic=a", "/api/updates"].repeat(8) {
         let mut refused = lb.stream(path, Some("x-1")).await.unwrap();
         let events = refused
             .ended_within(std::time::Duration::from_secs(5))
@@ -197,8 +198,13 @@ async fn nginx_turns_a_missing_gateway_into_a_refusal_eventsource_survives() {
         assert_eq!(events[0].event, "herald.refused", "{path}");
         let body: serde_json::Value = serde_json::from_str(&events[0].data).unwrap();
         assert_eq!(body["code"], "unavailable");
-        assert_eq!(refused.decoder().retry(), Some(3000));
+        // The delay is the event's `retry_ms` too, spread over 2-4 s by request.
+        let retry = refused.decoder().retry().expect("a retry: line");
+        assert!((2000..=4000).contains(&retry), "{path}: {retry}");
+        assert_eq!(body["retry_ms"], retry, "{path}");
+        delays.insert(retry);
     }
+    assert!(delays.len() > 1, "the delay is not spread: {delays:?}");
     // Other paths keep nginx's own answer.
     let (status, _) = lb.get_text_status("/").await;
     assert_eq!(status, 502);
