@@ -1,7 +1,7 @@
 //! Every overlay: typed parse, and the policies a zero-loss rollout and a least-privilege
 //! deployment depend on.
 
-use std::{collections::BTreeMap, path::Path, time::Duration};
+use std::{collections::BTreeMap, os::unix::process::CommandExt, path::Path, time::Duration};
 
 use k8s_openapi::{
     api::{
@@ -1006,8 +1006,11 @@ fn assert_refusal_answers(conf: &str) {
         .arg("-c")
         .arg(dir.path().join("nginx.conf"))
         .args(["-e", "stderr", "-g", "daemon off;"])
+        // A group of its own, killed whole: a kill of the master alone leaves its workers behind.
+        .process_group(0)
         .spawn()
         .expect("nginx");
+    let group = Group(nginx.id());
     let get = |head: &str| -> Option<String> {
         let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
         s.write_all(head.as_bytes()).ok()?;
@@ -1055,8 +1058,20 @@ fn assert_refusal_answers(conf: &str) {
         retries.insert(retry);
     }
     assert!(retries.len() > 1, "the delay is not spread: {retries:?}");
-    let _ = nginx.kill();
+    drop(group);
     let _ = nginx.wait();
+}
+
+/// A process group killed on drop, even when an assertion fails first.
+struct Group(u32);
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kill")
+            .args(["-KILL", "--", &format!("-{}", self.0)])
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
 }
 
 #[test]
