@@ -70,6 +70,24 @@ impl Procs {
         s
     }
 
+    /// Waits until the trees use less than 5 % of a core over 200 ms (a store's background work
+    /// after a burst of writes: compaction, checkpoints), or `at_most`; how long it waited. A
+    /// measurement started then is not shared with work left over from setting it up.
+    pub async fn quiet(&self, at_most: Duration) -> Duration {
+        const SPAN: Duration = Duration::from_millis(200);
+        let start = std::time::Instant::now();
+        let mut before = self.sample().cpu;
+        while start.elapsed() < at_most {
+            tokio::time::sleep(SPAN).await;
+            let now = self.sample().cpu;
+            if now.saturating_sub(before) <= SPAN / 20 {
+                break;
+            }
+            before = now;
+        }
+        start.elapsed()
+    }
+
     /// CPU and RSS now, summed by process name (`/proc/PID/comm`): which of a deployment's
     /// processes spends the time and holds the memory.
     pub fn sample_by_name(&self) -> BTreeMap<String, Sample> {

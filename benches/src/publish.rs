@@ -61,6 +61,9 @@ pub struct Counters {
     pub acked: AtomicU64,
     /// Requests that failed or were answered otherwise.
     pub errors: AtomicU64,
+    /// Each answered request's time from just before it was sent to its 2xx answer, µs: the
+    /// publish's own share (request and durable commit) of what the subscribers see.
+    pub ack_us: std::sync::Mutex<Vec<u32>>,
 }
 
 /// What a publish run did.
@@ -144,6 +147,7 @@ pub async fn run(
                     ));
                 }
                 let mut attempts = 0;
+                let sent_us = now_us();
                 let result = loop {
                     let r = conn.request("POST", &path, &headers, body.as_bytes()).await;
                     let retry = match &r {
@@ -163,6 +167,12 @@ pub async fn run(
                         counters
                             .acked
                             .fetch_add(group.len() as u64, Ordering::Relaxed);
+                        let took = now_us().saturating_sub(sent_us);
+                        counters
+                            .ack_us
+                            .lock()
+                            .expect("not poisoned")
+                            .push(u32::try_from(took).unwrap_or(u32::MAX));
                     }
                     Ok((status, body)) => {
                         if counters.errors.fetch_add(1, Ordering::Relaxed) < 3 {

@@ -81,6 +81,9 @@ impl Default for Options {
     }
 }
 
+/// The longest a resume waits for the servers to go quiet before it measures.
+pub const QUIET_AT_MOST: Duration = Duration::from_secs(30);
+
 /// Publish→receive latency, ms.
 #[derive(Debug, Clone, Copy, Serialize)]
 pub struct Latency {
@@ -144,6 +147,10 @@ pub struct Report {
     /// Latency percentiles.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub latency: Option<Latency>,
+    /// Publish→2xx percentiles (latency): the request and its durable commit, which every
+    /// delivery's latency includes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ack_latency: Option<Latency>,
     /// Server RSS per open connection, bytes (idle).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rss_per_connection: Option<f64>,
@@ -167,6 +174,10 @@ pub struct Report {
     /// Replayed events per second (resume).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub catch_up_events_per_s: Option<f64>,
+    /// How long the servers took to go quiet after the missed messages were published, before
+    /// the measured replay (resume; at most [`QUIET_AT_MOST`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quiet_wait_s: Option<f64>,
     /// Subscribers that caught up (resume, storm).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub caught_up: Option<u64>,
@@ -200,6 +211,12 @@ impl Report {
                 l.p50_ms, l.p90_ms, l.p99_ms, l.max_ms
             );
         }
+        if let Some(l) = self.ack_latency {
+            s += &format!(
+                " (publish answered: p50 {:.2} p99 {:.2} ms)",
+                l.p50_ms, l.p99_ms
+            );
+        }
         if let Some(r) = self.rss_per_connection {
             s += &format!(", {:.0} B RSS/connection", r);
         }
@@ -222,6 +239,9 @@ impl Report {
         }
         if let Some(r) = self.catch_up_events_per_s {
             s += &format!(" ({r:.0} events/s)");
+        }
+        if let Some(w) = self.quiet_wait_s {
+            s += &format!(" after {w:.1} s for the servers to go quiet");
         }
         if let Some(l) = self.catch_up_each {
             s += &format!(
@@ -557,6 +577,8 @@ impl<'a> Base<'a> {
             }),
             client_cpu_s: client_cpu.as_secs_f64(),
             latency: None,
+            ack_latency: None,
+            quiet_wait_s: None,
             rss_per_connection: None,
             rss_per_connection_by_process: None,
             rss_bytes: None,
@@ -648,6 +670,9 @@ async fn flow(
     let mut report = base.report(&t, &progress, &counters, n * m, end - start, spent);
     if latency {
         report.latency = latencies(&mut trackers);
+        let acks = std::mem::take(&mut *counters.ack_us.lock().expect("not poisoned"));
+        report.ack_latency =
+            percentiles(acks.into_iter().map(|us| f64::from(us) / 1000.0).collect());
     }
     if scenario == Scenario::Publish {
         report.publishes_per_s = Some(outcome.acked as f64 / outcome.elapsed.as_secs_f64());
@@ -731,6 +756,8 @@ async fn resume(server: &Server, opts: &Options) -> anyhow::Result<Report> {
         batch: opts.batch,
     };
     publish::run(&server.publish, &opts.topic, plan, Arc::clone(&counters)).await?;
+    // The replay is measured from quiet servers, as the ceiling read after it is.
+    let waited = server.procs.quiet(QUIET_AT_MOST).await;
     let base = Base::start(Scenario::Resume, server, opts, n);
     let start = base.start;
     // Trackers carried over already count message 1.
@@ -766,6 +793,7 @@ async fn resume(server: &Server, opts: &Options) -> anyhow::Result<Report> {
     report.catch_up_s = Some((end - start).as_secs_f64());
     report.catch_up_events_per_s = Some(missed as f64 / (end - start).as_secs_f64());
     report.caught_up = Some(caught_up);
+    report.quiet_wait_s = Some(waited.as_secs_f64());
     Ok(report)
 }
 

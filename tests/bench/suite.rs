@@ -552,6 +552,7 @@ async fn main() -> anyhow::Result<()> {
                     opts.topic = topic();
                     let r = scenario::run(scenario, &server, &opts, None).await;
                     if scenario == Scenario::Resume && r.is_ok() {
+                        server.procs.quiet(scenario::QUIET_AT_MOST).await;
                         match ceiling(name, &keep, &opts.topic, opts.messages).await {
                             Ok(Some(c)) => {
                                 println!("{}", serde_json::to_string(&c)?);
@@ -833,13 +834,16 @@ fn print_ratios(reports: &[Report]) {
         let by = r.rss_per_connection_by_process.as_ref()?;
         by.get("herald-gateway").or(by.get("herald")).copied()
     };
-    let rows: [(&str, &str, Metric<'_>); 9] = [
+    let rows: [(&str, &str, Metric<'_>); 10] = [
         ("fanout", "deliveries/s", &|r| Some(r.deliveries_per_s)),
         ("fanout", "server CPU µs/delivery", &|r| {
             Some(r.server_cpu_us_per_delivery)
         }),
         ("latency", "p50 ms", &|r| r.latency.map(|l| l.p50_ms)),
         ("latency", "p99 ms", &|r| r.latency.map(|l| l.p99_ms)),
+        ("latency", "publish answered p99 ms", &|r| {
+            r.ack_latency.map(|l| l.p99_ms)
+        }),
         ("idle", "RSS bytes/connection", &|r| r.rss_per_connection),
         (
             "idle",
