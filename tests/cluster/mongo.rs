@@ -179,3 +179,30 @@ async fn retention_keeps_a_suffix_of_the_sequence_when_clocks_disagree() {
     );
     assert_eq!(mongo.earliest().await.unwrap(), Some(6));
 }
+
+/// The first sequence is found wherever it moved since the last read: far up (retention removed
+/// more than the near range past the last answer), down (an old event written again below it),
+/// and a little up (retention removed the one below).
+#[tokio::test]
+async fn earliest_follows_the_first_event_up_and_down_near_and_far() {
+    let server = cluster::Mongo::start().await.unwrap();
+    let mongo = Mongo::connect(&config(&server, Some(Duration::from_secs(60))))
+        .await
+        .unwrap();
+    assert_eq!(mongo.earliest().await.unwrap(), None);
+    let now = now_ms();
+    let old = now - 120_000;
+    let events: Vec<_> = (1..=4)
+        .map(|s| event(s, "t", old))
+        .chain((5000..=5002).map(|s| event(s, "t", now)))
+        .collect();
+    mongo.insert(&events).await.unwrap();
+    assert_eq!(mongo.earliest().await.unwrap(), Some(1));
+    mongo.trim().await.unwrap();
+    assert_eq!(mongo.earliest().await.unwrap(), Some(5000), "far up");
+    mongo.insert(&[event(4000, "t", old)]).await.unwrap();
+    assert_eq!(mongo.earliest().await.unwrap(), Some(4000), "down");
+    mongo.trim().await.unwrap();
+    assert_eq!(mongo.earliest().await.unwrap(), Some(5000), "near up");
+    assert_eq!(mongo.earliest().await.unwrap(), Some(5000), "unchanged");
+}

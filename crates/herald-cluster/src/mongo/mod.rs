@@ -28,7 +28,7 @@ use std::{
     future::Future,
     sync::{
         Arc,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::Duration,
 };
@@ -65,6 +65,9 @@ pub struct Mongo {
     idempotency_window: Duration,
     timeout: Duration,
     healthy: Arc<AtomicBool>,
+    /// The last first sequence [`Mongo::earliest`] found (0: none yet), where its next search
+    /// starts.
+    earliest_seen: Arc<AtomicU64>,
 }
 
 impl Mongo {
@@ -86,6 +89,7 @@ impl Mongo {
             idempotency_window: config.idempotency_window,
             timeout: config.backend_timeout,
             healthy: Arc::new(AtomicBool::new(true)),
+            earliest_seen: Arc::new(AtomicU64::new(0)),
         };
         mongo.create_indexes().await?;
         Ok(mongo)
