@@ -177,20 +177,19 @@ impl Mongo {
 
     async fn earliest_once(&self) -> Result<Option<u64>, StoreError> {
         let seen = self.earliest_seen.load(Ordering::Relaxed);
-        if seen > 0 {
-            let below = doc! { "_id": { "$gt": 0_i64, "$lt": seq(seen) } };
-            if self.first_in(below, false).await?.is_none() {
-                let near = seen.saturating_add(EARLIEST_NEAR);
-                let near = doc! { "_id": { "$gte": seq(seen), "$lt": seq(near) } };
-                if let Some(first) = self.first_in(near, true).await? {
-                    self.earliest_seen.store(first, Ordering::Relaxed);
-                    return Ok(Some(first));
-                }
+        let below = doc! { "_id": { "$gt": 0_i64, "$lt": seq(seen) } };
+        if seen <= 1 || self.first_in(below, false).await?.is_none() {
+            let near = seen.saturating_add(EARLIEST_NEAR);
+            let near = doc! { "_id": { "$gte": seq(seen), "$lt": seq(near) } };
+            if let Some(first) = self.first_in(near, true).await? {
+                self.earliest_seen.store(first, Ordering::Relaxed);
+                return Ok(Some(first));
             }
         }
         let first = self.edge_once(1).await?;
+        // Nothing yet: the first event will be near the first sequence.
         self.earliest_seen
-            .store(first.unwrap_or(0), Ordering::Relaxed);
+            .store(first.unwrap_or(1), Ordering::Relaxed);
         Ok(first)
     }
 

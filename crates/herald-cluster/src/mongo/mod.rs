@@ -89,7 +89,7 @@ impl Mongo {
             idempotency_window: config.idempotency_window,
             timeout: config.backend_timeout,
             healthy: Arc::new(AtomicBool::new(true)),
-            earliest_seen: Arc::new(AtomicU64::new(0)),
+            earliest_seen: Arc::new(AtomicU64::new(1)),
         };
         mongo.create_indexes().await?;
         Ok(mongo)
