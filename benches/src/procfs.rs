@@ -70,7 +70,7 @@ impl Procs {
         s
     }
 
-    /// Waits until the trees use less than 5 % of a core over 200 ms (a store's background work
+    /// Waits until the trees use at most 5 % of a core over 200 ms (a store's background work
     /// after a burst of writes: compaction, checkpoints), or `at_most`; how long it waited. A
     /// measurement started then is not shared with work left over from setting it up.
     pub async fn quiet(&self, at_most: Duration) -> Duration {

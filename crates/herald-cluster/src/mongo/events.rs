@@ -169,7 +169,7 @@ impl Mongo {
     /// [`EARLIEST_NEAR`] of it. Only when either says it moved further is the sorted question
     /// asked. Every stream's resume verdict waits on this read, and a MongoDB-wire server without
     /// a sort-and-limit path on `_id` (the one the tests use) answers the sorted question by
-    /// sorting the whole collection: about 0.5 s at 100,000 events, against 1–10 ms for the range
+    /// sorting the whole collection: about 0.5 s at 100,000 events, against 1–23 ms for the range
     /// questions. On MongoDB all three are index reads.
     pub async fn earliest(&self) -> Result<Option<u64>, StoreError> {
         self.bounded("edge", self.earliest_once()).await

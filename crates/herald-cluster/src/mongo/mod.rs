@@ -65,8 +65,8 @@ pub struct Mongo {
     idempotency_window: Duration,
     timeout: Duration,
     healthy: Arc<AtomicBool>,
-    /// The last first sequence [`Mongo::earliest`] found (0: none yet), where its next search
-    /// starts.
+    /// The last first sequence [`Mongo::earliest`] found (1 while it has found none), where its
+    /// next search starts.
     earliest_seen: Arc<AtomicU64>,
 }
 
