@@ -24,10 +24,7 @@ impl Drop for ChromeDriver {
         // would outlive chromedriver alone (seen: one held the test runner's output pipe open
         // after the suite ended). The whole group goes.
         if let Some(pid) = self.child.id() {
-            let _ = std::process::Command::new("kill")
-                .args(["-KILL", "--", &format!("-{pid}")])
-                .stderr(Stdio::null())
-                .status();
+            herald_tests::process::kill_group(pid);
         }
     }
 }

@@ -1067,10 +1067,7 @@ struct Group(u32);
 
 impl Drop for Group {
     fn drop(&mut self) {
-        let _ = std::process::Command::new("kill")
-            .args(["-KILL", "--", &format!("-{}", self.0)])
-            .stderr(std::process::Stdio::null())
-            .status();
+        herald_tests::process::kill_group(self.0);
     }
 }
 

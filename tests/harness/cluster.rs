@@ -752,9 +752,6 @@ impl Drop for Nginx {
         // Then the whole group, whether the master is gone or still there after 3 s: a worker
         // can outlive its master (seen: two after a reload, holding a connection open), and none
         // may outlive the test holding its port and the test runner's output pipe.
-        let _ = std::process::Command::new("kill")
-            .args(["-KILL", "--", &format!("-{pid}")])
-            .stderr(Stdio::null())
-            .status();
+        crate::process::kill_group(pid);
     }
 }

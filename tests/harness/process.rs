@@ -185,6 +185,16 @@ pub fn send_signal(pid: u32, signal: &str) -> bool {
         .is_ok_and(|s| s.success())
 }
 
+/// SIGKILL to the whole process group `pgid` (a process spawned with `process_group(0)` and
+/// whatever it started: nginx's workers, chromedriver's browsers), whether its leader is still
+/// there or not.
+pub fn kill_group(pgid: u32) {
+    let _ = std::process::Command::new("kill")
+        .args(["-KILL", "--", &format!("-{pgid}")])
+        .stderr(std::process::Stdio::null())
+        .status();
+}
+
 /// Runs `spawn` until it succeeds, up to 50 times 100 ms apart: a port a killed process just
 /// released may not be free yet.
 pub(crate) async fn retry_on_port<T, F, Fut>(mut spawn: F) -> anyhow::Result<T>

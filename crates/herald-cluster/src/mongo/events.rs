@@ -178,10 +178,10 @@ impl Mongo {
     async fn earliest_once(&self) -> Result<Option<u64>, StoreError> {
         let seen = self.earliest_seen.load(Ordering::Relaxed);
         let below = doc! { "_id": { "$gt": 0_i64, "$lt": seq(seen) } };
-        if seen <= 1 || self.first_in(below, false).await?.is_none() {
+        if seen <= 1 || self.one_id(below, None).await?.is_none() {
             let near = seen.saturating_add(EARLIEST_NEAR);
             let near = doc! { "_id": { "$gte": seq(seen), "$lt": seq(near) } };
-            if let Some(first) = self.first_in(near, true).await? {
+            if let Some(first) = self.one_id(near, Some(1)).await? {
                 self.earliest_seen.store(first, Ordering::Relaxed);
                 return Ok(Some(first));
             }
@@ -193,11 +193,16 @@ impl Mongo {
         Ok(first)
     }
 
-    /// The first event's sequence matching `range` (`sorted`), or any one's.
-    async fn first_in(&self, range: Document, sorted: bool) -> Result<Option<u64>, StoreError> {
+    /// The sequence of one event matching `range`: the first in `direction` (1 up, -1 down), or
+    /// any one without it.
+    async fn one_id(
+        &self,
+        range: Document,
+        direction: Option<i32>,
+    ) -> Result<Option<u64>, StoreError> {
         let mut find = self.events.find_one(range).projection(doc! { "_id": 1 });
-        if sorted {
-            find = find.sort(doc! { "_id": 1 });
+        if let Some(direction) = direction {
+            find = find.sort(doc! { "_id": direction });
         }
         let found = find.await.map_err(|e| self.failed(e))?;
         Ok(found.and_then(|d| d.get_i64("_id").ok()).map(|s| s as u64))
@@ -213,14 +218,8 @@ impl Mongo {
     }
 
     async fn edge_once(&self, direction: i32) -> Result<Option<u64>, StoreError> {
-        let found = self
-            .events
-            .find_one(doc! { "_id": { "$gt": 0_i64, "$lte": i64::MAX } })
-            .sort(doc! { "_id": direction })
-            .projection(doc! { "_id": 1 })
-            .await
-            .map_err(|e| self.failed(e))?;
-        Ok(found.and_then(|d| d.get_i64("_id").ok()).map(|s| s as u64))
+        let all = doc! { "_id": { "$gt": 0_i64, "$lte": i64::MAX } };
+        self.one_id(all, Some(direction)).await
     }
 }
 
