@@ -105,6 +105,39 @@ impl Procs {
     }
 }
 
+/// Each live process's name and CPU time, by pid: a reading that [`Procs::cpu_by_name_since`]
+/// counts from.
+pub type CpuByPid = BTreeMap<u32, (String, Duration)>;
+
+impl Procs {
+    /// Each live process's name and CPU time now.
+    pub fn cpu_by_pid(&self) -> CpuByPid {
+        self.pids()
+            .into_iter()
+            .filter_map(|pid| {
+                let name = fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+                Some((pid, (name.trim().to_owned(), sample_pid(pid).cpu)))
+            })
+            .collect()
+    }
+
+    /// CPU time spent since `before`, summed by process name, per process: one started since
+    /// counts from zero, so a process that replaced another (nginx's workers after a reload)
+    /// does not hide what the others spent, as a difference of sums would. A process gone since
+    /// takes its time with it.
+    pub fn cpu_by_name_since(&self, before: &CpuByPid) -> BTreeMap<String, Duration> {
+        let mut out: BTreeMap<String, Duration> = BTreeMap::new();
+        for (pid, (name, cpu)) in self.cpu_by_pid() {
+            let start = before
+                .get(&pid)
+                .filter(|(was, _)| *was == name)
+                .map_or(Duration::ZERO, |(_, cpu)| *cpu);
+            *out.entry(name).or_default() += cpu.saturating_sub(start);
+        }
+        out
+    }
+}
+
 /// One process's CPU and RSS now (nothing for a process that is gone).
 fn sample_pid(pid: u32) -> Sample {
     let Some(f) = stat_fields(pid) else {
@@ -184,5 +217,25 @@ mod tests {
         let by_name = procs.sample_by_name();
         assert_eq!(by_name.len(), 1, "{by_name:?}");
         assert!(by_name.values().all(|s| s.rss > 0));
+    }
+
+    #[test]
+    fn counts_cpu_per_process_from_a_reading() {
+        let procs = Procs::new([std::process::id()]);
+        let before = procs.cpu_by_pid();
+        assert_eq!(before.len(), 1, "{before:?}");
+        let start = std::time::Instant::now();
+        while start.elapsed() < Duration::from_millis(100) {
+            std::hint::black_box(start.elapsed());
+        }
+        let since = procs.cpu_by_name_since(&before);
+        assert_eq!(since.len(), 1, "{since:?}");
+        assert!(since.values().all(|cpu| *cpu > Duration::ZERO), "{since:?}");
+        // From nothing, a process counts all of its time.
+        let all = procs.cpu_by_name_since(&CpuByPid::new());
+        assert!(
+            all.values().sum::<Duration>() >= since.values().sum(),
+            "{all:?}"
+        );
     }
 }

@@ -171,6 +171,11 @@ pub struct Report {
     /// (storm): each one is a client whose TCP retries its handshake a second or more later.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub listen_drops: Option<u64>,
+    /// CPU time by server process name from the kill until every subscriber had caught up, s
+    /// (storm): what the surviving processes spent on the storm, replays and live deliveries
+    /// together.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub storm_cpu_s_by_process: Option<BTreeMap<String, f64>>,
     /// Replayed events per second (resume).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub catch_up_events_per_s: Option<f64>,
@@ -251,6 +256,13 @@ impl Report {
         }
         if let Some(d) = self.listen_drops {
             s += &format!(", {d} listen drops");
+        }
+        if let Some(by) = &self.storm_cpu_s_by_process {
+            let each: Vec<String> = by
+                .iter()
+                .map(|(name, cpu)| format!("{name} {cpu:.2}"))
+                .collect();
+            s += &format!(", CPU s until caught up: {}", each.join(", "));
         }
         s += &format!(
             "; missing {} dup {} out-of-order {} failures {} {}",
@@ -467,8 +479,8 @@ struct Base<'a> {
     opts: &'a Options,
     subscribers: u64,
     start: Instant,
-    server_cpu: Duration,
-    server_cpu_by_name: BTreeMap<String, Duration>,
+    /// Each server process's CPU time at the start.
+    server_cpu: crate::procfs::CpuByPid,
     client_cpu: Duration,
 }
 
@@ -479,15 +491,6 @@ struct Spent {
     client: Duration,
 }
 
-/// CPU time by process name.
-fn cpu_by_name(procs: &crate::procfs::Procs) -> BTreeMap<String, Duration> {
-    procs
-        .sample_by_name()
-        .into_iter()
-        .map(|(name, s)| (name, s.cpu))
-        .collect()
-}
-
 impl<'a> Base<'a> {
     /// Starts measuring now.
     fn start(scenario: Scenario, server: &'a Server, opts: &'a Options, subscribers: u64) -> Self {
@@ -496,29 +499,19 @@ impl<'a> Base<'a> {
             server,
             opts,
             subscribers,
-            server_cpu: server.procs.sample().cpu,
-            server_cpu_by_name: cpu_by_name(&server.procs),
+            server_cpu: server.procs.cpu_by_pid(),
             client_cpu: own_cpu(),
             start: Instant::now(),
         }
     }
 
-    /// CPU time spent since the start.
+    /// CPU time spent since the start, counted per process (see
+    /// [`crate::procfs::Procs::cpu_by_name_since`]).
     fn spent(&self) -> Spent {
+        let server_by_name = self.server.procs.cpu_by_name_since(&self.server_cpu);
         Spent {
-            server: self
-                .server
-                .procs
-                .sample()
-                .cpu
-                .saturating_sub(self.server_cpu),
-            server_by_name: cpu_by_name(&self.server.procs)
-                .into_iter()
-                .map(|(name, cpu)| {
-                    let before = self.server_cpu_by_name.get(&name).copied();
-                    (name, cpu.saturating_sub(before.unwrap_or_default()))
-                })
-                .collect(),
+            server: server_by_name.values().sum(),
+            server_by_name,
             client: own_cpu().saturating_sub(self.client_cpu),
         }
     }
@@ -585,6 +578,7 @@ impl<'a> Base<'a> {
             catch_up_s: None,
             catch_up_each: None,
             listen_drops: None,
+            storm_cpu_s_by_process: None,
             catch_up_events_per_s: None,
             caught_up: None,
             ok: tally.missing == 0
@@ -827,6 +821,7 @@ async fn storm(server: &Server, opts: &Options, kill: Kill) -> anyhow::Result<Re
     let drops = procfs::listen_drops();
     kill().await?;
     let killed_at = Instant::now();
+    let cpu_at_kill = server.procs.cpu_by_pid();
     // Caught up: has every message up to the first one published after the kill.
     let threshold = counters.started.load(Ordering::Relaxed) + 1;
     anyhow::ensure!(
@@ -837,6 +832,12 @@ async fn storm(server: &Server, opts: &Options, kill: Kill) -> anyhow::Result<Re
     crowd
         .wait(|p| p.caught_up.load(Ordering::Relaxed) >= n, opts.stall)
         .await;
+    let storm_cpu: BTreeMap<String, f64> = server
+        .procs
+        .cpu_by_name_since(&cpu_at_kill)
+        .into_iter()
+        .map(|(name, cpu)| (name, cpu.as_secs_f64()))
+        .collect();
     publisher.await.context("publisher")??;
     crowd.wait_delivered(n * m, opts.stall).await;
     let spent = base.spent();
@@ -860,6 +861,7 @@ async fn storm(server: &Server, opts: &Options, kill: Kill) -> anyhow::Result<Re
     report.listen_drops = drops
         .zip(procfs::listen_drops())
         .map(|(a, b)| b.saturating_sub(a));
+    report.storm_cpu_s_by_process = Some(storm_cpu);
     report.caught_up = Some(caught_up);
     report.ok &= caught_up == n;
     Ok(report)

@@ -21,11 +21,14 @@
 //! | `BENCH_PUBLISH_MESSAGES`, `BENCH_PUBLISH_BATCH`, `BENCH_PUBLISH_CONCURRENCY` | 200000, 100, 4 | |
 //! | `BENCH_STORM_CLIENTS`, `BENCH_STORM_RATE` | 9000, 200/s | clients on the killed gateway |
 //! | `BENCH_SCALE_IDLE_CONNECTIONS` | 9000 | idle streams through nginx on the `gateways-N` servers |
+//! | `BENCH_SERVER_CPUS`, `BENCH_CLIENT_CPUS` | unset | `taskset` CPU lists: the servers' processes on some CPUs, the load generator on others |
 //!
 //! The capacity model's check (`docs/capacity.md`): `BENCH_SERVERS=gateways-1,gateways-2,gateways-3
-//! BENCH_SCENARIOS=fanout,idle` runs the distributed mode with N gateways behind nginx (streams
-//! spread round-robin, publishes straight to ingest), then fits the gateways' CPU per delivery
-//! to the model and prints each run beside it.
+//! BENCH_SCENARIOS=fanout,idle,storm` runs the distributed mode with N gateways behind nginx
+//! (streams spread round-robin, publishes straight to ingest), then fits the gateways' CPU per
+//! delivery to the model and prints each run beside it. Its storm kills one more gateway, which
+//! every client was on, and the N take the reconnects: resumes per second and the survivors' CPU
+//! per resume as N grows.
 
 use std::{
     collections::BTreeMap,
@@ -371,9 +374,13 @@ async fn start(name: &str) -> anyhow::Result<(Server, Keep)> {
 /// Which servers take part in a scenario.
 fn applies(scenario: Scenario, server: &str) -> bool {
     match scenario {
-        // The capacity model's check: fan-out CPU and idle memory as gateways are added.
+        // The capacity model's check: fan-out CPU, idle memory and the storm as gateways are
+        // added.
         _ if server.starts_with("gateways-") => {
-            matches!(scenario, Scenario::Fanout | Scenario::Idle)
+            matches!(
+                scenario,
+                Scenario::Fanout | Scenario::Idle | Scenario::Storm
+            )
         }
         // The reference keeps nothing (no resume) and has no batch endpoint.
         Scenario::Resume | Scenario::Publish => server != "reference",
@@ -455,9 +462,10 @@ fn options(scenario: Scenario, server: &str) -> Options {
     }
 }
 
-/// The storm: two gateways behind nginx, every client on the first, which is killed. The second
-/// runs from the start, as the surviving gateways of a deployment do.
-async fn storm(opts: &Options) -> anyhow::Result<Report> {
+/// The storm: gateways behind nginx, every client on the first, which is killed. The others
+/// (`survivors` of them) run from the start, as the surviving gateways of a deployment do, and
+/// take the reconnects between them.
+async fn storm(name: &str, survivors: usize, opts: &Options) -> anyhow::Result<Report> {
     let nats = Nats::start().await?;
     let mongo = Mongo::start().await?;
     let dep = Deployment::new(&nats, &mongo, &[]);
@@ -465,35 +473,39 @@ async fn storm(opts: &Options) -> anyhow::Result<Report> {
     // A short retry: browsers reconnect after the server's `retry:`.
     let gw = [LIMITS, &["--retry", "500ms"]].concat();
     let a = dep.gateway(&gw).await?;
-    let b = dep.gateway(&gw).await?;
-    // Every client on `a`: the balancer lists only `a` while they connect. Two workers: each
-    // proxied stream takes two of a worker's ~10,000 files.
-    let lb = std::sync::Arc::new(Nginx::start_sized(&[a.addr()], &[ingest.addr()], 2, 9900).await?);
-    let pids: Vec<u32> = [ingest.pid(), a.pid(), nats.pid(), mongo.pid()]
+    let mut rest = Vec::with_capacity(survivors);
+    for _ in 0..survivors {
+        rest.push(dep.gateway(&gw).await?);
+    }
+    // Every client on `a`: the balancer lists only `a` while they connect. Each proxied stream
+    // takes two of a worker's ~10,000 files, and the kernel does not spread connections evenly
+    // over the workers: with two, the busier one ran out ("worker_connections are not enough")
+    // and its refused clients made the storm's tail. Four leave room.
+    let lb = std::sync::Arc::new(Nginx::start_sized(&[a.addr()], &[ingest.addr()], 4, 9900).await?);
+    // Measured: the processes that live through the storm (`a`'s CPU would vanish from the sums
+    // when it dies).
+    let pids: Vec<u32> = [ingest.pid(), nats.pid(), mongo.pid(), lb.pid()]
         .into_iter()
+        .chain(rest.iter().map(Service::pid))
         .flatten()
         .collect();
-    let server = herald_server(
-        "distributed",
-        &lb.base,
-        &format!("http://{}", ingest.addr()),
-        pids,
-    )
-    .await?;
+    let server = herald_server(name, &lb.base, &format!("http://{}", ingest.addr()), pids).await?;
     let a_pid = a.pid().context("gateway pid")?;
-    let (a_addr, b_addr, ingest_addr) = (
-        a.addr().to_owned(),
-        b.addr().to_owned(),
-        ingest.addr().to_owned(),
-    );
+    pin_servers(&Procs::new([a_pid]));
+    pin_servers(&server.procs);
+    let upstreams: Vec<String> = [&a]
+        .into_iter()
+        .chain(&rest)
+        .map(|s| s.addr().to_owned())
+        .collect();
+    let ingest_addr = ingest.addr().to_owned();
     let balancer = std::sync::Arc::clone(&lb);
-    // The fault: the balancer lists both (as it did all along in production), then `a` dies
-    // (SIGKILL); nginx sends the reconnects that fail on `a` to `b`.
+    // The fault: the balancer lists them all (as it did all along in production), then `a` dies
+    // (SIGKILL); nginx sends the reconnects that fail on `a` to the others.
     let kill: scenario::Kill = Box::new(move || {
         Box::pin(async move {
-            balancer
-                .set_upstreams(&[&a_addr, &b_addr], &[&ingest_addr])
-                .await?;
+            let upstreams: Vec<&str> = upstreams.iter().map(String::as_str).collect();
+            balancer.set_upstreams(&upstreams, &[&ingest_addr]).await?;
             let status = std::process::Command::new("kill")
                 .args(["-9", &a_pid.to_string()])
                 .status()?;
@@ -502,8 +514,38 @@ async fn storm(opts: &Options) -> anyhow::Result<Report> {
         })
     });
     let report = scenario::run(Scenario::Storm, &server, opts, Some(kill)).await;
-    drop((a, b, ingest, lb));
+    drop((a, rest, ingest, lb));
     report
+}
+
+/// The CPUs `BENCH_SERVER_CPUS` names (a `taskset` list, such as `0`), for every thread of the
+/// servers' processes; the load generator keeps to `BENCH_CLIENT_CPUS`. Unset, both share every
+/// CPU.
+fn pin_servers(procs: &Procs) {
+    if let Ok(cpus) = std::env::var("BENCH_SERVER_CPUS") {
+        for pid in procs.pids() {
+            pin(pid, &cpus);
+        }
+    }
+}
+
+/// Every thread of `pid` (threads it starts later inherit it) onto `cpus`.
+fn pin(pid: u32, cpus: &str) {
+    let status = std::process::Command::new("taskset")
+        .args(["-a", "-p", "-c", cpus, &pid.to_string()])
+        .stdout(Stdio::null())
+        .status();
+    if !matches!(status, Ok(s) if s.success()) {
+        eprintln!("taskset -a -p -c {cpus} {pid} failed: {status:?}");
+    }
+}
+
+/// The storm's surviving gateways: `G` on `gateways-G`, one on `distributed`.
+fn survivors(server: &str) -> usize {
+    server
+        .strip_prefix("gateways-")
+        .and_then(|g| g.parse().ok())
+        .unwrap_or(1)
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -532,6 +574,9 @@ async fn main() -> anyhow::Result<()> {
         servers.push("distributed-mongodb".to_owned());
     }
     let rounds = env_u64("BENCH_ROUNDS", 1).max(1);
+    if let Ok(cpus) = std::env::var("BENCH_CLIENT_CPUS") {
+        pin(std::process::id(), &cpus);
+    }
     let mut reports: Vec<Report> = Vec::new();
     let mut errors: Vec<String> = Vec::new();
     let mut ceilings: Vec<Ceiling> = Vec::new();
@@ -545,10 +590,11 @@ async fn main() -> anyhow::Result<()> {
             for name in order {
                 let mut opts = options(scenario, name);
                 let result = if scenario == Scenario::Storm {
-                    storm(&opts).await
+                    storm(name, survivors(name), &opts).await
                 } else {
                     // Fresh servers for every run: no state carried between scenarios.
                     let (server, keep) = start(name).await?;
+                    pin_servers(&server.procs);
                     opts.topic = topic();
                     let r = scenario::run(scenario, &server, &opts, None).await;
                     if scenario == Scenario::Resume && r.is_ok() {
@@ -591,6 +637,7 @@ async fn main() -> anyhow::Result<()> {
     print_ratios(&reports);
     print_ceilings(&reports, &ceilings);
     print_scale(&reports);
+    print_storm_scale(&reports);
     if !errors.is_empty() {
         println!("\nRuns that did not complete:");
         for e in &errors {
@@ -778,6 +825,62 @@ fn print_scale(reports: &[Report]) {
             off.unwrap_or_else(|| "–".to_owned()),
             cell(nginx, 2),
             cell(rss, 0),
+        );
+    }
+}
+
+/// The storm against the `gateways-N` runs (medians): with N surviving gateways taking the
+/// reconnects, how long until every client caught up, resumes per second, and what each resume
+/// cost the survivors and nginx in CPU, kill to caught up (replays and live deliveries together).
+/// On one machine the cores do not grow with N; the model's assumption is that the CPU per
+/// resume does not either, so that a deployment's storm rate is its gateway cores over it.
+fn print_storm_scale(reports: &[Report]) {
+    let mut runs: BTreeMap<usize, Vec<&Report>> = BTreeMap::new();
+    for r in reports.iter().filter(|r| r.scenario == "storm") {
+        if let Some(g) = r
+            .server
+            .strip_prefix("gateways-")
+            .and_then(|g| g.parse().ok())
+        {
+            runs.entry(g).or_default().push(r);
+        }
+    }
+    if runs.is_empty() {
+        return;
+    }
+    println!();
+    println!(
+        "Storm (docs/capacity.md): every client on one gateway, killed; N others take the resumes"
+    );
+    println!(
+        "| surviving gateways | clients | s until all caught up | resumes/s | gateways' CPU ms per resume | nginx CPU ms per resume | resumes/s per gateway core |"
+    );
+    println!("|---|---|---|---|---|---|---|");
+    for (g, rs) in &runs {
+        let of = |f: &dyn Fn(&Report) -> Option<f64>| {
+            let values: Vec<f64> = rs.iter().filter_map(|r| f(r)).collect();
+            (!values.is_empty()).then(|| median(values))
+        };
+        let per_resume = |name: &str| {
+            of(&|r| {
+                let cpu = r.storm_cpu_s_by_process.as_ref()?.get(name)?;
+                Some(cpu * 1e3 / r.caught_up.filter(|n| *n > 0)? as f64)
+            })
+        };
+        let cell =
+            |v: Option<f64>, digits: usize| v.map_or("–".to_owned(), |v| format!("{v:.digits$}"));
+        let gateway = per_resume("herald-gateway");
+        println!(
+            "| {g} | {} | {} | {} | {} | {} | {} |",
+            cell(of(&|r| r.caught_up.map(|n| n as f64)), 0),
+            cell(of(&|r| r.catch_up_s), 2),
+            cell(
+                of(&|r| Some(r.caught_up? as f64 / r.catch_up_s.filter(|s| *s > 0.0)?)),
+                0
+            ),
+            cell(gateway, 3),
+            cell(per_resume("nginx"), 3),
+            cell(gateway.map(|ms| 1e3 / ms), 0),
         );
     }
 }
