@@ -55,17 +55,37 @@ impl ChromeDriver {
     }
 
     async fn browser(&self, profile: &std::path::Path) -> anyhow::Result<Client> {
+        self.browser_with(profile, &[]).await
+    }
+
+    /// A browser with `extra` command-line switches.
+    async fn browser_with(
+        &self,
+        profile: &std::path::Path,
+        extra: &[&str],
+    ) -> anyhow::Result<Client> {
+        let mut args: Vec<String> = [
+            "--headless=new",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            "--disable-quic",
+        ]
+        .iter()
+        .chain(extra)
+        .map(|a| (*a).to_owned())
+        .collect();
+        args.push(format!("--user-data-dir={}", profile.display()));
         let mut caps = serde_json::Map::new();
         caps.insert(
             "goog:chromeOptions".into(),
             json!({
                 "binary": "/usr/bin/chromium",
-                "args": [
-                    "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                    "--disable-background-networking", "--disable-component-update",
-                    "--disable-sync", "--no-first-run", "--disable-quic",
-                    format!("--user-data-dir={}", profile.display()),
-                ],
+                "args": args,
             }),
         );
         Ok(ClientBuilder::new(HttpConnector::new())
@@ -960,4 +980,163 @@ async fn native_eventsources_ride_out_a_nats_outage_and_gateway_restarts_behind_
         js(&browser, "window.opened").await.unwrap(),
         js(&browser, "window.refused").await.unwrap()
     );
+}
+
+/// Established TCP connections whose local port is `port` (the server's side of each), from
+/// `/proc/net/tcp` and `tcp6`.
+fn established_to(port: u16) -> usize {
+    ["/proc/net/tcp", "/proc/net/tcp6"]
+        .iter()
+        .filter_map(|path| std::fs::read_to_string(path).ok())
+        .flat_map(|text| {
+            text.lines()
+                .skip(1)
+                .filter(|line| {
+                    let fields: Vec<&str> = line.split_whitespace().collect();
+                    let local_port = fields
+                        .get(1)
+                        .and_then(|a| a.rsplit(':').next())
+                        .and_then(|p| u16::from_str_radix(p, 16).ok());
+                    local_port == Some(port) && fields.get(3) == Some(&"01")
+                })
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        })
+        .count()
+}
+
+/// Over TLS with HTTP/2, one page opens twelve native EventSources to one origin: all twelve
+/// open and receive every event, over a single TCP connection. The same page over HTTP/1.1
+/// (`--http2 false`) gets six connections, and the other six sources wait: the browser's limit
+/// per origin is real here, and HTTP/2 is what lifts it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twelve_streams_share_one_http2_connection_where_http1_stalls_at_six() {
+    let certs = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("certs");
+    let (cert, key) = (certs.join("server.pem"), certs.join("server.key"));
+    let driver = ChromeDriver::start().await.unwrap();
+    for http2 in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        let profile = tempfile::tempdir().unwrap();
+        let herald = Herald::start(
+            dir.path(),
+            &[
+                "--tls-cert",
+                cert.to_str().unwrap(),
+                "--tls-key",
+                key.to_str().unwrap(),
+                "--http2",
+                if http2 { "true" } else { "false" },
+            ],
+        )
+        .await
+        .unwrap();
+        let port: u16 = herald
+            .base
+            .strip_prefix("https://127.0.0.1:")
+            .unwrap_or_else(|| panic!("not an https listener: {}", herald.base))
+            .parse()
+            .unwrap();
+        // The test CA is not the browser's: its errors are ignored, which changes nothing of
+        // how the browser pools connections or speaks HTTP/2.
+        let browser = driver
+            .browser_with(profile.path(), &["--ignore-certificate-errors"])
+            .await
+            .unwrap();
+        browser
+            .goto(&format!("https://localhost:{port}/v1/topics/t/events"))
+            .await
+            .unwrap();
+        let protocol = js(
+            &browser,
+            "performance.getEntriesByType('navigation')[0].nextHopProtocol",
+        )
+        .await
+        .unwrap();
+        assert_eq!(protocol, json!(if http2 { "h2" } else { "http/1.1" }));
+        browser
+            .execute(
+                r#"
+                window.got = Array.from({length: 12}, () => []);
+                window.sources = window.got.map(got => {
+                    const es = new EventSource('/v1/stream?topic=t');
+                    es.onmessage = e => got.push(e.lastEventId);
+                    return es;
+                });
+                "#,
+                vec![],
+            )
+            .await
+            .unwrap();
+        let want_open = if http2 { 12 } else { 6 };
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            let states: Vec<u64> = serde_json::from_value(
+                js(&browser, "window.sources.map(s => s.readyState)")
+                    .await
+                    .unwrap(),
+            )
+            .unwrap();
+            let open = states.iter().filter(|s| **s == 1).count();
+            if open >= want_open {
+                assert_eq!(open, want_open, "{states:?}");
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "http2 {http2}: {open} of 12 sources open: {states:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        if http2 {
+            // Three events, published from the page over the same connection.
+            let ids: Vec<String> = serde_json::from_value(
+                browser
+                    .execute_async(
+                        r#"
+                        const done = arguments[arguments.length - 1];
+                        (async () => {
+                            const ids = [];
+                            for (let i = 0; i < 3; i++) {
+                                const r = await fetch('/v1/topics/t/events', {
+                                    method: 'POST',
+                                    headers: {'content-type': 'application/json'},
+                                    body: JSON.stringify({data: i}),
+                                });
+                                ids.push((await r.json()).id);
+                            }
+                            return ids;
+                        })().then(done, e => done(String(e)));
+                        "#,
+                        vec![],
+                    )
+                    .await
+                    .unwrap(),
+            )
+            .unwrap();
+            for i in 0..12 {
+                page_ids_become(&browser, &format!("window.got[{i}]"), &ids).await;
+            }
+        } else {
+            // Six more seconds: the other six are still waiting for a connection.
+            tokio::time::sleep(Duration::from_secs(6)).await;
+            let states: Vec<u64> = serde_json::from_value(
+                js(&browser, "window.sources.map(s => s.readyState)")
+                    .await
+                    .unwrap(),
+            )
+            .unwrap();
+            assert_eq!(
+                states.iter().filter(|s| **s == 0).count(),
+                6,
+                "six sources still connecting: {states:?}"
+            );
+        }
+        let connections = established_to(port);
+        assert_eq!(
+            connections,
+            if http2 { 1 } else { 6 },
+            "http2 {http2}: TCP connections to Herald"
+        );
+        browser.close().await.unwrap();
+    }
 }

@@ -98,7 +98,13 @@ async fn edge(State(access): State<Arc<Access>>, mut request: Request, next: Nex
             );
         }
         response
-    } else if let Err(e) = check_write(&method, request.headers(), origin.as_ref(), listed) {
+    } else if let Err(e) = check_write(
+        &method,
+        request.headers(),
+        authority(&request),
+        origin.as_ref(),
+        listed,
+    ) {
         e.into_response()
     } else if let Some((kind, retry_after)) = over {
         let refusal = ClientLimits::too_many(kind, retry_after);
@@ -126,10 +132,20 @@ async fn edge(State(access): State<Arc<Access>>, mut request: Request, next: Nex
     response
 }
 
+/// The host and port the request was sent to: its `Host` header (HTTP/1.1), or the authority of
+/// its target (HTTP/2's `:authority`, which has no `Host` header beside it).
+fn authority<B>(request: &axum::http::Request<B>) -> Option<&str> {
+    match request.headers().get(header::HOST) {
+        Some(host) => host.to_str().ok(),
+        None => request.uri().authority().map(|a| a.as_str()),
+    }
+}
+
 /// A write from a foreign origin is 403; a write whose body is not declared JSON is 415.
 fn check_write(
     method: &Method,
     headers: &HeaderMap,
+    host: Option<&str>,
     origin: Option<&HeaderValue>,
     listed: Option<&HeaderValue>,
 ) -> Result<(), ApiError> {
@@ -141,7 +157,7 @@ fn check_write(
     }
     if let Some(origin) = origin
         && listed.is_none()
-        && !same_origin(origin, headers.get(header::HOST))
+        && !same_origin(origin, host)
     {
         return Err(ApiError::new(
             ErrorCode::Forbidden,
@@ -175,8 +191,8 @@ fn is_json(content_type: Option<&HeaderValue>) -> bool {
 }
 
 /// Whether `origin` (`scheme://host[:port]`) names the host the request was sent to.
-fn same_origin(origin: &HeaderValue, host: Option<&HeaderValue>) -> bool {
-    let (Ok(origin), Some(Ok(host))) = (origin.to_str(), host.map(|h| h.to_str())) else {
+fn same_origin(origin: &HeaderValue, host: Option<&str>) -> bool {
+    let (Ok(origin), Some(host)) = (origin.to_str(), host) else {
         return false;
     };
     let authority = origin
@@ -229,13 +245,29 @@ mod tests {
 
     #[test]
     fn same_origin_compares_host_and_port() {
-        let host = HeaderValue::from_static("127.0.0.1:8080");
-        let same = |o: &'static str| same_origin(&HeaderValue::from_static(o), Some(&host));
+        let same =
+            |o: &'static str| same_origin(&HeaderValue::from_static(o), Some("127.0.0.1:8080"));
         assert!(same("http://127.0.0.1:8080"));
         assert!(same("https://127.0.0.1:8080"));
         assert!(!same("http://127.0.0.1:8081"));
         assert!(!same("http://evil.example"));
         assert!(!same("null"));
         assert!(!same_origin(&HeaderValue::from_static("http://a"), None));
+    }
+
+    /// HTTP/2 has no `Host` header: the target's authority (`:authority`) is the host.
+    #[test]
+    fn the_authority_is_the_host_header_or_the_targets() {
+        let h1 = axum::http::Request::post("/v1/events")
+            .header(header::HOST, "a.example:8443")
+            .body(())
+            .unwrap();
+        assert_eq!(authority(&h1), Some("a.example:8443"));
+        let h2 = axum::http::Request::post("https://a.example:8443/v1/events")
+            .body(())
+            .unwrap();
+        assert_eq!(authority(&h2), Some("a.example:8443"));
+        let neither = axum::http::Request::post("/v1/events").body(()).unwrap();
+        assert_eq!(authority(&neither), None);
     }
 }

@@ -42,23 +42,34 @@ pub struct Listeners {
 }
 
 impl Listeners {
-    /// Binds the addresses `options` names and prints `<name> listening on http://ADDR` (the
-    /// public one first: scripts read the port from it), then the admin line.
+    /// Binds the addresses `options` names and prints `<name> listening on http://ADDR`
+    /// (`https` with `--tls-cert`; the public one first: scripts read the port from it), then the
+    /// admin line.
     pub async fn bind(name: &str, options: &ServiceOptions) -> anyhow::Result<Self> {
-        let public = bind(name, "listening", options.process.listen).await?;
+        let scheme = if options.process.tls_cert.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        let public = bind(name, "listening", scheme, options.process.listen).await?;
         let admin = match options.admin.admin_listen {
-            Some(addr) => Some(bind(name, "admin listening", addr).await?),
+            Some(addr) => Some(bind(name, "admin listening", "http", addr).await?),
             None => None,
         };
         Ok(Self { public, admin })
     }
 }
 
-async fn bind(name: &str, what: &str, addr: SocketAddr) -> anyhow::Result<TcpListener> {
+async fn bind(
+    name: &str,
+    what: &str,
+    scheme: &str,
+    addr: SocketAddr,
+) -> anyhow::Result<TcpListener> {
     let listener = herald_runtime::serve::bind(addr).with_context(|| format!("binding {addr}"))?;
     let addr = listener.local_addr().context("reading the bound address")?;
     tracing::info!(%addr, "{what}");
-    println!("{name} {what} on http://{addr}");
+    println!("{name} {what} on {scheme}://{addr}");
     Ok(listener)
 }
 

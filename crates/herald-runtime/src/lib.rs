@@ -12,6 +12,7 @@
 //! - [`listener`]: a TCP listener whose connections time out writes to a peer that stopped
 //!   reading, so a stalled subscriber is cut off instead of pinning memory.
 //! - [`serve`]: serve a router until shutdown, then drain it under a deadline; the ops routes.
+//! - [`tls`]: TLS termination with certificate rotation, ALPN for HTTP/2.
 
 pub mod drain;
 pub mod error;
@@ -23,6 +24,7 @@ pub mod openapi;
 pub mod options;
 pub mod serve;
 pub mod signal;
+pub mod tls;
 
 pub use drain::{Drain, DrainWatch};
 pub use error::{ApiError, ErrorCode};

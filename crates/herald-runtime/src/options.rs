@@ -49,6 +49,40 @@ pub struct ProcessOptions {
     /// connections wait in the kernel's backlog until one closes.
     #[arg(long, env = "HERALD_MAX_TCP_CONNECTIONS", value_name = "N", default_value_t = 12_000, value_parser = units::at_least_one())]
     pub max_tcp_connections: usize,
+    /// Serve HTTPS on --listen with this certificate chain (PEM, leaf first), and --tls-key.
+    /// Both files are read again when either changes (checked every 10 s), for certificate
+    /// rotation without a restart; a pair that does not load keeps the previous one served.
+    #[arg(
+        long,
+        env = "HERALD_TLS_CERT",
+        value_name = "FILE",
+        requires = "tls_key"
+    )]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[arg(
+        long,
+        env = "HERALD_TLS_KEY",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
+    pub tls_key: Option<PathBuf>,
+    /// Serve HTTP/2 to TLS clients that offer it (ALPN `h2`): a browser then carries every stream
+    /// of an origin over one connection, instead of at most six over HTTP/1.1.
+    #[arg(long, env = "HERALD_HTTP2", value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
+    pub http2: bool,
+    /// Also accept HTTP/2 without TLS (h2c, with prior knowledge) on --listen, for a load
+    /// balancer that speaks it to Herald. Browsers never use h2c.
+    #[arg(long, env = "HERALD_H2C", value_name = "BOOL", default_value_t = false, action = clap::ArgAction::Set)]
+    pub h2c: bool,
+    /// Most concurrent streams one HTTP/2 connection may have open; a client that opens more
+    /// has the extra ones refused (RST_STREAM REFUSED_STREAM).
+    #[arg(long, env = "HERALD_H2_MAX_STREAMS", value_name = "N", default_value_t = 100, value_parser = units::count(1..=10_000))]
+    pub h2_max_streams: usize,
+    /// An HTTP/2 connection is pinged after this long without a frame from the client, and
+    /// closed if the ping is not answered within it.
+    #[arg(long, env = "HERALD_H2_KEEPALIVE", value_name = "DURATION", default_value = "20s", value_parser = units::positive_duration)]
+    pub h2_keepalive: Duration,
     /// On SIGTERM/SIGINT, time allowed for streams to end and requests to finish.
     #[arg(long, env = "HERALD_DRAIN_DEADLINE", value_name = "DURATION", default_value = "25s", value_parser = units::positive_duration)]
     pub drain_deadline: Duration,
@@ -87,6 +121,17 @@ impl ProcessOptions {
             max_url_length: self.max_url_length,
             max_tcp_connections: self.max_tcp_connections,
             trust_traceparent: self.trust_traceparent,
+            tls: self
+                .tls_cert
+                .clone()
+                .zip(self.tls_key.clone())
+                .map(|(cert, key)| crate::tls::TlsFiles { cert, key }),
+            http2: crate::serve::Http2Options {
+                tls: self.http2,
+                cleartext: self.h2c,
+                max_streams: self.h2_max_streams,
+                keepalive: self.h2_keepalive,
+            },
         }
     }
 }

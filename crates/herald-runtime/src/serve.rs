@@ -68,6 +68,121 @@ pub struct ServeOptions {
     pub max_tcp_connections: usize,
     /// Whether a request's `traceparent` is continued.
     pub trust_traceparent: bool,
+    /// Serve HTTPS with these files (HTTP/1.1, and HTTP/2 where `http2.tls`).
+    pub tls: Option<crate::tls::TlsFiles>,
+    /// HTTP/2: where it is served and its limits.
+    pub http2: Http2Options,
+}
+
+/// Where HTTP/2 is served, and its limits.
+#[derive(Debug, Clone, Copy)]
+pub struct Http2Options {
+    /// Offered by ALPN on a TLS listener.
+    pub tls: bool,
+    /// Accepted without TLS, with prior knowledge (h2c).
+    pub cleartext: bool,
+    /// Concurrent streams per connection (`SETTINGS_MAX_CONCURRENT_STREAMS`).
+    pub max_streams: usize,
+    /// Ping interval when the client is silent, and the time allowed for its answer.
+    pub keepalive: Duration,
+}
+
+impl Default for Http2Options {
+    fn default() -> Self {
+        Self {
+            tls: true,
+            cleartext: false,
+            max_streams: 100,
+            keepalive: Duration::from_secs(20),
+        }
+    }
+}
+
+/// What an HTTP/2 client sends first (RFC 9113, 3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Whether the bytes a connection sent before its first head could be parsed are the start of
+/// the HTTP/2 preface (at least its method and space: `PRI `).
+fn starts_h2(prefix: &[u8]) -> bool {
+    prefix.len() >= 4 && H2_PREFACE.starts_with(&prefix[..prefix.len().min(H2_PREFACE.len())])
+}
+
+/// A connection's bytes: TCP, or TLS over it.
+enum Io {
+    Plain(TimedStream),
+    Tls(Box<tokio_rustls::server::TlsStream<TimedStream>>),
+    /// During the TLS handshake, which takes the TCP stream.
+    Handshaking,
+}
+
+macro_rules! delegate {
+    ($self:ident, $io:ident => $call:expr, $none:expr) => {
+        match $self.get_mut() {
+            Io::Plain($io) => {
+                let $io = Pin::new($io);
+                $call
+            }
+            Io::Tls($io) => {
+                let $io = Pin::new(&mut **$io);
+                $call
+            }
+            Io::Handshaking => $none,
+        }
+    };
+}
+
+fn handshaking<T>() -> std::task::Poll<std::io::Result<T>> {
+    std::task::Poll::Ready(Err(std::io::ErrorKind::NotConnected.into()))
+}
+
+impl tokio::io::AsyncRead for Io {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        delegate!(self, io => io.poll_read(cx, buf), handshaking())
+    }
+}
+
+impl tokio::io::AsyncWrite for Io {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        delegate!(self, io => io.poll_write(cx, buf), handshaking())
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        delegate!(self, io => io.poll_write_vectored(cx, bufs), handshaking())
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Io::Plain(io) => io.is_write_vectored(),
+            Io::Tls(io) => io.is_write_vectored(),
+            Io::Handshaking => false,
+        }
+    }
+
+    fn poll_flush(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        delegate!(self, io => io.poll_flush(cx), handshaking())
+    }
+
+    fn poll_shutdown(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        delegate!(self, io => io.poll_shutdown(cx), handshaking())
+    }
 }
 
 /// The accept queue asked of the kernel (which caps it at `net.core.somaxconn`, 4096 on current
@@ -142,6 +257,16 @@ pub async fn serve(
     on_write_timeout: Arc<dyn Fn() + Send + Sync>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    let tls = match &options.tls {
+        Some(files) => Some(
+            crate::tls::Tls::new(files, options.http2.tls)
+                .context("--tls-cert and --tls-key do not load")?,
+        ),
+        None => None,
+    };
+    let reload = tls
+        .as_ref()
+        .map(|tls| tls.spawn_reload(crate::tls::RELOAD_CHECK));
     let listener = TimedListener::new(listener, options.write_timeout, on_write_timeout);
     // Every error answer in the API's JSON shape, the framework's own included.
     let router = router.layer(axum::middleware::from_fn(crate::error::json_errors));
@@ -168,8 +293,10 @@ pub async fn serve(
         },
         request_limits,
     ));
-    let server = accept_loop(listener, router, options.clone(), drain.watch());
+    let server = accept_loop(listener, router, options.clone(), tls, drain.watch());
     let mut server = tokio::spawn(server);
+    // The reload task ends with this function, whichever way it returns.
+    let _reload = reload.map(AbortOnDrop);
     tokio::select! {
         () = shutdown => {}
         result = &mut server => return result.context("server task"),
@@ -187,18 +314,31 @@ pub async fn serve(
     Ok(())
 }
 
-/// Accepts connections on `listener` and serves each over HTTP/1.1 with the edge's limits (head
-/// timeout, head size and header count, at most `max_tcp_connections` at once) until the drain
-/// starts; then stops accepting, asks every connection to close once its request is done (idle
-/// ones at once; streams end on the drain by themselves) and returns when all are gone.
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Accepts connections on `listener` and serves each over HTTP/1.1, or HTTP/2 where it is on,
+/// with the edge's limits (head timeout, head size and header count, at most
+/// `max_tcp_connections` at once; HTTP/2's stream, header and ping limits) until the drain starts;
+/// then stops accepting, asks every connection to close once its request is done (idle ones at
+/// once; streams end on the drain by themselves; HTTP/2 connections get a GOAWAY) and returns
+/// when all are gone. With `tls`, every connection is TLS first (its handshake within the head
+/// timeout), and ALPN chooses HTTP/2 or HTTP/1.1.
 ///
-/// A connection's request heads are read by [`crate::lean`] first: `GET`s (streams, pages,
-/// history) are answered there without hyper's per-connection buffers; the first other request
-/// hands the connection to hyper for good.
+/// An HTTP/1.1 connection's request heads are read by [`crate::lean`] first: `GET`s (streams,
+/// pages, history) are answered there without hyper's per-connection buffers; the first other
+/// request hands the connection to hyper for good. HTTP/2 connections are hyper's.
 async fn accept_loop(
     mut listener: TimedListener,
     router: Router,
     options: ServeOptions,
+    tls: Option<crate::tls::Tls>,
     drain: DrainWatch,
 ) {
     use axum::serve::Listener as _;
@@ -212,10 +352,30 @@ async fn accept_loop(
         // The read buffer holds a head at most (bodies are read in chunks of it): no larger
         // than the head limit allows, and hyper's floor of 8 KiB.
         .max_buf_size(options.max_header_size.max(8192));
+    let limits = options.http2;
+    let mut h2 = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new());
+    h2.timer(TokioTimer::new())
+        .max_concurrent_streams(u32::try_from(limits.max_streams).unwrap_or(u32::MAX))
+        .max_header_list_size(u32::try_from(options.max_header_size).unwrap_or(u32::MAX))
+        .keep_alive_interval(limits.keepalive)
+        .keep_alive_timeout(limits.keepalive)
+        // Rapid reset (CVE-2023-44487): streams a client opens and cancels before they are
+        // served count against this, and past it the connection gets a GOAWAY. h2's default,
+        // set here on purpose.
+        .max_pending_accept_reset_streams(20)
+        // Streams this side resets for a client's protocol errors, before a GOAWAY (hyper's
+        // default since RUSTSEC-2024-0003).
+        .max_local_error_reset_streams(1024)
+        // What one stream may have queued for sending beyond its flow-control window: an
+        // event's frame at most (64 KiB by default), not hyper's 400 KB.
+        .max_send_buf_size(64 * 1024);
     let shared = Arc::new(Connections {
         // One router for every connection (built once; each request gets a reference to it).
         router: router.with_state::<()>(()),
         http,
+        h2,
+        h2c: limits.cleartext,
+        tls,
         header_timeout: options.header_timeout,
         head: crate::lean::HeadLimits {
             max_size: options.max_header_size,
@@ -237,7 +397,7 @@ async fn accept_loop(
             () = &mut stop => break,
         };
         let connection = Box::new(Connection {
-            io,
+            io: Io::Plain(io),
             peer,
             watcher: graceful.watcher(),
             _slot: slot,
@@ -252,7 +412,7 @@ async fn accept_loop(
 /// the locals they move into apart, so a connection passed by value would be held two or three
 /// times over in its task's state.
 struct Connection {
-    io: TimedStream,
+    io: Io,
     peer: std::net::SocketAddr,
     /// Held for the connection's life, so that the drain waits for it, whichever path serves it.
     watcher: hyper_util::server::graceful::Watcher,
@@ -264,6 +424,10 @@ struct Connection {
 struct Connections {
     router: Router,
     http: hyper::server::conn::http1::Builder,
+    h2: hyper::server::conn::http2::Builder<hyper_util::rt::TokioExecutor>,
+    /// HTTP/2 with prior knowledge on a connection without TLS.
+    h2c: bool,
+    tls: Option<crate::tls::Tls>,
     header_timeout: Duration,
     head: crate::lean::HeadLimits,
     drain: DrainWatch,
@@ -276,6 +440,20 @@ impl Connections {
         use crate::lean::{After, Answer, Head};
         use tower_service::Service as _;
 
+        if let Some(tls) = &self.tls {
+            // Boxed, as the steps below: an idle stream's state keeps none of the handshake.
+            match Box::pin(self.handshake(tls, &mut connection)).await {
+                Some(true) => {
+                    let served = self.serve_h2(axum::body::Bytes::new(), *connection);
+                    if let Err(e) = served.await {
+                        tracing::trace!(error = %e, "HTTP/2 connection ended with an error");
+                    }
+                    return;
+                }
+                Some(false) => {}
+                None => return,
+            }
+        }
         loop {
             // The head must arrive whole within the head timeout, as with hyper; a connection
             // waiting for its next head closes when the drain starts.
@@ -290,6 +468,13 @@ impl Connections {
             });
             let request = match head.await {
                 None | Some(Head::Gone) => return,
+                Some(Head::Other(prefix)) if self.h2c && starts_h2(&prefix) => {
+                    let served = self.serve_h2(prefix, *connection);
+                    if let Err(e) = served.await {
+                        tracing::trace!(error = %e, "HTTP/2 connection ended with an error");
+                    }
+                    return;
+                }
                 Some(Head::Other(prefix)) => {
                     let served = self.hand_over(prefix, *connection);
                     if let Err(e) = served.await {
@@ -320,6 +505,57 @@ impl Connections {
                 return;
             }
         }
+    }
+
+    /// The TLS handshake, within the head timeout (and given up when the drain starts):
+    /// `Some(true)` when the client chose HTTP/2 by ALPN, `Some(false)` for HTTP/1.1, `None`
+    /// when it failed.
+    async fn handshake(&self, tls: &crate::tls::Tls, connection: &mut Connection) -> Option<bool> {
+        let Io::Plain(tcp) = std::mem::replace(&mut connection.io, Io::Handshaking) else {
+            return None;
+        };
+        let accepted = tokio::select! {
+            biased;
+            () = self.drain.started() => return None,
+            accepted = tokio::time::timeout(self.header_timeout, tls.acceptor().accept(tcp)) => accepted,
+        };
+        let stream = match accepted {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "TLS handshake failed");
+                return None;
+            }
+            Err(_) => return None,
+        };
+        let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2".as_slice());
+        connection.io = Io::Tls(Box::new(stream));
+        Some(h2)
+    }
+
+    /// Hyper's HTTP/2 connection, with the bytes read so far (h2c's preface, or none after a TLS
+    /// handshake).
+    fn serve_h2(
+        &self,
+        prefix: axum::body::Bytes,
+        connection: Connection,
+    ) -> Pin<Box<dyn Future<Output = Result<(), hyper::Error>> + Send>> {
+        let Connection {
+            io,
+            peer,
+            watcher,
+            _slot: slot,
+        } = connection;
+        let service = WithPeer {
+            router: self.router.clone(),
+            peer,
+        };
+        let io = hyper_util::rt::TokioIo::new(crate::lean::Rewind::new(prefix, io));
+        let served = watcher.watch(self.h2.serve_connection(io, service));
+        Box::pin(async move {
+            let result = served.await;
+            drop(slot);
+            result
+        })
     }
 
     /// Hyper's connection from here on, with the bytes read so far. Built outside [`Self::serve`]
@@ -520,11 +756,13 @@ mod tests {
             max_url_length: 4096,
             max_tcp_connections: 16,
             trust_traceparent: false,
+            tls: None,
+            http2: Http2Options::default(),
         }
     }
 
     /// Reads one answer: up to the end of its body (by `content-length`, or the last chunk).
-    async fn answer(io: &mut tokio::net::TcpStream) -> String {
+    async fn answer(io: &mut (impl tokio::io::AsyncRead + Unpin)) -> String {
         let mut got = Vec::new();
         loop {
             let text = String::from_utf8_lossy(&got).into_owned();
@@ -606,6 +844,203 @@ mod tests {
             let text = answer(&mut io).await;
             assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
             assert!(text.ends_with(ends), "{request:?} answered {text:?}");
+        }
+        let _ = stop.send(());
+        server.await.unwrap().unwrap();
+    }
+
+    /// A server on a free port with `options`, stopped when the sender is dropped: a page, and a
+    /// stream that sends one frame and stays open.
+    async fn start(
+        options: ServeOptions,
+    ) -> (
+        std::net::SocketAddr,
+        tokio::sync::oneshot::Sender<()>,
+        tokio::task::JoinHandle<anyhow::Result<()>>,
+    ) {
+        let router = Router::new().route("/page", get(|| async { "hi" })).route(
+            "/v1/stream",
+            get(|| async {
+                use futures_util::StreamExt as _;
+                let first = futures_util::stream::iter([Ok::<_, std::convert::Infallible>(
+                    axum::body::Bytes::from_static(b"data: x\n\n"),
+                )]);
+                axum::body::Body::from_stream(first.chain(futures_util::stream::pending()))
+            }),
+        );
+        let listener = bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (drain, _) = Drain::new();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(async move {
+            serve(listener, router, &drain, &options, Arc::new(|| {}), async {
+                let _ = stopped.await;
+            })
+            .await
+        });
+        (addr, stop, server)
+    }
+
+    fn tls_options() -> ServeOptions {
+        let certs = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/certs");
+        ServeOptions {
+            tls: Some(crate::tls::TlsFiles {
+                cert: certs.join("server.pem"),
+                key: certs.join("server.key"),
+            }),
+            ..options()
+        }
+    }
+
+    /// A TLS client that trusts the test CA and offers `alpn`.
+    async fn tls_connect(
+        addr: std::net::SocketAddr,
+        alpn: &[&[u8]],
+    ) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+        use tokio_rustls::rustls::{self, pki_types::pem::PemObject as _};
+        let ca = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/certs/ca.pem");
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in rustls::pki_types::CertificateDer::pem_file_iter(ca).unwrap() {
+            roots.add(cert.unwrap()).unwrap();
+        }
+        let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        tokio_rustls::TlsConnector::from(Arc::new(config))
+            .connect("localhost".try_into().unwrap(), tcp)
+            .await
+            .unwrap()
+    }
+
+    /// HTTP/2 over `io`: the request sender, its connection driven in the background.
+    async fn h2_client<T>(io: T) -> hyper::client::conn::http2::SendRequest<axum::body::Body>
+    where
+        T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let (sender, connection) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(io),
+        )
+        .await
+        .unwrap();
+        tokio::spawn(connection);
+        sender
+    }
+
+    fn get_request(path: &str) -> axum::http::Request<axum::body::Body> {
+        axum::http::Request::get(format!("https://localhost{path}"))
+            .body(axum::body::Body::empty())
+            .unwrap()
+    }
+
+    /// Over TLS, a client offering `h2` gets HTTP/2 and twelve streams open at once on its one
+    /// connection, each receiving its first frame (over HTTP/1.1 a browser would hold six); a
+    /// client offering only `http/1.1` is served HTTP/1.1 on the same listener.
+    #[tokio::test]
+    async fn tls_serves_http2_by_alpn_and_http1_otherwise() {
+        use http_body_util::BodyExt as _;
+        use tokio::io::AsyncWriteExt as _;
+        let (addr, stop, server) = start(tls_options()).await;
+
+        let tls = tls_connect(addr, &[b"h2", b"http/1.1"]).await;
+        assert_eq!(tls.get_ref().1.alpn_protocol(), Some(b"h2".as_slice()));
+        let mut sender = h2_client(tls).await;
+        let mut open = Vec::new();
+        for _ in 0..12 {
+            sender.ready().await.unwrap();
+            let response = sender
+                .send_request(get_request("/v1/stream"))
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 200);
+            assert_eq!(response.version(), axum::http::Version::HTTP_2);
+            open.push(response.into_body());
+        }
+        for body in &mut open {
+            let frame = tokio::time::timeout(Duration::from_secs(5), body.frame())
+                .await
+                .expect("a frame within 5 s")
+                .unwrap()
+                .unwrap();
+            assert_eq!(frame.into_data().unwrap(), "data: x\n\n");
+        }
+
+        let mut tls = tls_connect(addr, &[b"http/1.1"]).await;
+        assert_eq!(
+            tls.get_ref().1.alpn_protocol(),
+            Some(b"http/1.1".as_slice())
+        );
+        tls.write_all(b"GET /page HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let text = answer(&mut tls).await;
+        assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+        assert!(text.ends_with("\r\n\r\nhi"), "{text}");
+
+        // A client that speaks no TLS gets no answer, and the server keeps serving.
+        let mut plain = tokio::net::TcpStream::connect(addr).await.unwrap();
+        plain
+            .write_all(b"GET /page HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = [0u8; 64];
+        let n = tokio::time::timeout(
+            Duration::from_secs(5),
+            tokio::io::AsyncReadExt::read(&mut plain, &mut buf),
+        )
+        .await
+        .expect("closed within 5 s");
+        assert!(
+            !String::from_utf8_lossy(&buf[..n.unwrap_or(0)]).contains("hi"),
+            "plain HTTP answered over a TLS listener"
+        );
+        drop(open);
+        let _ = stop.send(());
+        server.await.unwrap().unwrap();
+    }
+
+    /// HTTP/2 without TLS is served only where h2c is turned on; HTTP/1.1 still is.
+    #[tokio::test]
+    async fn h2c_only_when_asked() {
+        use http_body_util::BodyExt as _;
+        let on = ServeOptions {
+            http2: Http2Options {
+                cleartext: true,
+                ..Http2Options::default()
+            },
+            ..options()
+        };
+        let (addr, stop, server) = start(on).await;
+        let mut sender = h2_client(tokio::net::TcpStream::connect(addr).await.unwrap()).await;
+        let response = sender.send_request(get_request("/page")).await.unwrap();
+        assert_eq!(response.version(), axum::http::Version::HTTP_2);
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(body, "hi");
+        let _ = stop.send(());
+        server.await.unwrap().unwrap();
+
+        let (addr, stop, server) = start(options()).await;
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let handshake = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(tcp),
+        )
+        .await;
+        if let Ok((mut sender, connection)) = handshake {
+            tokio::spawn(connection);
+            let answered = tokio::time::timeout(
+                Duration::from_secs(5),
+                sender.send_request(get_request("/page")),
+            )
+            .await
+            .expect("refused within 5 s");
+            assert!(answered.is_err(), "h2c served while off: {answered:?}");
         }
         let _ = stop.send(());
         server.await.unwrap().unwrap();

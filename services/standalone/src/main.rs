@@ -30,6 +30,11 @@ async fn main() -> ExitCode {
 async fn run(config: Config) -> anyhow::Result<()> {
     let signals = herald_runtime::signal::Signals::install()?;
     let (listen, admin_listen) = (config.listen, config.admin_listen);
+    let scheme = if config.serve.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     let app = App::build(config).await?;
     let listener =
         herald_runtime::serve::bind(listen).with_context(|| format!("binding {listen}"))?;
@@ -43,7 +48,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
     };
     tracing::info!(%addr, "listening");
     // Stable lines on stdout for people and scripts (tests read the port from the first).
-    println!("herald listening on http://{addr}");
+    println!("herald listening on {scheme}://{addr}");
     if let Some(admin) = &admin {
         let at = admin.local_addr().context("reading the admin address")?;
         tracing::info!(%at, "admin listening");
