@@ -22,6 +22,7 @@
 //! | `BENCH_STORM_CLIENTS`, `BENCH_STORM_RATE` | 9000, 200/s | clients on the killed gateway |
 //! | `BENCH_SCALE_IDLE_CONNECTIONS` | 9000 | idle streams through nginx on the `gateways-N` servers |
 //! | `BENCH_SERVER_CPUS`, `BENCH_CLIENT_CPUS` | unset | `taskset` CPU lists: the servers' processes on some CPUs, the load generator on others |
+//! | `BENCH_IDEMPOTENCY_KEYS` | 1 | `0`: Herald's publishes carry no `Idempotency-Key` |
 //!
 //! The capacity model's check (`docs/capacity.md`): `BENCH_SERVERS=gateways-1,gateways-2,gateways-3
 //! BENCH_SCENARIOS=fanout,idle,storm` runs the distributed mode with N gateways behind nginx
@@ -95,7 +96,9 @@ async fn herald_server(
             batch_url: Some(Url::parse(&format!("{pub_base}/v1/events")).await?),
             batch_item: Some(r#"{"topic":"{topic}","data":{"n":{n},"t":{t}}}"#.to_owned()),
             headers: json_headers(),
-            idempotent: true,
+            // Every publish carries an Idempotency-Key, as a client that retries safely sends;
+            // `BENCH_IDEMPOTENCY_KEYS=0` sends none (what the keys cost).
+            idempotent: env_u64("BENCH_IDEMPOTENCY_KEYS", 1) != 0,
         },
         procs: Procs::new(pids),
     })

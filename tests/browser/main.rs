@@ -481,6 +481,16 @@ async fn js(browser: &Client, expr: &str) -> anyhow::Result<Value> {
 
 /// Waits until the page's list `expr` (event ids) is as long as `want`, then checks it is
 /// exactly `want`: every event once, in order.
+/// `readyState` of each of the page's `window.sources` (0 connecting, 1 open, 2 closed).
+async fn ready_states(browser: &Client) -> Vec<u64> {
+    serde_json::from_value(
+        js(browser, "window.sources.map(s => s.readyState)")
+            .await
+            .unwrap(),
+    )
+    .unwrap()
+}
+
 async fn page_ids_become(browser: &Client, expr: &str, want: &[String]) {
     let deadline = tokio::time::Instant::now() + PATIENCE;
     loop {
@@ -588,12 +598,7 @@ async fn a_refused_eventsource_connects_on_its_own_once_a_slot_frees() {
         );
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
-    let states: Vec<u64> = serde_json::from_value(
-        js(&browser, "window.sources.map(s => s.readyState)")
-            .await
-            .unwrap(),
-    )
-    .unwrap();
+    let states: Vec<u64> = ready_states(&browser).await;
     assert_eq!(
         states[refused], 1,
         "the refused source is OPEN now: {states:?}"
@@ -1070,12 +1075,7 @@ async fn twelve_streams_share_one_http2_connection_where_http1_stalls_at_six() {
         let want_open = if http2 { 12 } else { 6 };
         let deadline = tokio::time::Instant::now() + PATIENCE;
         loop {
-            let states: Vec<u64> = serde_json::from_value(
-                js(&browser, "window.sources.map(s => s.readyState)")
-                    .await
-                    .unwrap(),
-            )
-            .unwrap();
+            let states: Vec<u64> = ready_states(&browser).await;
             let open = states.iter().filter(|s| **s == 1).count();
             if open >= want_open {
                 assert_eq!(open, want_open, "{states:?}");
@@ -1119,12 +1119,7 @@ async fn twelve_streams_share_one_http2_connection_where_http1_stalls_at_six() {
         } else {
             // Six more seconds: the other six are still waiting for a connection.
             tokio::time::sleep(Duration::from_secs(6)).await;
-            let states: Vec<u64> = serde_json::from_value(
-                js(&browser, "window.sources.map(s => s.readyState)")
-                    .await
-                    .unwrap(),
-            )
-            .unwrap();
+            let states: Vec<u64> = ready_states(&browser).await;
             assert_eq!(
                 states.iter().filter(|s| **s == 0).count(),
                 6,

@@ -444,7 +444,7 @@ impl Connections {
             // Boxed, as the steps below: an idle stream's state keeps none of the handshake.
             match Box::pin(self.handshake(tls, &mut connection)).await {
                 Some(true) => {
-                    let served = self.serve_h2(axum::body::Bytes::new(), *connection);
+                    let served = self.hand_over(axum::body::Bytes::new(), *connection, true);
                     if let Err(e) = served.await {
                         tracing::trace!(error = %e, "HTTP/2 connection ended with an error");
                     }
@@ -468,15 +468,10 @@ impl Connections {
             });
             let request = match head.await {
                 None | Some(Head::Gone) => return,
-                Some(Head::Other(prefix)) if self.h2c && starts_h2(&prefix) => {
-                    let served = self.serve_h2(prefix, *connection);
-                    if let Err(e) = served.await {
-                        tracing::trace!(error = %e, "HTTP/2 connection ended with an error");
-                    }
-                    return;
-                }
                 Some(Head::Other(prefix)) => {
-                    let served = self.hand_over(prefix, *connection);
+                    // HTTP/2 with prior knowledge, where h2c is on; anything else is HTTP/1.1's.
+                    let http2 = self.h2c && starts_h2(&prefix);
+                    let served = self.hand_over(prefix, *connection, http2);
                     if let Err(e) = served.await {
                         tracing::trace!(error = %e, "connection ended with an error");
                     }
@@ -532,39 +527,17 @@ impl Connections {
         Some(h2)
     }
 
-    /// Hyper's HTTP/2 connection, with the bytes read so far (h2c's preface, or none after a TLS
-    /// handshake).
-    fn serve_h2(
-        &self,
-        prefix: axum::body::Bytes,
-        connection: Connection,
-    ) -> Pin<Box<dyn Future<Output = Result<(), hyper::Error>> + Send>> {
-        let Connection {
-            io,
-            peer,
-            watcher,
-            _slot: slot,
-        } = connection;
-        let service = WithPeer {
-            router: self.router.clone(),
-            peer,
-        };
-        let io = hyper_util::rt::TokioIo::new(crate::lean::Rewind::new(prefix, io));
-        let served = watcher.watch(self.h2.serve_connection(io, service));
-        Box::pin(async move {
-            let result = served.await;
-            drop(slot);
-            result
-        })
-    }
-
-    /// Hyper's connection from here on, with the bytes read so far. Built outside [`Self::serve`]
-    /// (and boxed) so that a lean connection's state does not reserve room for hyper's.
+    /// Hyper's connection from here on, with the bytes read so far: HTTP/1.1 (`http2` false),
+    /// or HTTP/2 (after a TLS handshake that chose it, with no bytes; or h2c's preface). Built
+    /// outside [`Self::serve`] (and boxed) so that a lean connection's state does not reserve
+    /// room for hyper's.
     fn hand_over(
         &self,
         prefix: axum::body::Bytes,
         connection: Connection,
+        http2: bool,
     ) -> Pin<Box<dyn Future<Output = Result<(), hyper::Error>> + Send>> {
+        type Served = Pin<Box<dyn Future<Output = Result<(), hyper::Error>> + Send>>;
         let Connection {
             io,
             peer,
@@ -576,7 +549,11 @@ impl Connections {
             peer,
         };
         let io = hyper_util::rt::TokioIo::new(crate::lean::Rewind::new(prefix, io));
-        let served = watcher.watch(self.http.serve_connection(io, service));
+        let served: Served = if http2 {
+            Box::pin(watcher.watch(self.h2.serve_connection(io, service)))
+        } else {
+            Box::pin(watcher.watch(self.http.serve_connection(io, service)))
+        };
         Box::pin(async move {
             let result = served.await;
             drop(slot);
