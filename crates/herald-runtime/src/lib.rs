@@ -9,11 +9,13 @@
 //!   mapping of store failures to answers.
 //! - [`http`]: bounded JSON bodies.
 //! - [`openapi`]: the OpenAPI document's shared part (errors, security, ops routes) and its route.
+//! - [`connection`]: a connection's bytes (TCP or TLS) and its HTTP/2 settings.
 //! - [`listener`]: a TCP listener whose connections time out writes to a peer that stopped
 //!   reading, so a stalled subscriber is cut off instead of pinning memory.
 //! - [`serve`]: serve a router until shutdown, then drain it under a deadline; the ops routes.
 //! - [`tls`]: TLS termination with certificate rotation, ALPN for HTTP/2.
 
+pub mod connection;
 pub mod drain;
 pub mod error;
 pub mod health;

@@ -126,7 +126,7 @@ impl ProcessOptions {
                 .clone()
                 .zip(self.tls_key.clone())
                 .map(|(cert, key)| crate::tls::TlsFiles { cert, key }),
-            http2: crate::serve::Http2Options {
+            http2: crate::connection::Http2Options {
                 tls: self.http2,
                 cleartext: self.h2c,
                 max_streams: self.h2_max_streams,

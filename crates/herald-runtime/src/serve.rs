@@ -16,8 +16,10 @@ use tower_http::trace::{DefaultOnFailure, TraceLayer};
 use tracing::{Instrument, field::Empty};
 
 use crate::{
-    ApiError, Drain, DrainWatch, ErrorCode, Health, health,
-    listener::{TimedListener, TimedStream},
+    ApiError, Drain, DrainWatch, ErrorCode, Health,
+    connection::{Http2Options, Io, starts_h2},
+    health,
+    listener::TimedListener,
 };
 
 /// The TCP peer a request came over (a client, or a proxy in front of it), on every request
@@ -72,117 +74,6 @@ pub struct ServeOptions {
     pub tls: Option<crate::tls::TlsFiles>,
     /// HTTP/2: where it is served and its limits.
     pub http2: Http2Options,
-}
-
-/// Where HTTP/2 is served, and its limits.
-#[derive(Debug, Clone, Copy)]
-pub struct Http2Options {
-    /// Offered by ALPN on a TLS listener.
-    pub tls: bool,
-    /// Accepted without TLS, with prior knowledge (h2c).
-    pub cleartext: bool,
-    /// Concurrent streams per connection (`SETTINGS_MAX_CONCURRENT_STREAMS`).
-    pub max_streams: usize,
-    /// Ping interval when the client is silent, and the time allowed for its answer.
-    pub keepalive: Duration,
-}
-
-impl Default for Http2Options {
-    fn default() -> Self {
-        Self {
-            tls: true,
-            cleartext: false,
-            max_streams: 100,
-            keepalive: Duration::from_secs(20),
-        }
-    }
-}
-
-/// What an HTTP/2 client sends first (RFC 9113, 3.4).
-const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-
-/// Whether the bytes a connection sent before its first head could be parsed are the start of
-/// the HTTP/2 preface (at least its method and space: `PRI `).
-fn starts_h2(prefix: &[u8]) -> bool {
-    prefix.len() >= 4 && H2_PREFACE.starts_with(&prefix[..prefix.len().min(H2_PREFACE.len())])
-}
-
-/// A connection's bytes: TCP, or TLS over it.
-enum Io {
-    Plain(TimedStream),
-    Tls(Box<tokio_rustls::server::TlsStream<TimedStream>>),
-    /// During the TLS handshake, which takes the TCP stream.
-    Handshaking,
-}
-
-macro_rules! delegate {
-    ($self:ident, $io:ident => $call:expr, $none:expr) => {
-        match $self.get_mut() {
-            Io::Plain($io) => {
-                let $io = Pin::new($io);
-                $call
-            }
-            Io::Tls($io) => {
-                let $io = Pin::new(&mut **$io);
-                $call
-            }
-            Io::Handshaking => $none,
-        }
-    };
-}
-
-fn handshaking<T>() -> std::task::Poll<std::io::Result<T>> {
-    std::task::Poll::Ready(Err(std::io::ErrorKind::NotConnected.into()))
-}
-
-impl tokio::io::AsyncRead for Io {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        delegate!(self, io => io.poll_read(cx, buf), handshaking())
-    }
-}
-
-impl tokio::io::AsyncWrite for Io {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        delegate!(self, io => io.poll_write(cx, buf), handshaking())
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        delegate!(self, io => io.poll_write_vectored(cx, bufs), handshaking())
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        match self {
-            Io::Plain(io) => io.is_write_vectored(),
-            Io::Tls(io) => io.is_write_vectored(),
-            Io::Handshaking => false,
-        }
-    }
-
-    fn poll_flush(
-        self: Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        delegate!(self, io => io.poll_flush(cx), handshaking())
-    }
-
-    fn poll_shutdown(
-        self: Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        delegate!(self, io => io.poll_shutdown(cx), handshaking())
-    }
 }
 
 /// The accept queue asked of the kernel (which caps it at `net.core.somaxconn`, 4096 on current
@@ -353,22 +244,7 @@ async fn accept_loop(
         // than the head limit allows, and hyper's floor of 8 KiB.
         .max_buf_size(options.max_header_size.max(8192));
     let limits = options.http2;
-    let mut h2 = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new());
-    h2.timer(TokioTimer::new())
-        .max_concurrent_streams(u32::try_from(limits.max_streams).unwrap_or(u32::MAX))
-        .max_header_list_size(u32::try_from(options.max_header_size).unwrap_or(u32::MAX))
-        .keep_alive_interval(limits.keepalive)
-        .keep_alive_timeout(limits.keepalive)
-        // Rapid reset (CVE-2023-44487): streams a client opens and cancels before they are
-        // served count against this, and past it the connection gets a GOAWAY. h2's default,
-        // set here on purpose.
-        .max_pending_accept_reset_streams(20)
-        // Streams this side resets for a client's protocol errors, before a GOAWAY (hyper's
-        // default since RUSTSEC-2024-0003).
-        .max_local_error_reset_streams(1024)
-        // What one stream may have queued for sending beyond its flow-control window: an
-        // event's frame at most (64 KiB by default), not hyper's 400 KB.
-        .max_send_buf_size(64 * 1024);
+    let h2 = crate::connection::http2_builder(limits, options.max_header_size);
     let shared = Arc::new(Connections {
         // One router for every connection (built once; each request gets a reference to it).
         router: router.with_state::<()>(()),
