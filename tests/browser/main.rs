@@ -380,6 +380,17 @@ async fn wait_for_log(
 /// published meanwhile, once each, in order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_articles_own_client_catches_up_after_a_gateway_restart() {
+    the_article_page_catches_up_after_a_gateway_restart("").await;
+}
+
+/// The same page with its stream opened by herald.js (`/article?client=herald`), the article's
+/// handler unchanged: the same events, once each, in order, across the restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_article_page_on_herald_js_catches_up_after_a_gateway_restart() {
+    the_article_page_catches_up_after_a_gateway_restart("?client=herald").await;
+}
+
+async fn the_article_page_catches_up_after_a_gateway_restart(query: &str) {
     use herald_tests::cluster::{Deployment, Mongo, Nginx, Redis};
 
     let redis = Redis::start().await.unwrap();
@@ -396,10 +407,17 @@ async fn the_articles_own_client_catches_up_after_a_gateway_restart() {
     let profile = tempfile::tempdir().unwrap();
     let driver = ChromeDriver::start().await.unwrap();
     let browser = driver.browser(profile.path()).await.unwrap();
-    browser.goto(&format!("{}/article", lb.base)).await.unwrap();
+    browser
+        .goto(&format!("{}/article{query}", lb.base))
+        .await
+        .unwrap();
     let deadline = tokio::time::Instant::now() + PATIENCE;
     while browser
-        .execute("return source.readyState;", vec![])
+        // herald.js's stream is `source.herald` (state "open"), the article's own an EventSource.
+        .execute(
+            "return source.readyState ?? (source.herald?.state === 'open' ? 1 : 0);",
+            vec![],
+        )
         .await
         .unwrap()
         != json!(1)
@@ -1013,32 +1031,45 @@ fn established_to(port: u16) -> usize {
 /// Over TLS with HTTP/2, one page opens twelve native EventSources to one origin: all twelve
 /// open and receive every event, over a single TCP connection. The same page over HTTP/1.1
 /// (`--http2 false`) gets six connections, and the other six sources wait: the browser's limit
-/// per origin is real here, and HTTP/2 is what lifts it.
+/// per origin is real here, and HTTP/2 is what lifts it. Then the same through the shipped nginx
+/// config terminating TLS with HTTP/2 in front of a plain-HTTP Herald: one connection to nginx.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twelve_streams_share_one_http2_connection_where_http1_stalls_at_six() {
     let certs = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("certs");
     let (cert, key) = (certs.join("server.pem"), certs.join("server.key"));
     let driver = ChromeDriver::start().await.unwrap();
-    for http2 in [true, false] {
+    // (HTTP/2, through nginx)
+    for (http2, nginx) in [(true, false), (false, false), (true, true)] {
         let dir = tempfile::tempdir().unwrap();
         let profile = tempfile::tempdir().unwrap();
-        let herald = Herald::start(
-            dir.path(),
-            &[
-                "--tls-cert",
-                cert.to_str().unwrap(),
-                "--tls-key",
-                key.to_str().unwrap(),
-                "--http2",
-                if http2 { "true" } else { "false" },
-            ],
-        )
-        .await
-        .unwrap();
-        let port: u16 = herald
-            .base
-            .strip_prefix("https://127.0.0.1:")
-            .unwrap_or_else(|| panic!("not an https listener: {}", herald.base))
+        let tls_flags = [
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+            "--http2",
+            if http2 { "true" } else { "false" },
+        ];
+        let herald = Herald::start(dir.path(), if nginx { &[] } else { &tls_flags })
+            .await
+            .unwrap();
+        let front = match nginx {
+            true => {
+                let addr = herald.base.trim_start_matches("http://").to_owned();
+                Some(
+                    herald_tests::cluster::Nginx::start_tls(&[&addr], &[&addr], (&cert, &key))
+                        .await
+                        .unwrap(),
+                )
+            }
+            false => None,
+        };
+        let base = front.as_ref().map_or(&herald.base, |n| &n.base);
+        let port: u16 = base
+            .rsplit(':')
+            .next()
+            .filter(|_| base.starts_with("https://"))
+            .unwrap_or_else(|| panic!("not an https listener: {base}"))
             .parse()
             .unwrap();
         // The test CA is not the browser's: its errors are ignored, which changes nothing of
@@ -1083,7 +1114,7 @@ async fn twelve_streams_share_one_http2_connection_where_http1_stalls_at_six() {
             }
             assert!(
                 tokio::time::Instant::now() < deadline,
-                "http2 {http2}: {open} of 12 sources open: {states:?}"
+                "http2 {http2}, nginx {nginx}: {open} of 12 sources open: {states:?}"
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -1130,8 +1161,320 @@ async fn twelve_streams_share_one_http2_connection_where_http1_stalls_at_six() {
         assert_eq!(
             connections,
             if http2 { 1 } else { 6 },
-            "http2 {http2}: TCP connections to Herald"
+            "http2 {http2}, nginx {nginx}: TCP connections to the origin"
         );
         browser.close().await.unwrap();
     }
+}
+
+/// What a tab of the herald.js tests runs on load: it streams topic `t` through herald.js and
+/// keeps the ids it was handed in sessionStorage, so that a reload continues the same list.
+const HERALD_JS_TAB: &str = r#"
+    const done = arguments[arguments.length - 1];
+    window.got = JSON.parse(sessionStorage.getItem('got') || '[]');
+    window.gaps = 0;
+    import('/herald.js').then(({ connect }) => {
+        window.stream = connect({
+            topics: ['t'],
+            events: { message: e => {
+                window.got.push(e.id);
+                sessionStorage.setItem('got', JSON.stringify(window.got));
+            } },
+            onGap: () => window.gaps++,
+            onState: s => {
+                if (s === 'open' && window.stream && window.stream.role === 'leader') window.ledAt = Date.now();
+            },
+        });
+        done(true);
+    }, e => done(String(e)));
+"#;
+
+/// Each tab's herald.js stream: (role, state, in step with the leader).
+async fn herald_js_roles(
+    browser: &Client,
+    tabs: &[fantoccini::wd::WindowHandle],
+) -> Vec<(String, String, bool)> {
+    let mut roles = Vec::new();
+    for tab in tabs {
+        browser.switch_to_window(tab.clone()).await.unwrap();
+        let role = js(
+            browser,
+            "[window.stream.role, window.stream.state, window.stream.buffer === null]",
+        )
+        .await
+        .unwrap();
+        roles.push(serde_json::from_value(role).unwrap());
+    }
+    roles
+}
+
+/// Waits until Herald holds `n` streams.
+async fn streams_open_become(api: &herald_tests::Api, n: f64) {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let open = api.metric("herald_connections_open").await.unwrap();
+        if open == n {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{open} streams open at Herald, not {n}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Five tabs of one origin stream through herald.js: Herald holds one stream in all, and every
+/// tab gets every event exactly once, in order, while events are published throughout. The
+/// leader's tab is closed mid-stream: another tab holds the stream again within a second, and
+/// no tab misses or doubles an event. A follower tab is reloaded mid-stream: it resumes from the
+/// last id it had and its list (kept across the reload) has every event once, in order. Events
+/// relayed twice between tabs are handed to each page once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_tabs_share_one_stream_through_herald_js_across_a_leader_leaving_and_a_reload() {
+    let dir = tempfile::tempdir().unwrap();
+    let profile = tempfile::tempdir().unwrap();
+    let herald = Herald::start(dir.path(), &[]).await.unwrap();
+    let api = herald.api();
+    let driver = ChromeDriver::start().await.unwrap();
+    let browser = driver.browser(profile.path()).await.unwrap();
+    let mut tabs = vec![browser.window().await.unwrap()];
+    for _ in 1..5 {
+        tabs.push(browser.new_window(true).await.unwrap().handle);
+    }
+    for tab in &tabs {
+        browser.switch_to_window(tab.clone()).await.unwrap();
+        // A same-origin page with no stream of its own.
+        browser
+            .goto(&format!("{}/v1/topics/t/events", herald.base))
+            .await
+            .unwrap();
+        let started = browser.execute_async(HERALD_JS_TAB, vec![]).await.unwrap();
+        assert_eq!(started, json!(true));
+    }
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let roles = herald_js_roles(&browser, &tabs).await;
+        let leaders = roles.iter().filter(|r| r.0 == "leader").count();
+        let in_step = roles.iter().filter(|r| r.0 == "follower" && r.2).count();
+        if leaders == 1 && in_step == 4 && roles.iter().all(|r| r.1 == "open") {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "tabs not settled: {roles:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    streams_open_become(&api, 1.0).await;
+
+    // Events every 40 ms from here to the end.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let publisher = tokio::spawn({
+        let (api, stop) = (api.clone(), stop.clone());
+        async move {
+            let mut published = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                published.push(api.publish("t", json!(published.len())).await.unwrap().id());
+                tokio::time::sleep(Duration::from_millis(40)).await;
+            }
+            published
+        }
+    });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    // Events relayed twice, as a new leader's replay can overlap what the old one relayed: a
+    // follower's tab posts the last three it got to every tab again. None is handed over twice.
+    let roles = herald_js_roles(&browser, &tabs).await;
+    let follower = roles.iter().position(|r| r.0 == "follower").unwrap();
+    browser
+        .switch_to_window(tabs[follower].clone())
+        .await
+        .unwrap();
+    let replayed = js(
+        &browser,
+        "(() => { const ch = new BroadcastChannel(window.stream.key); \
+           const ids = window.got.slice(-3); \
+           for (const id of ids) ch.postMessage({ t: 'e', id, type: 'message', raw: '0' }); \
+           ch.close(); return ids.length; })()",
+    )
+    .await
+    .unwrap();
+    assert_eq!(replayed, json!(3));
+
+    // The leader's tab goes.
+    let roles = herald_js_roles(&browser, &tabs).await;
+    let leader = roles.iter().position(|r| r.0 == "leader").unwrap();
+    let leader_tab = tabs.remove(leader);
+    browser.switch_to_window(leader_tab).await.unwrap();
+    let closed_at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as f64;
+    browser.close_window().await.unwrap();
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let handover_ms = 'found: loop {
+        for tab in &tabs {
+            browser.switch_to_window(tab.clone()).await.unwrap();
+            if let Some(led_at) = js(&browser, "window.ledAt || null").await.unwrap().as_f64() {
+                break 'found led_at - closed_at;
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no tab took the stream over"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    eprintln!(
+        "herald.js: the next leader's stream was open {handover_ms:.0} ms after the leader's tab closed"
+    );
+    assert!(handover_ms < 1000.0, "the hand-over took {handover_ms} ms");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    // A follower's tab is reloaded, and its page starts again.
+    let roles = herald_js_roles(&browser, &tabs).await;
+    let follower = roles.iter().position(|r| r.0 == "follower").unwrap();
+    browser
+        .switch_to_window(tabs[follower].clone())
+        .await
+        .unwrap();
+    let before: Vec<String> =
+        serde_json::from_value(js(&browser, "window.got").await.unwrap()).unwrap();
+    browser.refresh().await.unwrap();
+    // Events published while the page reloads are what it must catch up.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let started = browser.execute_async(HERALD_JS_TAB, vec![]).await.unwrap();
+    assert_eq!(started, json!(true));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let published = publisher.await.unwrap();
+    assert!(
+        before.len() >= 20 && published.len() > before.len() + 10,
+        "the reload fell mid-stream: {} before it, {} in all",
+        before.len(),
+        published.len()
+    );
+    for tab in &tabs {
+        browser.switch_to_window(tab.clone()).await.unwrap();
+        page_ids_become(&browser, "window.got", &published).await;
+        assert_eq!(js(&browser, "window.gaps").await.unwrap(), json!(0));
+    }
+    // The reloaded tab's catch-up stream has closed: one stream again.
+    streams_open_become(&api, 1.0).await;
+    let roles = herald_js_roles(&browser, &tabs).await;
+    assert_eq!(
+        roles.iter().filter(|r| r.0 == "leader").count(),
+        1,
+        "{roles:?}"
+    );
+    browser.close().await.unwrap();
+}
+
+/// herald.js hands the page Herald's control events: a resume it cannot honour (an id ahead of
+/// the head) reaches `onGap` and the stream goes on live from the head, every later event
+/// delivered; a token expiring mid-stream reaches `onAuthExpired`, herald.js calls the page's
+/// `refreshToken()`, posts the token it returns for a new cookie and reopens from the last id:
+/// every event once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn herald_js_reports_a_gap_and_refreshes_an_expired_token_losing_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let profile = tempfile::tempdir().unwrap();
+    let key = dir.path().join("hmac.key");
+    std::fs::write(&key, "a-browser-test-hmac-key-of-enough-length").unwrap();
+    let herald = Herald::start(
+        &dir.path().join("data"),
+        &[
+            "--auth-hmac-key-file",
+            key.to_str().unwrap(),
+            "--auth-leeway",
+            "0s",
+        ],
+    )
+    .await
+    .unwrap();
+    let api = herald.api();
+    let writer = mint(&key, &["--publish", "private.>"]);
+    let short = mint(&key, &["--subscribe", "private.t", "--ttl", "3s"]);
+    let fresh = mint(&key, &["--subscribe", "private.t", "--ttl", "1h"]);
+    let publish = |n: usize| {
+        let (api, writer) = (api.clone(), writer.clone());
+        async move {
+            let res = api
+                .http
+                .post(format!("{}/v1/topics/private.t/events", api.base))
+                .bearer_auth(&writer)
+                .json(&json!({ "data": n }))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(res.status(), 201);
+            res.json::<Value>().await.unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        }
+    };
+    // An id of this epoch far ahead of the head.
+    let first = publish(0).await;
+    let ahead = format!("{}-999999", first.rsplit_once('-').unwrap().0);
+
+    let driver = ChromeDriver::start().await.unwrap();
+    let browser = driver.browser(profile.path()).await.unwrap();
+    browser
+        .goto(&format!("{}/herald-lag.js", herald.base))
+        .await
+        .unwrap();
+    let started = browser
+        .execute_async(
+            r#"
+            const [short, fresh, ahead, done] = arguments;
+            window.got = []; window.gaps = []; window.expired = 0; window.refreshed = 0;
+            fetch('/v1/auth/cookie', { method: 'POST', headers: { Authorization: 'Bearer ' + short } })
+                .then(() => import('/herald.js'))
+                .then(({ connect }) => {
+                    window.stream = connect({
+                        topics: ['private.t'],
+                        lastEventId: ahead,
+                        events: { message: e => window.got.push(e.id) },
+                        onGap: v => window.gaps.push(v.reason),
+                        onAuthExpired: () => window.expired++,
+                        refreshToken: async () => { window.refreshed++; return fresh; },
+                    });
+                    done(true);
+                }, e => done(String(e)));
+            "#,
+            vec![json!(short), json!(fresh), json!(ahead)],
+        )
+        .await
+        .unwrap();
+    assert_eq!(started, json!(true));
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while js(&browser, "window.gaps.length").await.unwrap() == json!(0) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no verdict reached the page"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        js(&browser, "window.gaps").await.unwrap(),
+        json!(["unknown"])
+    );
+    // Publish across the expiry (3 s), the refresh and the reopening.
+    let mut published = Vec::new();
+    let started = tokio::time::Instant::now();
+    while started.elapsed() < Duration::from_secs(7) {
+        published.push(publish(published.len() + 1).await);
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    page_ids_become(&browser, "window.got", &published).await;
+    assert_eq!(js(&browser, "window.expired").await.unwrap(), json!(1));
+    assert_eq!(js(&browser, "window.refreshed").await.unwrap(), json!(1));
+    assert_eq!(
+        js(&browser, "window.stream.state").await.unwrap(),
+        json!("open")
+    );
+    browser.close().await.unwrap();
 }

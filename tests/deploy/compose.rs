@@ -202,7 +202,7 @@ fn nginx_prometheus_and_grafana_agree_with_the_services() {
         .match_indices("{{")
         .map(|(i, _)| &template[i..i + template[i..].find("}}").unwrap() + 2])
         .collect();
-    assert_eq!(placeholders.len(), 3, "{placeholders:?}");
+    assert_eq!(placeholders.len(), 4, "{placeholders:?}");
     for p in placeholders {
         assert!(
             command.contains(&format!("s/{p}/")),

@@ -649,12 +649,24 @@ pub struct Nginx {
     pub base: String,
     port: u16,
     dir: TempDir,
+    /// The certificate lines of a TLS listener.
+    tls: Option<String>,
 }
 
 impl Nginx {
     /// Starts nginx balancing over `gateways` and `ingests` (`HOST:PORT` each).
     pub async fn start(gateways: &[&str], ingests: &[&str]) -> anyhow::Result<Self> {
         Self::start_sized(gateways, ingests, 1, 8192).await
+    }
+
+    /// [`Nginx::start`] serving browsers over TLS with HTTP/2 (and HTTP/1.1), with the
+    /// certificate and key at `tls`; its `base` is `https://localhost:PORT`.
+    pub async fn start_tls(
+        gateways: &[&str],
+        ingests: &[&str],
+        tls: (&Path, &Path),
+    ) -> anyhow::Result<Self> {
+        Self::start_with(gateways, ingests, 1, 8192, Some(tls)).await
     }
 
     /// [`Nginx::start`] with `workers` worker processes of `connections` connections each (each
@@ -665,9 +677,26 @@ impl Nginx {
         workers: usize,
         connections: usize,
     ) -> anyhow::Result<Self> {
+        Self::start_with(gateways, ingests, workers, connections, None).await
+    }
+
+    async fn start_with(
+        gateways: &[&str],
+        ingests: &[&str],
+        workers: usize,
+        connections: usize,
+        tls: Option<(&Path, &Path)>,
+    ) -> anyhow::Result<Self> {
         let dir = nginx_dir()?;
         let port = free_port();
-        Self::render(dir.path(), port, gateways, ingests)?;
+        let tls = tls.map(|(cert, key)| {
+            format!(
+                "ssl_certificate {}; ssl_certificate_key {};",
+                cert.display(),
+                key.display()
+            )
+        });
+        Self::render(dir.path(), port, tls.as_deref(), gateways, ingests)?;
         let main = format!(
             "worker_processes {workers};\npid {pid};\nerror_log stderr crit;\nevents {{ worker_connections {connections}; }}\nhttp {{\n  access_log off;\n  include {site};\n}}\n",
             pid = dir.path().join("nginx.pid").display(),
@@ -690,14 +719,25 @@ impl Nginx {
         wait_port(port).await?;
         Ok(Self {
             child,
-            base: format!("http://127.0.0.1:{port}"),
+            base: match tls {
+                Some(_) => format!("https://localhost:{port}"),
+                None => format!("http://127.0.0.1:{port}"),
+            },
             port,
             dir,
+            tls,
         })
     }
 
-    /// Writes `deploy/nginx/herald.conf` rendered for these upstreams into `dir`.
-    fn render(dir: &Path, port: u16, gateways: &[&str], ingests: &[&str]) -> anyhow::Result<()> {
+    /// Writes `deploy/nginx/herald.conf` rendered for these upstreams into `dir`, with `tls`
+    /// (the certificate lines) on a TLS and HTTP/2 listener.
+    fn render(
+        dir: &Path,
+        port: u16,
+        tls: Option<&str>,
+        gateways: &[&str],
+        ingests: &[&str],
+    ) -> anyhow::Result<()> {
         let template = std::fs::read_to_string(
             Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/nginx/herald.conf"),
         )?;
@@ -709,7 +749,14 @@ impl Nginx {
                 .join("\n    ")
         };
         let site = template
-            .replace("{{listen}}", &format!("127.0.0.1:{port}"))
+            .replace(
+                "{{listen}}",
+                &match tls {
+                    Some(_) => format!("127.0.0.1:{port} ssl http2"),
+                    None => format!("127.0.0.1:{port}"),
+                },
+            )
+            .replace("{{tls}}", tls.unwrap_or(""))
             .replace("{{gateways}}", &servers(gateways))
             .replace("{{ingests}}", &servers(ingests));
         std::fs::write(dir.join("herald.conf"), site)?;
@@ -719,7 +766,13 @@ impl Nginx {
     /// Changes the upstreams and reloads (SIGHUP), as an ingress controller does when endpoints
     /// change: new connections go to the new set, open streams stay where they are.
     pub async fn set_upstreams(&self, gateways: &[&str], ingests: &[&str]) -> anyhow::Result<()> {
-        Self::render(self.dir.path(), self.port, gateways, ingests)?;
+        Self::render(
+            self.dir.path(),
+            self.port,
+            self.tls.as_deref(),
+            gateways,
+            ingests,
+        )?;
         let pid = self.child.id().context("nginx is not running")?;
         anyhow::ensure!(send_signal(pid, "HUP"), "kill -HUP nginx failed");
         // The master starts new workers on the new configuration within milliseconds.

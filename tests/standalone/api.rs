@@ -277,8 +277,28 @@ async fn health_metrics_and_the_demo_page() {
         .id();
     let html = api.get_text("/").await.unwrap();
     assert!(
-        html.contains("new EventSource"),
-        "the page uses EventSource"
+        html.contains(r#"import { connect } from "/herald.js";"#),
+        "the page streams with herald.js"
+    );
+    // herald.js itself, as a module the browser takes as JavaScript.
+    let script = api
+        .http
+        .get(format!("{}/herald.js", api.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(script.status(), 200);
+    assert_eq!(
+        script.headers()["content-type"],
+        "text/javascript; charset=utf-8"
+    );
+    assert_eq!(script.headers()["x-content-type-options"], "nosniff");
+    assert!(
+        script
+            .text()
+            .await
+            .unwrap()
+            .contains("export function connect(")
     );
     assert!(
         html.contains(&format!("data-resume-from=\"{id}\"")),

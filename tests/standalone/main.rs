@@ -9,6 +9,7 @@ mod crash;
 mod delivery;
 mod drain;
 mod edge;
+mod http2;
 mod isolation;
 mod loadgen;
 mod resume;

@@ -44,13 +44,14 @@ pub struct Listeners {
 impl Listeners {
     /// Binds the addresses `options` names and prints `<name> listening on http://ADDR`
     /// (`https` with `--tls-cert`; the public one first: scripts read the port from it), then the
-    /// admin line.
+    /// admin line. A TLS pair that does not load fails it before anything is printed.
     pub async fn bind(name: &str, options: &ServiceOptions) -> anyhow::Result<Self> {
         let scheme = if options.process.tls_cert.is_some() {
             "https"
         } else {
             "http"
         };
+        options.process.serve().check_tls()?;
         let public = bind(name, "listening", scheme, options.process.listen).await?;
         let admin = match options.admin.admin_listen {
             Some(addr) => Some(bind(name, "admin listening", "http", addr).await?),

@@ -1,12 +1,13 @@
 //! The demo page at `/`: the article's scoreboard, served by Herald. And at `/article`, the
 //! article's own client as it was: `new EventSource('/api/updates')` and a form doing
 //! `PUT /api/post-update`, with nothing Herald-specific; the browser's own reconnection with
-//! `Last-Event-ID` is all it needs.
+//! `Last-Event-ID` is all it needs. `/article?client=herald` is the same page with its stream
+//! opened by `herald.js`.
 //!
-//! The first render already lists the newest events (read on the server), and the page's
-//! EventSource resumes from the last rendered id, so nothing published between render and connect
-//! is lost. The page shows its connection state (connected / reconnecting / caught up N events)
-//! and reopens the stream itself if the browser gives up on it.
+//! The first render already lists the newest events (read on the server), and the page's stream
+//! (`herald.js`, shared by the page's tabs) resumes from the last rendered id, so nothing
+//! published between render and connect is lost. The page shows its connection state (connected /
+//! reconnecting / caught up N events); herald.js reopens the stream if the browser gives up on it.
 //!
 //! The page renders a topic's history, so it is held to the same grants as the history endpoint.
 //! Both pages can be switched off (`--demo-pages false`), and are served with a
@@ -55,11 +56,58 @@ fn page_response(html: Html<impl IntoResponse>) -> Response {
     response
 }
 
-/// The original article's client, unchanged (`--demo-pages`).
+/// The article's one line that opens its stream.
+const ARTICLE_STREAM: &str = r#"const source = new EventSource("/api/updates");"#;
+
+/// The same stream through `herald.js`: the article's handler, unchanged, gets each event as
+/// EventSource would hand it over.
+const ARTICLE_STREAM_HERALD: &str = r#"const source = {};
+  import("/herald.js").then(({ connect }) => {
+    source.herald = connect({
+      topics: [{{topic}}],
+      events: { message: (e) => source.onmessage({ data: e.raw, lastEventId: e.id }) },
+    });
+  });"#;
+
+/// Which client the article's page streams with.
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) enum ArticleClient {
+    /// The article's own: `new EventSource('/api/updates')`.
+    #[default]
+    Eventsource,
+    /// `herald.js`, which shares one stream between the page's tabs.
+    Herald,
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct ArticleParams {
+    #[serde(default)]
+    client: ArticleClient,
+}
+
+/// The original article's client (`--demo-pages`): unchanged, or with its stream opened by
+/// `herald.js` (`?client=herald`), its handler and form the same.
 #[utoipa::path(get, path = "/article", operation_id = "article", tag = "pages", security(()),
-    responses((status = 200, description = "The page", content_type = "text/html", body = String)))]
-pub(crate) async fn article() -> Response {
-    page_response(Html(include_str!("article.html")))
+    params(("client" = inline(Option<ArticleClient>), Query, description = "`eventsource` (the article's own, the default) or `herald` (herald.js)")),
+    responses(
+        (status = 200, description = "The page", content_type = "text/html", body = String),
+        (status = 400, description = "An unknown client", body = herald_runtime::openapi::ErrorBody),
+    ))]
+pub(crate) async fn article(
+    State(gw): State<Arc<GatewayState>>,
+    Query(params): Query<ArticleParams>,
+) -> Response {
+    let page = include_str!("article.html");
+    match params.client {
+        ArticleClient::Eventsource => page_response(Html(page.to_owned())),
+        ArticleClient::Herald => {
+            let topic = serde_json::to_string(gw.config.compat_topic.as_str())
+                .expect("a string serializes");
+            let stream = ARTICLE_STREAM_HERALD.replace("{{topic}}", &topic);
+            page_response(Html(page.replace(ARTICLE_STREAM, &stream)))
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -154,6 +202,16 @@ mod tests {
         assert_eq!(
             super::escape(r#"{"a":"<b>&'"}"#),
             "{&quot;a&quot;:&quot;&lt;b&gt;&amp;&#39;&quot;}"
+        );
+    }
+
+    #[test]
+    fn the_articles_page_opens_its_stream_in_the_line_herald_js_replaces() {
+        assert_eq!(
+            include_str!("article.html")
+                .matches(super::ARTICLE_STREAM)
+                .count(),
+            1
         );
     }
 }

@@ -18,7 +18,6 @@ use axum::{
     Json,
     body::Body,
     extract::State,
-    http::header,
     response::{IntoResponse, Response},
 };
 use herald_core::EventId;
@@ -116,13 +115,5 @@ pub(crate) async fn report(
 #[utoipa::path(get, path = "/herald-lag.js", operation_id = "lagScript", tag = "pages", security(()),
     responses((status = 200, description = "The script", content_type = "text/javascript", body = String)))]
 pub(crate) async fn script() -> Response {
-    (
-        [
-            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
-            (header::CACHE_CONTROL, "public, max-age=3600"),
-            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
-        ],
-        SCRIPT,
-    )
-        .into_response()
+    crate::client::javascript(SCRIPT)
 }

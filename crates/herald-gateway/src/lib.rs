@@ -16,10 +16,12 @@
 //! - [`demo`]: the demo page at `/`, and the original article's client at `/article`.
 //! - [`lag`]: browser-observed delivery latency, reported by pages to `POST /v1/telemetry/lag`,
 //!   and the helper script `/herald-lag.js`.
+//! - [`client`]: `/herald.js`, Herald's browser client (`clients/herald-js`).
 //!
 //! [`Gateway::start`] wires a store (for replay) and a bus (for live events) into a router.
 
 pub mod bounds;
+pub mod client;
 pub mod demo;
 pub mod history;
 pub mod hub;
@@ -54,7 +56,8 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
         demo::page,
         demo::article,
         lag::report,
-        lag::script
+        lag::script,
+        client::script
     ))]
     struct Gateway;
     let mut doc = <Gateway as utoipa::OpenApi>::openapi();
@@ -152,6 +155,7 @@ impl Gateway {
             .route("/v1/stream", get(stream::v1))
             .route("/api/updates", get(stream::compat))
             .route("/herald-lag.js", get(lag::script))
+            .route("/herald.js", get(client::script))
             .with_state(Arc::clone(&self.state))
             .merge(self.state.history.clone().router())
     }

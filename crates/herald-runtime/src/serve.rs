@@ -76,6 +76,17 @@ pub struct ServeOptions {
     pub http2: Http2Options,
 }
 
+impl ServeOptions {
+    /// Loads the TLS pair, if any, so that one that does not load stops the process before it
+    /// says it is listening (the server loads it again when it starts).
+    pub fn check_tls(&self) -> anyhow::Result<()> {
+        if let Some(files) = &self.tls {
+            crate::tls::load(files).context("--tls-cert and --tls-key do not load")?;
+        }
+        Ok(())
+    }
+}
+
 /// The accept queue asked of the kernel (which caps it at `net.core.somaxconn`, 4096 on current
 /// Linux). tokio's own default is 1,024: a burst of connections beyond it — a region's browsers
 /// reconnecting at once, a flood of opens — has its handshakes dropped, and the clients' TCP

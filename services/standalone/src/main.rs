@@ -35,6 +35,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
     } else {
         "http"
     };
+    config.serve.check_tls()?;
     let app = App::build(config).await?;
     let listener =
         herald_runtime::serve::bind(listen).with_context(|| format!("binding {listen}"))?;
