@@ -130,6 +130,10 @@ struct Run {
     /// A server process whose tree's CPU and RSS are measured (repeatable).
     #[arg(long = "server-pid")]
     server_pids: Vec<u32>,
+    /// Streams over HTTP/2 (cleartext with prior knowledge, as Herald's `--h2c true` takes it),
+    /// this many to a connection; 0: one HTTP/1.1 connection per stream.
+    #[arg(long, default_value_t = 0)]
+    http2_streams: u64,
     /// The server honours Idempotency-Key (Herald does): send one with every publish and retry
     /// failed publishes without duplicates.
     #[arg(long)]
@@ -171,6 +175,7 @@ async fn run(scenario: Scenario, args: Run) -> anyhow::Result<bool> {
             idempotent: args.idempotent,
         },
         procs: Procs::new(args.server_pids.iter().copied()),
+        http2_streams: args.http2_streams,
     };
     let opts = Options {
         subscribers: args.subscribers,

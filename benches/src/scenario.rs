@@ -34,6 +34,9 @@ pub struct Server {
     pub publish: publish::Target,
     /// Its processes, for CPU time and RSS.
     pub procs: Procs,
+    /// Streams per HTTP/2 connection (cleartext, prior knowledge); 0: one HTTP/1.1 connection
+    /// per stream.
+    pub http2_streams: u64,
 }
 
 /// Scenario parameters.
@@ -336,6 +339,8 @@ impl Crowd {
         let (stop, stop_rx) = watch::channel(false);
         let mut tasks = JoinSet::new();
         let wave = opts.connect_wave.max(1);
+        let h2 = (server.http2_streams > 0)
+            .then(|| sub::H2Pool::new(server.subscribe.addr, server.http2_streams, n));
         for i in 0..n {
             let target = server
                 .subscribe
@@ -354,6 +359,7 @@ impl Crowd {
                 reconnect,
                 last_event_id: resume_from.map(|_| tracker.last_event_id.clone()),
                 default_retry: opts.default_retry,
+                h2: h2.as_ref().map(|pool| (Arc::clone(pool), i)),
             };
             tasks.spawn(sub::run(
                 spec,

@@ -1,6 +1,7 @@
-//! SSE subscribers: one task per connection, reading the stream the way a browser's
-//! `EventSource` does (HTTP/1.1, WHATWG parsing, `Last-Event-ID` and `retry:` on reconnect), and
-//! checking what arrives.
+//! SSE subscribers: one task per stream, reading it the way a browser's `EventSource` does
+//! (HTTP/1.1, WHATWG parsing, `Last-Event-ID` and `retry:` on reconnect), and checking what
+//! arrives. Over HTTP/2 ([`H2Pool`]), as a browser with many tabs does, the streams share
+//! connections.
 //!
 //! Each published message carries its number `n` (1, 2, …) and its publish time `t` (µs since the
 //! Unix epoch) in its data, as JSON members `"n":` and `"t":`. A [`Tracker`] counts each `n` once,
@@ -17,10 +18,11 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
-use herald_core::sse::decode::Decoder;
+use bytes::Bytes;
+use herald_core::sse::decode::{Decoder, SseEvent};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
-    sync::watch,
+    sync::{OnceCell, watch},
 };
 
 use crate::http::{self, Chunked, Url};
@@ -158,6 +160,53 @@ pub fn json_u64(data: &str, key: &str) -> Option<u64> {
     rest[..digits].parse().ok()
 }
 
+/// HTTP/2 connections (cleartext, prior knowledge: Herald's `--h2c true`) that subscribers
+/// share, `streams` to a connection, opened as they are first needed. A connection that ends is
+/// not opened again: HTTP/2 subscribers are for the fan-out, latency and idle scenarios.
+#[derive(Debug)]
+pub struct H2Pool {
+    addr: std::net::SocketAddr,
+    streams: u64,
+    connections: Vec<OnceCell<h2::client::SendRequest<Bytes>>>,
+}
+
+impl H2Pool {
+    /// Room for `subscribers` streams, `streams` per connection.
+    pub fn new(addr: std::net::SocketAddr, streams: u64, subscribers: u64) -> Arc<Self> {
+        let streams = streams.max(1);
+        Arc::new(Self {
+            addr,
+            streams,
+            connections: (0..subscribers.div_ceil(streams))
+                .map(|_| OnceCell::new())
+                .collect(),
+        })
+    }
+
+    /// The connection of subscriber `i`.
+    async fn sender(&self, i: u64) -> anyhow::Result<h2::client::SendRequest<Bytes>> {
+        let cell = self
+            .connections
+            .get((i / self.streams) as usize)
+            .ok_or_else(|| anyhow::anyhow!("subscriber {i} has no HTTP/2 connection"))?;
+        let send = cell
+            .get_or_try_init(|| async {
+                let tcp = http::connect(self.addr, None).await?;
+                let (send, connection) = h2::client::Builder::new()
+                    .initial_window_size(1 << 20)
+                    .initial_connection_window_size(16 << 20)
+                    .handshake::<_, Bytes>(tcp)
+                    .await?;
+                tokio::spawn(async move {
+                    let _ = connection.await;
+                });
+                anyhow::Ok(send)
+            })
+            .await?;
+        Ok(send.clone())
+    }
+}
+
 /// How one subscriber connects.
 #[derive(Debug, Clone)]
 pub struct Spec {
@@ -173,6 +222,8 @@ pub struct Spec {
     pub last_event_id: Option<String>,
     /// The delay before a reconnection when the server sent no `retry:` (browsers use ~3 s).
     pub default_retry: Duration,
+    /// Over HTTP/2: the shared connections and this subscriber's index among them.
+    pub h2: Option<(Arc<H2Pool>, u64)>,
 }
 
 /// Runs one subscriber until `stop` turns true (or, without `reconnect`, until its stream ends).
@@ -226,6 +277,61 @@ struct Ended {
     retry: Option<Duration>,
 }
 
+/// Counts what a stream delivered.
+fn take(events: Vec<SseEvent>, tracker: &mut Tracker, progress: &Progress) {
+    for event in events {
+        tracker.last_event_id.clone_from(&event.id);
+        match json_u64(&event.data, "\"n\":") {
+            Some(n) if n > 0 && event.event == "message" => {
+                tracker.record(n, json_u64(&event.data, "\"t\":"), progress);
+            }
+            _ => tracker.other_events += 1,
+        }
+    }
+}
+
+/// One stream over a shared HTTP/2 connection.
+async fn stream_h2(
+    spec: &Spec,
+    (pool, i): &(Arc<H2Pool>, u64),
+    last_event_id: &str,
+    first: &mut bool,
+    tracker: &mut Tracker,
+    progress: &Progress,
+) -> anyhow::Result<Ended> {
+    let mut send = pool.sender(*i).await?.ready().await?;
+    let mut request = ::http::Request::get(format!("http://{}{}", spec.url.host, spec.url.target))
+        .header("accept", "text/event-stream")
+        .header("cache-control", "no-cache");
+    if !last_event_id.is_empty() {
+        request = request.header("last-event-id", last_event_id);
+    }
+    for (name, value) in &spec.headers {
+        request = request.header(name.as_str(), value.as_str());
+    }
+    let (response, _) = send.send_request(request.body(())?, true)?;
+    let response = response.await?;
+    anyhow::ensure!(
+        response.status() == 200,
+        "{} answered {}",
+        spec.url.target,
+        response.status()
+    );
+    if std::mem::take(first) {
+        progress.connected.fetch_add(1, Ordering::Relaxed);
+    }
+    let mut body = response.into_body();
+    let mut decoder = Decoder::new();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk?;
+        let _ = body.flow_control().release_capacity(chunk.len());
+        take(decoder.feed(&chunk), tracker, progress);
+    }
+    Ok(Ended {
+        retry: decoder.retry().map(Duration::from_millis),
+    })
+}
+
 async fn connection(
     spec: &Spec,
     last_event_id: &str,
@@ -233,6 +339,9 @@ async fn connection(
     tracker: &mut Tracker,
     progress: &Progress,
 ) -> anyhow::Result<Ended> {
+    if let Some(h2) = &spec.h2 {
+        return stream_h2(spec, h2, last_event_id, first, tracker, progress).await;
+    }
     let mut stream = http::connect(spec.url.addr, spec.local).await?;
     let mut req = format!(
         "GET {} HTTP/1.1\r\nHost: {}\r\nAccept: text/event-stream\r\nCache-Control: no-cache\r\n",
@@ -272,15 +381,7 @@ async fn connection(
             }
             None => (&input, Ok(())),
         };
-        for event in decoder.feed(data) {
-            tracker.last_event_id.clone_from(&event.id);
-            match json_u64(&event.data, "\"n\":") {
-                Some(n) if n > 0 && event.event == "message" => {
-                    tracker.record(n, json_u64(&event.data, "\"t\":"), progress);
-                }
-                _ => tracker.other_events += 1,
-            }
-        }
+        take(decoder.feed(data), tracker, progress);
         fed?;
         if chunked.as_ref().is_some_and(|c| c.done) {
             break;
@@ -372,6 +473,7 @@ mod reconnect_tests {
             reconnect: true,
             last_event_id: None,
             default_retry: Duration::from_millis(10),
+            h2: None,
         };
         let progress = Arc::new(Progress::new(2));
         let (stop, stopped) = watch::channel(false);

@@ -11,7 +11,7 @@
 //! | variable | default | |
 //! |---|---|---|
 //! | `BENCH_SCENARIOS` | `fanout,latency,idle,resume,publish,storm` | which scenarios |
-//! | `BENCH_SERVERS` | `standalone,distributed,nchan,pushpin,reference` | which servers |
+//! | `BENCH_SERVERS` | `standalone,distributed,nchan,pushpin,reference` | which servers; also `standalone-h2` (streams over HTTP/2, 100 to a connection: fan-out, latency, idle) |
 //! | `BENCH_ROUNDS` | 1 | runs of each scenario per server (the median is compared) |
 //! | `BENCH_FANOUT_SUBSCRIBERS` × `BENCH_FANOUT_MESSAGES` | 1000 × 2000 | fan-out at max rate |
 //! | `BENCH_FANOUT_PUBLISHERS` | 4 | publishers in the fan-out (each one request at a time) |
@@ -101,6 +101,7 @@ async fn herald_server(
             idempotent: env_u64("BENCH_IDEMPOTENCY_KEYS", 1) != 0,
         },
         procs: Procs::new(pids),
+        http2_streams: 0,
     })
 }
 
@@ -124,6 +125,7 @@ async fn raw_server(
             idempotent: false,
         },
         procs: Procs::new(pids),
+        http2_streams: 0,
     })
 }
 
@@ -213,6 +215,16 @@ async fn start(name: &str) -> anyhow::Result<(Server, Keep)> {
             let herald = Herald::start(dir.path(), LIMITS).await?;
             let server =
                 herald_server(name, &herald.base, &herald.base, vec![herald.pid()]).await?;
+            Ok((server, Keep::Herald(Box::new(herald), dir)))
+        }
+        // The streams over HTTP/2, as many to a connection as Herald allows (--h2-max-streams,
+        // 100), as a browser's tabs share one; publishes over HTTP/1.1.
+        "standalone-h2" => {
+            let dir = tempfile::tempdir()?;
+            let herald = Herald::start(dir.path(), &[LIMITS, &["--h2c", "true"]].concat()).await?;
+            let mut server =
+                herald_server(name, &herald.base, &herald.base, vec![herald.pid()]).await?;
+            server.http2_streams = 100;
             Ok((server, Keep::Herald(Box::new(herald), dir)))
         }
         "distributed" | "distributed-jetstream" | "distributed-mongodb" => {
@@ -383,6 +395,13 @@ fn applies(scenario: Scenario, server: &str) -> bool {
             matches!(
                 scenario,
                 Scenario::Fanout | Scenario::Idle | Scenario::Storm
+            )
+        }
+        // Streams over HTTP/2: what a stream and a delivery cost.
+        _ if server.ends_with("-h2") => {
+            matches!(
+                scenario,
+                Scenario::Fanout | Scenario::Latency | Scenario::Idle
             )
         }
         // The reference keeps nothing (no resume) and has no batch endpoint.

@@ -109,7 +109,15 @@ async fn batches_keys_limits_history_and_the_demo_page() {
     assert!(status.is_success());
     assert_eq!(from_ingest, history);
     let page = gateway.get_text("/").await.unwrap();
-    assert!(page.contains("EventSource"));
+    // The demo page streams with herald.js, which the gateway serves too.
+    assert!(page.contains(r#"import { connect } from "/herald.js";"#));
+    assert!(
+        gateway
+            .get_text("/herald.js")
+            .await
+            .unwrap()
+            .contains("export function connect(")
+    );
     let (status, _) = gateway.get_json("/readyz").await.unwrap();
     assert!(status.is_success());
 }

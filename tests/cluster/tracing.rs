@@ -125,6 +125,7 @@ async fn a_publish_and_its_delivery_are_one_trace() {
     assert_eq!(server.attr("http.request.method"), "POST");
     assert_eq!(server.attr("http.route"), "/v1/topics/{topic}/events");
     assert_eq!(server.attr("url.path"), "/v1/topics/scores/events");
+    assert_eq!(server.attr("url.scheme"), "http");
     assert_eq!(server.attr("http.response.status_code"), "201");
 
     let validate = one(&trace, "validate", |s| s.name == "validate");

@@ -570,7 +570,7 @@ async fn the_demo_page_is_held_to_the_grants_and_served_with_security_headers() 
     assert_eq!(status, 200);
     let (status, body) = node.get("/?topic=other", None, Some(&cookie)).await;
     assert_eq!((status, code(&body)), (403, "forbidden"));
-    for path in ["/", "/article"] {
+    for path in ["/", "/article", "/article?client=herald"] {
         let res = node
             .herald
             .api()
@@ -584,6 +584,8 @@ async fn the_demo_page_is_held_to_the_grants_and_served_with_security_headers() 
         assert!(csp.contains("frame-ancestors 'none'"), "{path}: {csp}");
         assert_eq!(h["x-content-type-options"], "nosniff", "{path}");
     }
+    let (status, body) = node.get("/article?client=other", None, None).await;
+    assert_eq!((status, code(&body)), (400, "invalid_request"));
     // Switched off, the pages are not there at all.
     let dir = tempfile::tempdir().unwrap();
     let off = Herald::start(dir.path(), &["--demo-pages", "false"])

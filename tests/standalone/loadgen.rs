@@ -27,6 +27,7 @@ async fn herald_server(herald: &Herald) -> Server {
             idempotent: true,
         },
         procs: Procs::new([herald.pid()]),
+        http2_streams: 0,
     }
 }
 
@@ -100,6 +101,46 @@ async fn every_scenario_completes_against_herald() {
     }
 }
 
+/// Subscribers over HTTP/2, seven streams to a connection (the last connection part full), get
+/// every message once, in order, in the scenarios that take them.
+#[tokio::test]
+async fn http2_subscribers_share_connections_and_get_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    let herald = Herald::start(dir.path(), &["--h2c", "true"]).await.unwrap();
+    let mut server = herald_server(&herald).await;
+    server.http2_streams = 7;
+    for (scenario, opts) in [
+        (Scenario::Fanout, small("h2-fanout")),
+        (
+            Scenario::Latency,
+            Options {
+                rate: 500.0,
+                ..small("h2-latency")
+            },
+        ),
+        (Scenario::Idle, small("h2-idle")),
+    ] {
+        let report = scenario::run(scenario, &server, &opts, None).await.unwrap();
+        assert!(report.ok, "{}", report.summary());
+        assert_eq!(report.delivered, report.expected, "{}", report.summary());
+        assert_eq!(report.duplicates, 0, "{}", report.summary());
+    }
+    // Without h2c the server answers no HTTP/2: the subscribers fail rather than pass.
+    let dir = tempfile::tempdir().unwrap();
+    let plain = Herald::start(dir.path(), &[]).await.unwrap();
+    let mut server = herald_server(&plain).await;
+    server.http2_streams = 7;
+    let opts = Options {
+        stall: Duration::from_secs(2),
+        ..small("h2-refused")
+    };
+    let failed = match scenario::run(Scenario::Fanout, &server, &opts, None).await {
+        Ok(report) => !report.ok,
+        Err(_) => true,
+    };
+    assert!(failed, "HTTP/2 subscribers against an HTTP/1.1-only server");
+}
+
 #[tokio::test]
 async fn storm_clients_resume_after_the_server_is_killed_and_restarted() {
     let dir = tempfile::tempdir().unwrap();
@@ -157,6 +198,7 @@ async fn the_delivery_check_fails_when_a_server_loses_messages() {
             idempotent: false,
         },
         procs: Procs::default(),
+        http2_streams: 0,
     };
     let opts = Options {
         subscribers: 1,

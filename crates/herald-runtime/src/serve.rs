@@ -182,7 +182,14 @@ pub async fn serve(
     // every poll of a stream's body would cost on every frame written).
     let router = if herald_telemetry::traces_enabled() {
         router.layer(axum::middleware::from_fn_with_state(
-            options.trust_traceparent,
+            SpanOptions {
+                trusted: options.trust_traceparent,
+                scheme: if options.tls.is_some() {
+                    "https"
+                } else {
+                    "http"
+                },
+            },
             server_span,
         ))
     } else {
@@ -485,10 +492,19 @@ async fn request_limits(
     next.run(request).await
 }
 
+/// What the server spans say of their listener.
+#[derive(Debug, Clone, Copy)]
+struct SpanOptions {
+    /// Continue a request's `traceparent`.
+    trusted: bool,
+    /// `url.scheme`: `https` on a TLS listener.
+    scheme: &'static str,
+}
+
 /// The HTTP server span, by the OpenTelemetry conventions, continuing the request's
 /// `traceparent` when it is `trusted` (else a new trace, sampled by this process's sampler).
 async fn server_span(
-    axum::extract::State(trusted): axum::extract::State<bool>,
+    axum::extract::State(SpanOptions { trusted, scheme }): axum::extract::State<SpanOptions>,
     request: Request,
     next: Next,
 ) -> Response {
@@ -516,7 +532,7 @@ async fn server_span(
         http.request.method = method.as_str(),
         http.route = route.as_str(),
         url.path = request.uri().path(),
-        url.scheme = "http",
+        url.scheme = scheme,
         network.protocol.version = version,
         http.response.status_code = Empty,
         enduser.id = Empty,
