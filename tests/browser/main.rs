@@ -632,6 +632,57 @@ async fn a_refused_eventsource_connects_on_its_own_once_a_slot_frees() {
     page_ids_become(&browser, &format!("window.got[{kept}]"), &published).await;
 }
 
+/// A Herald that takes HMAC tokens with no leeway, and tokens: `writer` may publish on
+/// `private.>`, `short` may read `private.t` for 3 s, `fresh` for an hour.
+struct PrivateTopic {
+    herald: Herald,
+    writer: String,
+    short: String,
+    fresh: String,
+}
+
+impl PrivateTopic {
+    async fn start(dir: &std::path::Path) -> Self {
+        let key = dir.join("hmac.key");
+        std::fs::write(&key, "a-browser-test-hmac-key-of-enough-length").unwrap();
+        let herald = Herald::start(
+            &dir.join("data"),
+            &[
+                "--auth-hmac-key-file",
+                key.to_str().unwrap(),
+                "--auth-leeway",
+                "0s",
+            ],
+        )
+        .await
+        .unwrap();
+        Self {
+            herald,
+            writer: mint(&key, &["--publish", "private.>"]),
+            short: mint(&key, &["--subscribe", "private.t", "--ttl", "3s"]),
+            fresh: mint(&key, &["--subscribe", "private.t", "--ttl", "1h"]),
+        }
+    }
+
+    /// Publishes `n` on `private.t` as `writer`; its id.
+    async fn publish(&self, n: usize) -> String {
+        let api = self.herald.api();
+        let res = api
+            .http
+            .post(format!("{}/v1/topics/private.t/events", api.base))
+            .bearer_auth(&self.writer)
+            .json(&json!({ "data": n }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 201);
+        res.json::<Value>().await.unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+}
+
 /// A page reads a private topic with a native EventSource and an HttpOnly cookie: the token
 /// expires mid-stream, the page hears `herald.auth`, posts a fresh token for a new cookie, and the
 /// browser's own reconnect resumes by Last-Event-ID — every event exactly once, in order, and the
@@ -640,41 +691,9 @@ async fn a_refused_eventsource_connects_on_its_own_once_a_slot_frees() {
 async fn a_token_expiring_mid_stream_is_refreshed_by_the_page_and_nothing_is_lost() {
     let dir = tempfile::tempdir().unwrap();
     let profile = tempfile::tempdir().unwrap();
-    let key = dir.path().join("hmac.key");
-    std::fs::write(&key, "a-browser-test-hmac-key-of-enough-length").unwrap();
-    let herald = Herald::start(
-        &dir.path().join("data"),
-        &[
-            "--auth-hmac-key-file",
-            key.to_str().unwrap(),
-            "--auth-leeway",
-            "0s",
-        ],
-    )
-    .await
-    .unwrap();
-    let api = herald.api();
-    let writer = mint(&key, &["--publish", "private.>"]);
-    let short = mint(&key, &["--subscribe", "private.t", "--ttl", "3s"]);
-    let fresh = mint(&key, &["--subscribe", "private.t", "--ttl", "1h"]);
-    let publish = |n: usize| {
-        let (api, writer) = (api.clone(), writer.clone());
-        async move {
-            let res = api
-                .http
-                .post(format!("{}/v1/topics/private.t/events", api.base))
-                .bearer_auth(&writer)
-                .json(&json!({ "data": n }))
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(res.status(), 201);
-            res.json::<Value>().await.unwrap()["id"]
-                .as_str()
-                .unwrap()
-                .to_owned()
-        }
-    };
+    let private = PrivateTopic::start(dir.path()).await;
+    let (herald, short, fresh) = (&private.herald, &private.short, &private.fresh);
+    let publish = |n: usize| private.publish(n);
 
     let driver = ChromeDriver::start().await.unwrap();
     let browser = driver.browser(profile.path()).await.unwrap();
@@ -1381,41 +1400,9 @@ async fn five_tabs_share_one_stream_through_herald_js_across_a_leader_leaving_an
 async fn herald_js_reports_a_gap_and_refreshes_an_expired_token_losing_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let profile = tempfile::tempdir().unwrap();
-    let key = dir.path().join("hmac.key");
-    std::fs::write(&key, "a-browser-test-hmac-key-of-enough-length").unwrap();
-    let herald = Herald::start(
-        &dir.path().join("data"),
-        &[
-            "--auth-hmac-key-file",
-            key.to_str().unwrap(),
-            "--auth-leeway",
-            "0s",
-        ],
-    )
-    .await
-    .unwrap();
-    let api = herald.api();
-    let writer = mint(&key, &["--publish", "private.>"]);
-    let short = mint(&key, &["--subscribe", "private.t", "--ttl", "3s"]);
-    let fresh = mint(&key, &["--subscribe", "private.t", "--ttl", "1h"]);
-    let publish = |n: usize| {
-        let (api, writer) = (api.clone(), writer.clone());
-        async move {
-            let res = api
-                .http
-                .post(format!("{}/v1/topics/private.t/events", api.base))
-                .bearer_auth(&writer)
-                .json(&json!({ "data": n }))
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(res.status(), 201);
-            res.json::<Value>().await.unwrap()["id"]
-                .as_str()
-                .unwrap()
-                .to_owned()
-        }
-    };
+    let private = PrivateTopic::start(dir.path()).await;
+    let (herald, short, fresh) = (&private.herald, &private.short, &private.fresh);
+    let publish = |n: usize| private.publish(n);
     // An id of this epoch far ahead of the head.
     let first = publish(0).await;
     let ahead = format!("{}-999999", first.rsplit_once('-').unwrap().0);
