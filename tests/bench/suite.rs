@@ -981,6 +981,7 @@ fn print_ratios(reports: &[Report]) {
     ];
     let servers = [
         "standalone",
+        "standalone-h2",
         "distributed",
         "distributed-jetstream",
         "distributed-mongodb",
@@ -997,10 +998,13 @@ fn print_ratios(reports: &[Report]) {
     };
     println!();
     println!(
-        "| scenario | metric | {} | standalone/nchan | distributed/nchan | standalone/pushpin | standalone/reference |",
+        "| scenario | metric | {} | standalone/nchan | distributed/nchan | standalone/pushpin | standalone/reference | HTTP/2 / HTTP/1.1 |",
         servers.join(" | ")
     );
-    println!("|---|---|{}---|---|---|---|", "---|".repeat(servers.len()));
+    println!(
+        "|---|---|{}---|---|---|---|---|",
+        "---|".repeat(servers.len())
+    );
     for (scenario, name, f) in rows {
         let values: Vec<Option<f64>> = servers.iter().map(|s| metric(scenario, s, f)).collect();
         let cell = |v: Option<f64>| v.map_or("–".to_owned(), |v| format!("{v:.3}"));
@@ -1009,7 +1013,7 @@ fn print_ratios(reports: &[Report]) {
             _ => "–".to_owned(),
         };
         println!(
-            "| {scenario} | {name} | {} | {} | {} | {} | {} |",
+            "| {scenario} | {name} | {} | {} | {} | {} | {} | {} |",
             values
                 .iter()
                 .map(|v| cell(*v))
@@ -1019,6 +1023,7 @@ fn print_ratios(reports: &[Report]) {
             ratio(at(&values, "distributed"), at(&values, "nchan")),
             ratio(at(&values, "standalone"), at(&values, "pushpin")),
             ratio(at(&values, "standalone"), at(&values, "reference")),
+            ratio(at(&values, "standalone-h2"), at(&values, "standalone")),
         );
     }
     let failed: Vec<String> = reports
