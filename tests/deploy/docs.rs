@@ -106,6 +106,8 @@ const OTHER_TOOLS: &[(&str, &str)] = &[
     ("--from-literal", "kubectl create secret"),
     ("--install", "helm upgrade"),
     ("--create-namespace", "helm upgrade"),
+    // The load generator (`herald-bench fanout --help`), built by benches/run, not by tests/run.
+    ("--http2-streams", "herald-bench"),
 ];
 
 /// `--flag` tokens in code spans and code blocks.
