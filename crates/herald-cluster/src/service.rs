@@ -46,12 +46,9 @@ impl Listeners {
     /// (`https` with `--tls-cert`; the public one first: scripts read the port from it), then the
     /// admin line. A TLS pair that does not load fails it before anything is printed.
     pub async fn bind(name: &str, options: &ServiceOptions) -> anyhow::Result<Self> {
-        let scheme = if options.process.tls_cert.is_some() {
-            "https"
-        } else {
-            "http"
-        };
-        options.process.serve().check_tls()?;
+        let serve = options.process.serve();
+        serve.check_tls()?;
+        let scheme = serve.scheme();
         let public = bind(name, "listening", scheme, options.process.listen).await?;
         let admin = match options.admin.admin_listen {
             Some(addr) => Some(bind(name, "admin listening", "http", addr).await?),

@@ -26,6 +26,7 @@ pub mod openapi;
 pub mod options;
 pub mod serve;
 pub mod signal;
+mod span;
 pub mod tls;
 
 pub use drain::{Drain, DrainWatch};

@@ -6,14 +6,13 @@ use anyhow::Context;
 use axum::middleware::Next;
 use axum::{
     Router,
-    extract::{MatchedPath, Request},
+    extract::Request,
     http::header,
     response::{IntoResponse, Response},
     routing::{IntoMakeService, get},
 };
 use tokio::net::TcpListener;
 use tower_http::trace::{DefaultOnFailure, TraceLayer};
-use tracing::{Instrument, field::Empty};
 
 use crate::{
     ApiError, Drain, DrainWatch, ErrorCode, Health,
@@ -77,6 +76,11 @@ pub struct ServeOptions {
 }
 
 impl ServeOptions {
+    /// `https` with a TLS pair, else `http`: what the listener serves.
+    pub fn scheme(&self) -> &'static str {
+        if self.tls.is_some() { "https" } else { "http" }
+    }
+
     /// Loads the TLS pair, if any, so that one that does not load stops the process before it
     /// says it is listening (the server loads it again when it starts).
     pub fn check_tls(&self) -> anyhow::Result<()> {
@@ -182,15 +186,11 @@ pub async fn serve(
     // every poll of a stream's body would cost on every frame written).
     let router = if herald_telemetry::traces_enabled() {
         router.layer(axum::middleware::from_fn_with_state(
-            SpanOptions {
+            crate::span::SpanOptions {
                 trusted: options.trust_traceparent,
-                scheme: if options.tls.is_some() {
-                    "https"
-                } else {
-                    "http"
-                },
+                scheme: options.scheme(),
             },
-            server_span,
+            crate::span::server_span,
         ))
     } else {
         router
@@ -490,64 +490,6 @@ async fn request_limits(
         request
     };
     next.run(request).await
-}
-
-/// What the server spans say of their listener.
-#[derive(Debug, Clone, Copy)]
-struct SpanOptions {
-    /// Continue a request's `traceparent`.
-    trusted: bool,
-    /// `url.scheme`: `https` on a TLS listener.
-    scheme: &'static str,
-}
-
-/// The HTTP server span, by the OpenTelemetry conventions, continuing the request's
-/// `traceparent` when it is `trusted` (else a new trace, sampled by this process's sampler).
-async fn server_span(
-    axum::extract::State(SpanOptions { trusted, scheme }): axum::extract::State<SpanOptions>,
-    request: Request,
-    next: Next,
-) -> Response {
-    let method = request.method().as_str().to_owned();
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or("", MatchedPath::as_str)
-        .to_owned();
-    let name = if route.is_empty() {
-        method.clone()
-    } else {
-        format!("{method} {route}")
-    };
-    let version = match request.version() {
-        axum::http::Version::HTTP_10 => "1.0",
-        axum::http::Version::HTTP_2 => "2",
-        _ => "1.1",
-    };
-    let span = tracing::info_span!(
-        "request",
-        otel.name = name.as_str(),
-        otel.kind = "server",
-        otel.status_code = Empty,
-        http.request.method = method.as_str(),
-        http.route = route.as_str(),
-        url.path = request.uri().path(),
-        url.scheme = scheme,
-        network.protocol.version = version,
-        http.response.status_code = Empty,
-        enduser.id = Empty,
-    );
-    if trusted && let Some(parent) = herald_telemetry::otel::parent_from_headers(request.headers())
-    {
-        herald_telemetry::otel::set_parent(&span, parent);
-    }
-    let response = next.run(request).instrument(span.clone()).await;
-    let status = response.status();
-    span.record("http.response.status_code", status.as_u16());
-    if status.is_server_error() {
-        span.record("otel.status_code", "error");
-    }
-    response
 }
 
 /// The admin listener's routes: [`ops_routes`] plus `/prestop`, the Kubernetes `preStop` hook.

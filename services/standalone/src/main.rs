@@ -30,11 +30,7 @@ async fn main() -> ExitCode {
 async fn run(config: Config) -> anyhow::Result<()> {
     let signals = herald_runtime::signal::Signals::install()?;
     let (listen, admin_listen) = (config.listen, config.admin_listen);
-    let scheme = if config.serve.tls.is_some() {
-        "https"
-    } else {
-        "http"
-    };
+    let scheme = config.serve.scheme();
     config.serve.check_tls()?;
     let app = App::build(config).await?;
     let listener =
