@@ -3,7 +3,9 @@
 //! rapid-reset burst (streams opened and cancelled at once, CVE-2023-44487) gets a GOAWAY with
 //! ENHANCE_YOUR_CALM once more than 20 were cancelled before being accepted, as Herald sets it.
 //! Meanwhile a subscriber on another connection keeps receiving every event, and its delivery p99
-//! is reported beside a quiet run's.
+//! is reported beside a quiet run's. And the write timeout holds per stream: a stream whose
+//! flow-control window the client keeps shut, while it reads another on the same connection, is
+//! reset after `--write-timeout`, and the other goes on.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -15,13 +17,16 @@ use tokio::{
 };
 
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+const DATA: u8 = 0x0;
 const HEADERS: u8 = 0x1;
 const RST_STREAM: u8 = 0x3;
 const SETTINGS: u8 = 0x4;
 const GOAWAY: u8 = 0x7;
+const WINDOW_UPDATE: u8 = 0x8;
 const END_STREAM_AND_HEADERS: u8 = 0x1 | 0x4;
 const ACK: u8 = 0x1;
 const SETTINGS_MAX_CONCURRENT_STREAMS: u16 = 0x3;
+const SETTINGS_INITIAL_WINDOW_SIZE: u16 = 0x4;
 const CANCEL: u32 = 0x8;
 const REFUSED_STREAM: u32 = 0x7;
 const ENHANCE_YOUR_CALM: u32 = 0xb;
@@ -79,11 +84,30 @@ struct RawH2 {
 
 impl RawH2 {
     async fn connect(base: &str) -> Self {
+        Self::connect_with(base, &[]).await
+    }
+
+    /// Connects with these settings of the client's.
+    async fn connect_with(base: &str, settings: &[(u16, u32)]) -> Self {
         let authority = base.trim_start_matches("http://").to_owned();
         let mut socket = TcpStream::connect(&authority).await.unwrap();
         socket.write_all(PREFACE).await.unwrap();
-        socket.write_all(&frame(SETTINGS, 0, 0, &[])).await.unwrap();
+        let mut payload = Vec::new();
+        for (id, value) in settings {
+            payload.extend(id.to_be_bytes());
+            payload.extend(value.to_be_bytes());
+        }
+        socket
+            .write_all(&frame(SETTINGS, 0, 0, &payload))
+            .await
+            .unwrap();
         Self { socket, authority }
+    }
+
+    /// Opens `n` more bytes of the window of `stream` (0: the connection's).
+    async fn window_update(&mut self, stream: u32, n: usize) {
+        let update = frame(WINDOW_UPDATE, 0, stream, &(n as u32).to_be_bytes());
+        self.socket.write_all(&update).await.unwrap();
     }
 
     /// The next frame, `None` at the end of the connection. Acknowledges the server's settings.
@@ -272,6 +296,96 @@ async fn attack(base: &str) {
         calmed,
         "no GOAWAY ENHANCE_YOUR_CALM after a rapid-reset burst"
     );
+}
+
+/// Two streams on one HTTP/2 connection with a 1 KiB window each: the client opens the window of
+/// one as it reads, and never the other's. With `--write-timeout 2s`, the shut stream is reset
+/// (CANCEL) about two seconds after its window filled, counted as a subscriber cut off; the open
+/// stream keeps receiving on the same connection, which stays up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_stream_whose_window_stays_shut_is_reset_after_the_write_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let herald = Herald::start(dir.path(), &["--h2c", "true", "--write-timeout", "2s"])
+        .await
+        .unwrap();
+    let api = herald.api();
+    let mut h2 = RawH2::connect_with(&herald.base, &[(SETTINGS_INITIAL_WINDOW_SIZE, 1024)]).await;
+    let (shut, open) = (1, 3);
+    let mut opening = get(shut, &h2.authority, "/v1/stream?topic=w");
+    opening.extend(get(open, &h2.authority, "/v1/stream?topic=w"));
+    h2.socket.write_all(&opening).await.unwrap();
+    for _ in 0..100 {
+        if api.metric("herald_connections_open").await.unwrap() >= 2.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(api.metric("herald_connections_open").await.unwrap(), 2.0);
+
+    // Events of about 300 bytes every 50 ms: four fill the shut stream's window.
+    let publisher = {
+        let api = api.clone();
+        tokio::spawn(async move {
+            for n in 0..200 {
+                let data = json!({"n": n, "pad": "p".repeat(256)});
+                api.publish("w", data).await.unwrap();
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+    };
+    let started = std::time::Instant::now();
+    let (mut shut_bytes, mut filled, mut reset, mut open_after_reset) = (0, None, None, 0);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while open_after_reset < 20 {
+        let f = tokio::time::timeout_at(deadline, h2.next())
+            .await
+            .expect("neither a reset of the shut stream nor events on the open one")
+            .expect("the connection ended");
+        match (f.kind, f.stream) {
+            (DATA, _) if !f.payload.is_empty() => {
+                // The connection's window is always given back; the shut stream's never.
+                h2.window_update(0, f.payload.len()).await;
+                if f.stream == open {
+                    h2.window_update(open, f.payload.len()).await;
+                    open_after_reset += usize::from(reset.is_some());
+                } else if f.stream == shut {
+                    assert!(reset.is_none(), "data on the shut stream after its reset");
+                    shut_bytes += f.payload.len();
+                    if shut_bytes >= 1024 {
+                        filled.get_or_insert_with(|| started.elapsed());
+                    }
+                }
+            }
+            (RST_STREAM, s) => {
+                assert_eq!(s, shut, "only the shut stream is reset");
+                assert_eq!(f.code(), CANCEL);
+                reset = Some(started.elapsed());
+            }
+            (GOAWAY, _) => panic!("the connection was closed: GOAWAY {}", f.code()),
+            _ => {}
+        }
+    }
+    publisher.abort();
+    let (filled, reset) = (filled.expect("the window filled"), reset.unwrap());
+    eprintln!(
+        "the shut stream's window filled at {filled:?}; the stream was reset at {reset:?}; \
+         the open stream read 20 more events on the same connection"
+    );
+    assert!(
+        reset >= filled + Duration::from_millis(1900),
+        "reset before the write timeout: filled at {filled:?}, reset at {reset:?}"
+    );
+    assert!(
+        reset <= filled + Duration::from_secs(4),
+        "reset long after the write timeout: filled at {filled:?}, reset at {reset:?}"
+    );
+    assert_eq!(
+        api.metric("herald_slow_subscribers_cut_off_total")
+            .await
+            .unwrap(),
+        1.0
+    );
+    assert_eq!(api.metric("herald_connections_open").await.unwrap(), 1.0);
 }
 
 /// A certificate that does not load stops `herald` with exit code 1 and the file's name, before

@@ -3,9 +3,9 @@
 
 use std::{pin::Pin, time::Duration};
 
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::rt::TokioTimer;
 
-use crate::listener::TimedStream;
+use crate::{listener::TimedStream, stall::StreamExecutor};
 
 /// Where HTTP/2 is served, and its limits.
 #[derive(Debug, Clone, Copy)]
@@ -118,13 +118,14 @@ impl tokio::io::AsyncWrite for Io {
     }
 }
 
-/// hyper's HTTP/2 connection builder with Herald's limits: `limits`, and the header list at
-/// `max_header_size`.
+/// hyper's HTTP/2 connection builder with Herald's limits: `limits`, the header list at
+/// `max_header_size`, and each stream's task run by `executor` (the write timeout per stream).
 pub(crate) fn http2_builder(
     limits: Http2Options,
     max_header_size: usize,
-) -> hyper::server::conn::http2::Builder<TokioExecutor> {
-    let mut h2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    executor: StreamExecutor,
+) -> hyper::server::conn::http2::Builder<StreamExecutor> {
+    let mut h2 = hyper::server::conn::http2::Builder::new(executor);
     h2.timer(TokioTimer::new())
         .max_concurrent_streams(u32::try_from(limits.max_streams).unwrap_or(u32::MAX))
         .max_header_list_size(u32::try_from(max_header_size).unwrap_or(u32::MAX))

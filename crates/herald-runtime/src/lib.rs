@@ -13,6 +13,7 @@
 //! - [`listener`]: a TCP listener whose connections time out writes to a peer that stopped
 //!   reading, so a stalled subscriber is cut off instead of pinning memory.
 //! - [`serve`]: serve a router until shutdown, then drain it under a deadline; the ops routes.
+//! - `stall`: the write timeout of each HTTP/2 stream.
 //! - [`tls`]: TLS termination with certificate rotation, ALPN for HTTP/2.
 
 pub mod connection;
@@ -27,6 +28,7 @@ pub mod options;
 pub mod serve;
 pub mod signal;
 mod span;
+mod stall;
 pub mod tls;
 
 pub use drain::{Drain, DrainWatch};

@@ -25,7 +25,8 @@ pub struct ProcessOptions {
         default_value = "127.0.0.1:8080"
     )]
     pub listen: SocketAddr,
-    /// A connection whose peer accepts no bytes for this long is closed.
+    /// A connection whose peer accepts no bytes for this long is closed (an HTTP/2 stream whose
+    /// window stays shut this long is reset).
     #[arg(long, env = "HERALD_WRITE_TIMEOUT", value_name = "DURATION", default_value = "30s", value_parser = units::positive_duration)]
     pub write_timeout: Duration,
     /// A request head must arrive whole within this (from the connection's first byte or the end

@@ -47,10 +47,26 @@ impl hyper::service::Service<hyper::Request<hyper::body::Incoming>> for WithPeer
     }
 }
 
+/// [`WithPeer`] for an HTTP/2 connection: each response body is watched for the write timeout of
+/// its stream ([`crate::stall`]).
+struct Http2Streams(WithPeer);
+
+impl hyper::service::Service<hyper::Request<hyper::body::Incoming>> for Http2Streams {
+    type Response = hyper::Response<crate::stall::Watched<axum::body::Body>>;
+    type Error = std::convert::Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn call(&self, request: hyper::Request<hyper::body::Incoming>) -> Self::Future {
+        let answer = self.0.call(request);
+        Box::pin(async move { Ok(answer.await?.map(crate::stall::Watched::new)) })
+    }
+}
+
 /// How a server is run and drained, and the limits of its HTTP edge.
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
-    /// A connection whose peer accepts no bytes for this long is closed.
+    /// A connection whose peer accepts no bytes for this long is closed (an HTTP/2 stream whose
+    /// window stays shut this long is reset).
     pub write_timeout: Duration,
     /// Time allowed, once a drain starts, for streams to end and requests to finish.
     pub drain_deadline: Duration,
@@ -154,7 +170,7 @@ pub async fn exit_code(
 /// Serves `router` (with request tracing) on `listener` until `shutdown` resolves, then drains: readiness fails and no
 /// new connection is accepted, every stream ends (the routes watch the drain), in-flight requests
 /// finish, all under the drain deadline. `on_write_timeout` runs for each connection cut off by the
-/// write timeout. Returns when the server has stopped.
+/// write timeout, and for each HTTP/2 stream reset by it. Returns when the server has stopped.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
@@ -173,7 +189,11 @@ pub async fn serve(
     let reload = tls
         .as_ref()
         .map(|tls| tls.spawn_reload(crate::tls::RELOAD_CHECK));
-    let listener = TimedListener::new(listener, options.write_timeout, on_write_timeout);
+    let listener = TimedListener::new(
+        listener,
+        options.write_timeout,
+        Arc::clone(&on_write_timeout),
+    );
     // Every error answer in the API's JSON shape, the framework's own included.
     let router = router.layer(axum::middleware::from_fn(crate::error::json_errors));
     // Request spans and logs; 5xx answers are deliberate (limits, drain, a backend down) and
@@ -202,7 +222,18 @@ pub async fn serve(
         },
         request_limits,
     ));
-    let server = accept_loop(listener, router, options.clone(), tls, drain.watch());
+    let streams = crate::stall::StreamExecutor {
+        write_timeout: options.write_timeout,
+        on_timeout: on_write_timeout,
+    };
+    let server = accept_loop(
+        listener,
+        router,
+        options.clone(),
+        tls,
+        streams,
+        drain.watch(),
+    );
     let mut server = tokio::spawn(server);
     // The reload task ends with this function, whichever way it returns.
     let _reload = reload.map(AbortOnDrop);
@@ -248,6 +279,7 @@ async fn accept_loop(
     router: Router,
     options: ServeOptions,
     tls: Option<crate::tls::Tls>,
+    streams: crate::stall::StreamExecutor,
     drain: DrainWatch,
 ) {
     use axum::serve::Listener as _;
@@ -262,7 +294,7 @@ async fn accept_loop(
         // than the head limit allows, and hyper's floor of 8 KiB.
         .max_buf_size(options.max_header_size.max(8192));
     let limits = options.http2;
-    let h2 = crate::connection::http2_builder(limits, options.max_header_size);
+    let h2 = crate::connection::http2_builder(limits, options.max_header_size, streams);
     let shared = Arc::new(Connections {
         // One router for every connection (built once; each request gets a reference to it).
         router: router.with_state::<()>(()),
@@ -318,7 +350,7 @@ struct Connection {
 struct Connections {
     router: Router,
     http: hyper::server::conn::http1::Builder,
-    h2: hyper::server::conn::http2::Builder<hyper_util::rt::TokioExecutor>,
+    h2: hyper::server::conn::http2::Builder<crate::stall::StreamExecutor>,
     /// HTTP/2 with prior knowledge on a connection without TLS.
     h2c: bool,
     tls: Option<crate::tls::Tls>,
@@ -444,6 +476,7 @@ impl Connections {
         };
         let io = hyper_util::rt::TokioIo::new(crate::lean::Rewind::new(prefix, io));
         let served: Served = if http2 {
+            let service = Http2Streams(service);
             Box::pin(watcher.watch(self.h2.serve_connection(io, service)))
         } else {
             Box::pin(watcher.watch(self.http.serve_connection(io, service)))
