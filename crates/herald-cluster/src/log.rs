@@ -88,6 +88,12 @@ impl ClusterLog {
         if let Some(first) = self.mongo.idempotency(key).await? {
             return Ok(Some(first));
         }
+        // A single event whose key MongoDB did not know while every message the archiver had
+        // not written was in JetStream's duplicate window (now: the read was before): new, or
+        // JetStream answers it.
+        if single && self.js.archived_recently(tokio::time::Instant::now()) {
+            return Ok(None);
+        }
         self.js.archived(single).await?;
         self.mongo.idempotency(key).await
     }

@@ -64,6 +64,9 @@ pub struct JetStream {
     metrics: Arc<Metrics>,
     reads: Arc<tokio::sync::Semaphore>,
     recovery: Arc<Recovery>,
+    /// Until when every message the archiver may not have written yet is known to be in
+    /// JetStream's duplicate window ([`Self::archived_recently`]).
+    young_until: Arc<std::sync::Mutex<Option<tokio::time::Instant>>>,
 }
 
 /// What a publish got from JetStream.
@@ -130,6 +133,7 @@ impl JetStream {
             metrics,
             reads: Arc::new(tokio::sync::Semaphore::new(CONCURRENT_READS)),
             recovery: Arc::new(Recovery::new(config, mongo)),
+            young_until: Arc::default(),
         })
     }
 
@@ -331,8 +335,10 @@ impl JetStream {
             .await
             .map_err(unavailable)?;
         let deadline = tokio::time::Instant::now() + self.timeout;
+        let half = self.duplicate_window / 2;
         let mut target = None;
         loop {
+            let checked = tokio::time::Instant::now();
             let info = match stream.consumer_info(crate::archiver::CONSUMER).await {
                 Ok(info) => info,
                 // No archiver has read this stream yet (every archiver is starting, or the
@@ -342,7 +348,12 @@ impl JetStream {
                 // event) its oldest message is young enough for JetStream to remember every key.
                 Err(e) if e.kind() == ConsumerInfoErrorKind::NotFound => {
                     let (first, last) = self.state().await?;
-                    if last < first || (single && self.young(&stream, first).await) {
+                    if last < first {
+                        self.young_for(checked, half);
+                        return Ok(());
+                    }
+                    if single && let Some(left) = self.youth(&stream, first).await {
+                        self.young_for(checked, left);
                         return Ok(());
                     }
                     if tokio::time::Instant::now() >= deadline {
@@ -357,13 +368,15 @@ impl JetStream {
                 Err(e) => return Err(unavailable(e)),
             };
             if info.num_pending == 0 && info.num_ack_pending == 0 {
+                self.young_for(checked, half);
                 return Ok(());
             }
             if single
-                && self
-                    .young(&stream, info.ack_floor.stream_sequence + 1)
+                && let Some(left) = self
+                    .youth(&stream, info.ack_floor.stream_sequence + 1)
                     .await
             {
+                self.young_for(checked, left);
                 return Ok(());
             }
             let last = *target.get_or_insert(info.delivered.stream_sequence + info.num_pending);
@@ -381,17 +394,34 @@ impl JetStream {
         }
     }
 
-    /// Whether the message at `seq` is younger than half the duplicate window (stamped by its
+    /// Whether an earlier look at the archiver found every message it had not written young
+    /// enough to be younger than half the duplicate window still at `at` (as [`Self::archived`]
+    /// counts it): then a single event's key MongoDB had no record of at `at` is new, or
+    /// JetStream still remembers it, with no request. What the archiver had not written at `at`
+    /// was either unwritten at that look, and then at most as old as the oldest such message
+    /// plus the time since, or published since, and then younger than the time since.
+    pub fn archived_recently(&self, at: tokio::time::Instant) -> bool {
+        let until = *self.young_until.lock().expect("never poisoned");
+        until.is_some_and(|until| at < until)
+    }
+
+    /// A look at `checked` found the oldest message the archiver had not written younger than
+    /// half the duplicate window by `left`.
+    fn young_for(&self, checked: tokio::time::Instant, left: Duration) {
+        let mut until = self.young_until.lock().expect("never poisoned");
+        *until = (*until).max(Some(checked + left));
+    }
+
+    /// How much younger than half the duplicate window the message at `seq` is (stamped by its
     /// ingest's clock; half leaves room for skew): JetStream still remembers every key from it
-    /// on. A message that cannot be read is not.
-    async fn young(&self, stream: &jetstream::stream::Stream<()>, seq: u64) -> bool {
-        match stream.direct_get(seq).await {
-            Ok(message) => decode(&message.payload, seq, None).is_ok_and(|d| {
-                let age = now_ms().saturating_sub(d.event.time_ms);
-                u128::from(age) < self.duplicate_window.as_millis() / 2
-            }),
-            Err(_) => false,
-        }
+    /// on, for that long at least. `None` for a message that is older, or cannot be read.
+    async fn youth(&self, stream: &jetstream::stream::Stream<()>, seq: u64) -> Option<Duration> {
+        let message = stream.direct_get(seq).await.ok()?;
+        let decoded = decode(&message.payload, seq, None).ok()?;
+        let age = Duration::from_millis(now_ms().saturating_sub(decoded.event.time_ms));
+        (self.duplicate_window / 2)
+            .checked_sub(age)
+            .filter(|left| !left.is_zero())
     }
 
     /// The request fingerprint stored with the event at `seq`.
