@@ -1064,7 +1064,26 @@ where
         eprintln!("checker ({what}): seed {seed} (HERALD_CHECKER_SEED={seed} replays it)");
         let all = schedule(seed);
         let kept = kept(all.len());
-        match run(start().await, seed, &pick(&all, &kept)).await {
+        let (system, ops) = (start().await, pick(&all, &kept));
+        let ran = std::panic::AssertUnwindSafe(run(system, seed, &ops));
+        let outcome = match futures_util::FutureExt::catch_unwind(ran).await {
+            Ok(outcome) => outcome,
+            // A run that panicked (an answer the checker does not expect, a fault that could not
+            // be done): the panic and its backtrace are printed; say it once more after them.
+            Err(panic) => {
+                let message = panic
+                    .downcast_ref::<String>()
+                    .map(String::as_str)
+                    .or_else(|| panic.downcast_ref::<&str>().copied())
+                    .unwrap_or("no message");
+                eprintln!(
+                    "checker ({what}): seed {seed}: the run panicked: {message} \
+                     (HERALD_CHECKER_SEED={seed} replays it)"
+                );
+                std::panic::resume_unwind(panic);
+            }
+        };
+        match outcome {
             Ok(tally) => total.add(tally),
             Err(violation) => {
                 eprintln!(
@@ -1072,7 +1091,7 @@ where
                     violation.what
                 );
                 let (shrunk, found) = shrink(&mut start, seed, &all, kept.clone(), violation).await;
-                panic!(
+                eprintln!(
                     "seed {seed}: {}\nschedule, shrunk from {} to {} operations \
                      (HERALD_CHECKER_SEED={seed} HERALD_CHECKER_KEEP={} runs it again; the fault \
                      and subscriber lines show what the last failing run did):\n{}",
@@ -1082,6 +1101,17 @@ where
                     ranges(&shrunk),
                     found.log
                 );
+                // The violation once more as the test's last words, with no backtrace after
+                // them (`resume_unwind` skips the panic hook): a CI log cut to its head and tail
+                // still shows it.
+                let last = format!(
+                    "checker ({what}): seed {seed}: {} (HERALD_CHECKER_SEED={seed} \
+                     HERALD_CHECKER_KEEP={} runs the shrunk schedule)",
+                    found.what,
+                    ranges(&shrunk)
+                );
+                eprintln!("{last}");
+                std::panic::resume_unwind(Box::new(last));
             }
         }
     }
