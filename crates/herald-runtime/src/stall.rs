@@ -179,16 +179,14 @@ mod tests {
     use http_body_util::BodyExt as _;
     use tokio::sync::mpsc;
 
+    type Frames = tokio_stream::wrappers::ReceiverStream<
+        Result<http_body::Frame<Bytes>, std::convert::Infallible>,
+    >;
+
     /// A task like hyper's `PipeToSendStream`: polls the body, then holds each chunk until
     /// `window` lets it through.
     async fn pipe(
-        mut body: Watched<
-            http_body_util::StreamBody<
-                tokio_stream::wrappers::ReceiverStream<
-                    Result<http_body::Frame<Bytes>, std::convert::Infallible>,
-                >,
-            >,
-        >,
+        mut body: Watched<http_body_util::StreamBody<Frames>>,
         mut window: mpsc::Receiver<()>,
         sent: Arc<AtomicUsize>,
     ) {
