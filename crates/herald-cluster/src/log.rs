@@ -26,6 +26,17 @@ use herald_core::event::now_ms;
 
 use crate::{JetStream, Mongo, envelope::subject};
 
+/// What MongoDB and the archiver say of an idempotency key before its publish.
+enum Answer {
+    /// Published before: its sequences and request fingerprint.
+    First((Vec<u64>, u64)),
+    /// New, or (a single event) JetStream remembers it.
+    New,
+    /// The same as `New`, vouched for by an earlier look at the archiver
+    /// ([`JetStream::archived_recently`]) rather than a request now.
+    Remembered,
+}
+
 /// The distributed event log: JetStream, then MongoDB.
 #[derive(Debug, Clone)]
 pub struct ClusterLog {
@@ -80,22 +91,23 @@ impl ClusterLog {
     /// ([`JetStream::archived`]; `single`: a one-event publish, which JetStream's duplicate
     /// window also covers): the ingest records a key only after its own MongoDB write, which a
     /// failure or a crash after the JetStream ack skips, and then only the archiver records it.
-    async fn first_answer(
-        &self,
-        key: &str,
-        single: bool,
-    ) -> Result<Option<(Vec<u64>, u64)>, StoreError> {
+    /// A new key is [`Answer::Remembered`] when a recent look at the archiver still vouches for
+    /// it, with no request.
+    async fn first_answer(&self, key: &str, single: bool) -> Result<Answer, StoreError> {
         if let Some(first) = self.mongo.idempotency(key).await? {
-            return Ok(Some(first));
+            return Ok(Answer::First(first));
         }
         // A single event whose key MongoDB did not know while every message the archiver had
         // not written was in JetStream's duplicate window (now: the read was before): new, or
         // JetStream answers it.
         if single && self.js.archived_recently(tokio::time::Instant::now()) {
-            return Ok(None);
+            return Ok(Answer::Remembered);
         }
         self.js.archived(single).await?;
-        self.mongo.idempotency(key).await
+        Ok(match self.mongo.idempotency(key).await? {
+            Some(first) => Answer::First(first),
+            None => Answer::New,
+        })
     }
 
     async fn commit(
@@ -104,30 +116,43 @@ impl ClusterLog {
         idempotency: Option<Idempotency>,
     ) -> Result<Appended, StoreError> {
         let epoch = self.js.epoch();
-        let fingerprint = idempotency.as_ref().map_or(0, |i| i.fingerprint);
-        if let Some(idem) = &idempotency
-            && let Some(first) = self.first_answer(&idem.key, batch.len() == 1).await?
-        {
-            let (seqs, stored) = first;
-            if stored != idem.fingerprint {
+        let answer = match &idempotency {
+            Some(idem) => self.first_answer(&idem.key, batch.len() == 1).await?,
+            None => Answer::New,
+        };
+        if let (Some(idem), Answer::First((seqs, stored))) = (&idempotency, &answer) {
+            if *stored != idem.fingerprint {
                 return Err(StoreError::IdempotencyConflict);
             }
             return Ok(Appended {
                 epoch,
-                seqs,
+                seqs: seqs.clone(),
                 events: Vec::new(),
                 duplicate: true,
             });
         }
         let time_ms = now_ms();
-        let key = idempotency.as_ref().map(|i| i.key.as_str());
+        let key = idempotency
+            .as_ref()
+            .map(|i| (i.key.as_str(), i.fingerprint));
         let span = publish_span(&batch);
         // The producer span's context travels in the message headers and is stored with the
         // events: the gateways' delivery spans are its children.
         let trace = otel::trace_of(&span);
         let published = self
             .js
-            .publish(&batch, key, fingerprint, time_ms, trace, self.origin)
+            // Not a stream NATS lost, when the key was vouched for from memory: the look at the
+            // archiver that would have found it missing (and answered 503 until a gateway made
+            // it again, knowing every id it read) did not happen. An ingest that made it would
+            // know only its own ids, and could hand out again one that only JetStream held.
+            .publish(
+                &batch,
+                key,
+                time_ms,
+                trace,
+                self.origin,
+                !matches!(answer, Answer::Remembered),
+            )
             .instrument(span.clone())
             .await?;
         if let Some(&first) = published.seqs.first() {

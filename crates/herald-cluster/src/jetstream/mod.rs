@@ -175,21 +175,24 @@ impl JetStream {
     /// Publishes a batch, all or nothing, and answers its sequences. One event is published with
     /// `Nats-Msg-Id` = the idempotency key, so JetStream stores it once within its duplicate
     /// window; a batch is an atomic batch publish (consecutive sequences, all or none stored).
+    /// `key`: the idempotency key and the request's fingerprint. A stream NATS lost is made
+    /// again first, unless `restore` is false: then the publish is unavailable until another
+    /// process (a gateway, which knows the ids it delivered and read) has made it.
     pub async fn publish(
         &self,
         batch: &[NewEvent],
-        key: Option<&str>,
-        fingerprint: u64,
+        key: Option<(&str, u64)>,
         time_ms: u64,
         trace: Option<TraceContext>,
         origin: Origin,
+        restore: bool,
     ) -> Result<Published, StoreError> {
         let stamp = Stamp {
             epoch: self.epoch,
             time_ms,
-            fingerprint,
+            fingerprint: key.map_or(0, |(_, fingerprint)| fingerprint),
             origin,
-            key,
+            key: key.map(|(key, _)| key),
             size: batch.len(),
         };
         let published = match batch {
@@ -199,10 +202,11 @@ impl JetStream {
                     duplicate: false,
                 });
             }
-            [event] => {
+            [event] if restore => {
                 self.restoring(|| self.publish_one(event, &stamp, trace))
                     .await?
             }
+            [event] => self.publish_one(event, &stamp, trace).await?,
             _ => {
                 self.restoring(|| self.publish_batch(batch, &stamp, trace))
                     .await?
