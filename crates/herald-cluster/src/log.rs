@@ -98,9 +98,9 @@ impl ClusterLog {
             return Ok(Answer::First(first));
         }
         // A single event whose key MongoDB did not know while every message the archiver had
-        // not written was in JetStream's duplicate window (now: the read was before): new, or
+        // not written was in JetStream's duplicate window (checked now, after the read): new, or
         // JetStream answers it.
-        if single && self.js.archived_recently(tokio::time::Instant::now()) {
+        if single && self.js.archived_recently() {
             return Ok(Answer::Remembered);
         }
         self.js.archived(single).await?;

@@ -143,9 +143,9 @@ impl<F: Future<Output = ()>> Future for Stalls<F> {
             return Poll::Pending;
         }
         // A chunk is waiting for the peer's window: time it, from when it was first seen held.
-        let deadline = tokio::time::Instant::now() + this.executor.write_timeout;
         if this.armed != Some(this.held.chunks) {
             this.armed = Some(this.held.chunks);
+            let deadline = tokio::time::Instant::now() + this.executor.write_timeout;
             match &mut this.timer {
                 Some(timer) => timer.as_mut().reset(deadline),
                 None => this.timer = Some(Box::pin(tokio::time::sleep_until(deadline))),

@@ -399,14 +399,14 @@ impl JetStream {
     }
 
     /// Whether an earlier look at the archiver found every message it had not written young
-    /// enough to be younger than half the duplicate window still at `at` (as [`Self::archived`]
-    /// counts it): then a single event's key MongoDB had no record of at `at` is new, or
-    /// JetStream still remembers it, with no request. What the archiver had not written at `at`
+    /// enough to be younger than half the duplicate window still now (as [`Self::archived`]
+    /// counts it): then a single event's key MongoDB had no record of (read before now) is new,
+    /// or JetStream still remembers it, with no request. What the archiver had not written now
     /// was either unwritten at that look, and then at most as old as the oldest such message
     /// plus the time since, or published since, and then younger than the time since.
-    pub fn archived_recently(&self, at: tokio::time::Instant) -> bool {
+    pub fn archived_recently(&self) -> bool {
         let until = *self.young_until.lock().expect("never poisoned");
-        until.is_some_and(|until| at < until)
+        until.is_some_and(|until| tokio::time::Instant::now() < until)
     }
 
     /// A look at `checked` found the oldest message the archiver had not written younger than
